@@ -1,0 +1,92 @@
+"""The Flask app of a worker: ``/ws`` (the WebSocket) and ``/health``.
+
+``create_app(settings)`` builds the app and its ``Node``; ``wsgi.py`` only calls it. The
+``/ws`` route is declared with ``websocket=True`` (trap 1); the handshake checks themselves
+live in ``handshake`` and run before Flask sees the request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from relay.config import Settings
+from relay.connection import Connection
+from relay.node import Node
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
+
+
+def iso_now() -> str:
+    """``2024-01-01T00:00:00.000Z``, as JavaScript's ``toISOString()`` writes it."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask("relay")
+    node = Node(settings)
+    app.relay_settings = settings  # type: ignore[attr-defined]  # read by the handshake
+    app.relay_node = node  # type: ignore[attr-defined]  # drained by the worker on SIGTERM
+    worker_started = time.time()
+
+    @app.route("/ws", websocket=True)
+    def websocket() -> Response:
+        ws = request.environ.get("wsgi.websocket")
+        if ws is None:  # a plain GET that Werkzeug still matched
+            return Response("WebSocket upgrade required\n", status=426,
+                            headers={"Upgrade": "websocket"})
+        handler = ws.handler
+        peer = request.headers.get("Fly-Client-IP") or request.remote_addr or "-"
+        conn = Connection(node, handler.socket, handler.rfile, peer)
+        conn.serve(request.args.get("token"), request.args.get("resume"))
+        return Response(b"")
+
+    @app.get("/health")
+    def health() -> Response:
+        stats = node.link.stats(timeout=2.0)
+        healthy = bool(stats) and stats.get("database") == "connected"
+        local_users = len(node.hub.by_user)
+        local_conns = len(node.hub.connections)
+        body: dict[str, Any] = {
+            "status": "healthy" if healthy else "unhealthy",
+            "timestamp": iso_now(),
+            "uptime": int(time.time() - (stats or {}).get("instanceStartedAt", worker_started)),
+            "connectedUsers": stats["connectedUsers"] if stats else local_users,
+            "totalConnections": stats["totalConnections"] if stats else local_conns,
+            "listener": {
+                "status": "up" if stats else "down",
+                "database": (stats or {}).get("database", "unknown"),
+                "channels": (stats or {}).get("channels", 0),
+                "workers": (stats or {}).get("workers", 0),
+                "epoch": (stats or {}).get("epoch"),
+                "databaseReconnects": (stats or {}).get("databaseReconnects", 0),
+            },
+            "worker": {"pid": os.getpid(), "connections": local_conns, "users": local_users,
+                       "draining": node.draining},
+        }
+        if not healthy:
+            body["reason"] = ("listener unreachable" if not stats
+                              else "database disconnected")
+        return jsonify(body), 200 if healthy else 503
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    if start:
+        node.start()
+    return app

@@ -1,0 +1,271 @@
+"""``python -m relay …``: the processes relay runs, and the operator's and developer's tools.
+
+Process entry points (started by relay itself): ``supervise``, ``listen``.
+Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
+token exactly like the app's endpoint), ``db install`` (apply ``sql/``), ``db touch``
+(write a row so that a notification fires), ``watch`` (print what a user receives),
+``close-codes --js`` (the JS client's close-code table).
+
+Heavy imports stay inside the commands: ``listen`` must monkey-patch gevent before
+anything imports ``socket``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from relay.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_DIR = ROOT / ".relay-dev"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("listen", help="run the listener (started by the supervisor)")
+    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--instance-started-at", type=float, default=None)
+    p = sub.add_parser("supervise", help="keep one listener alive (started by gunicorn)")
+    p.add_argument("--parent-pid", type=int, required=True)
+
+    p = sub.add_parser("token", help="print a token with the claims the app's endpoint issues")
+    p.add_argument("--user-id", required=True)
+    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    p = sub.add_parser("db", help="database tools")
+    db = p.add_subparsers(dest="db_command", required=True)
+    db.add_parser("install", help="apply sql/ (idempotent)")
+    t = db.add_parser("touch", help="upsert the example subscription row of a user")
+    t.add_argument("--user-id", required=True)
+    t.add_argument("--plan", default="pro")
+
+    p = sub.add_parser("watch", help="connect as a user and print every message")
+    p.add_argument("--url", default="ws://127.0.0.1:3000/ws")
+    p.add_argument("--user-id", default="42")
+
+    p = sub.add_parser("dev", help="run relay locally on an embedded PostgreSQL")
+    p.add_argument("--port", type=int, default=3000)
+
+    p = sub.add_parser("close-codes", help="print the close-code table")
+    p.add_argument("--js", action="store_true", help="as client/src/closeCodes.js")
+
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    from relay import logs
+    from relay.config import Settings
+    from relay.listener import run_listener
+    from relay.supervisor import die_with_parent
+
+    settings = Settings.from_env()
+    logs.configure(settings)
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        return 0  # the supervisor died while we were starting
+    die_with_parent()
+    run_listener(settings, args.instance_started_at)
+    return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from relay import logs
+    from relay.config import Settings
+    from relay.supervisor import run_supervisor
+
+    logs.configure(Settings.from_env())
+    return run_supervisor(args.parent_pid)
+
+
+def _dev_secret() -> bytes | None:
+    path = DEV_DIR / "secret"
+    return path.read_text().strip().encode() if path.exists() else None
+
+
+def _token(args: argparse.Namespace) -> int:
+    from relay.auth import issue_token
+    from relay.config import read_jwt_secret
+
+    if "WEBSOCKET_JWT_SECRET" not in os.environ and _dev_secret():
+        secret = _dev_secret()  # the secret `make run` generated
+    else:
+        secret = read_jwt_secret()
+    assert secret is not None
+    print(issue_token(args.user_id, secret, args.ttl))
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from relay.config import read_database_url
+
+    url = os.environ.get("DATABASE_URL") or _dev_database_url() or read_database_url()
+    if args.db_command == "install":
+        from relay.schema import install_schema
+
+        for name in install_schema(url):
+            print(f"applied {name}")
+        return 0
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM subscription WHERE user_id = %s ORDER BY id LIMIT 1",
+                    (args.user_id,))
+        row = cur.fetchone()
+        if row:
+            cur.execute("UPDATE subscription SET plan = %s, updated_at = now() WHERE id = %s",
+                        (args.plan, row[0]))
+        else:
+            cur.execute("INSERT INTO subscription (user_id, plan, status) "
+                        "VALUES (%s, %s, 'active')", (args.user_id, args.plan))
+    conn.close()
+    print(f"wrote subscription of user {args.user_id}: plan={args.plan}")
+    return 0
+
+
+def _dev_database_url() -> str | None:
+    path = DEV_DIR / "database_url"
+    return path.read_text().strip() if path.exists() else None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import json
+
+    import websocket  # websocket-client, a development dependency
+
+    from relay.auth import issue_token
+    from relay.config import read_jwt_secret
+
+    secret = read_jwt_secret() if "WEBSOCKET_JWT_SECRET" in os.environ else _dev_secret()
+    if secret is None:
+        read_jwt_secret()
+    assert secret is not None
+    ws = websocket.create_connection(args.url)
+    ws.send(json.dumps({"type": "auth", "token": issue_token(args.user_id, secret)}))
+    print(f"connected to {args.url} as user {args.user_id}; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                print(f"closed by server: {code} {data[2:].decode(errors='replace')}")
+                return 1
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                text = data.decode()
+                print(text, flush=True)
+                if json.loads(text).get("type") == "ping":
+                    ws.send('{"type":"pong"}')
+    except KeyboardInterrupt:
+        return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    """`make run`: embedded PostgreSQL, schema, secret, gunicorn with 2 workers, a banner."""
+    from relay.devdb import ensure_dev_database
+    from relay.schema import install_schema
+
+    DEV_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL"):
+        print("relay dev: starting the embedded PostgreSQL in .relay-dev/pg …", flush=True)
+        server = ensure_dev_database(DEV_DIR / "pg")
+        env["DATABASE_URL"] = server.url
+    (DEV_DIR / "database_url").write_text(env["DATABASE_URL"] + "\n")
+    install_schema(env["DATABASE_URL"])
+    secret_path = DEV_DIR / "secret"
+    if not env.get("WEBSOCKET_JWT_SECRET"):
+        if not secret_path.exists():
+            secret_path.write_text(secrets.token_hex(32) + "\n")
+            secret_path.chmod(0o600)
+        env["WEBSOCKET_JWT_SECRET"] = secret_path.read_text().strip()
+    env.setdefault("PORT", str(args.port))
+    env.setdefault("WEB_CONCURRENCY", "2")
+    env.setdefault("RELAY_DEV", "1")
+    env.setdefault("ALLOWED_ORIGINS", f"http://localhost:{env['PORT']},"
+                                      f"http://127.0.0.1:{env['PORT']}")
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
+        cwd=ROOT, env=env,
+    )
+    signal.signal(signal.SIGINT, lambda *_: gunicorn.send_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, lambda *_: gunicorn.send_signal(signal.SIGTERM))
+    port = env["PORT"]
+    if _wait_healthy(f"http://127.0.0.1:{port}/health", gunicorn):
+        _banner(port, env)
+    return gunicorn.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _banner(port: str, env: dict[str, str]) -> None:
+    from relay.auth import issue_token
+
+    token = issue_token("42", env["WEBSOCKET_JWT_SECRET"].encode())
+    py = sys.executable
+    print(f"""
+============================================================================
+ relay is running: http://127.0.0.1:{port}/health   (2 workers, 1 listener)
+ Live demo page:   http://127.0.0.1:{port}/demo
+
+ 1. Watch user 42's updates (in another terminal):
+      {py} -m relay watch --url ws://127.0.0.1:{port}/ws --user-id 42
+    or with wscat:
+      npx wscat -c "ws://127.0.0.1:{port}/ws?token={token}"
+
+ 2. Change user 42's subscription row (fires the trigger):
+      {py} -m relay db touch --user-id 42 --plan enterprise
+    or in SQL:
+      psql "{env['DATABASE_URL']}" -c "UPDATE subscription SET plan='team' WHERE user_id='42'"
+
+ A fresh token: {py} -m relay token --user-id 42
+============================================================================
+""", flush=True)
+
+
+def _close_codes(args: argparse.Namespace) -> int:
+    from relay import closecodes
+
+    if args.js:
+        sys.stdout.write(closecodes.as_javascript())
+    else:
+        for c in closecodes.ALL:
+            print(f"{c.code}  {c.name:<22} reconnect={c.reconnect:<9} {c.reason}")
+    return 0
+
+
+_COMMANDS = {
+    "listen": _listen,
+    "supervise": _supervise,
+    "token": _token,
+    "db": _db,
+    "watch": _watch,
+    "dev": _dev,
+    "close-codes": _close_codes,
+}

@@ -1,0 +1,227 @@
+"""One validated settings object built from the environment.
+
+Nothing else in relay reads ``os.environ``: gunicorn.conf.py, the listener, the workers and
+the CLI all build a ``Settings`` with ``Settings.from_env()`` and fail fast with a
+``ConfigError`` whose message names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+MIN_SECRET_BYTES = 32
+DEFAULT_CHANNEL_TEMPLATES = ("user_Subscription_{userId}", "user_Usage_{userId}")
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; ``str()`` is the one line to print at start-up."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    jwt_secret: bytes = field(repr=False)
+    port: int = 3000
+    allowed_origins: frozenset[str] = frozenset()
+    web_concurrency: int = 2
+    worker_connections: int = 10000
+    socket_path: str = ""
+    channel_templates: tuple[str, ...] = DEFAULT_CHANNEL_TEMPLATES
+    auth_timeout: float = 10.0
+    ping_interval: float = 20.0
+    pong_timeout: float = 20.0
+    token_refresh_window: float = 60.0
+    max_message_bytes: int = 16384
+    max_token_bytes: int = 8192
+    client_msg_rate: float = 10.0
+    queue_max_messages: int = 1000
+    queue_max_bytes: int = 1 << 20
+    max_connections_per_user: int = 50
+    max_connections_per_worker: int = 0  # 0 = worker_connections minus headroom
+    linger_seconds: float = 60.0
+    history_size: int = 100
+    history_ttl: float = 300.0
+    history_max_bytes: int = 64 << 20
+    drain_seconds: float = 10.0
+    db_check_interval: float = 5.0
+    db_check_timeout: float = 5.0
+    reconnect_max_delay: float = 10.0
+    dev_mode: bool = False
+    log_format: str = "json"
+    log_level: str = "info"
+    metrics_token: str = field(default="", repr=False)
+
+    @property
+    def worker_connection_limit(self) -> int:
+        """WebSockets a worker accepts before answering 1013; leaves pool slots for /health."""
+        if self.max_connections_per_worker:
+            return self.max_connections_per_worker
+        return max(1, self.worker_connections - max(10, self.worker_connections // 100))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        database_url = read_database_url(env)
+        secret = read_jwt_secret(env)
+        dev_mode = reader.boolean("RELAY_DEV", False)
+        settings = cls(
+            database_url=database_url,
+            jwt_secret=secret,
+            port=reader.integer("PORT", 3000, 1, 65535),
+            allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
+            web_concurrency=reader.integer("WEB_CONCURRENCY", os.cpu_count() or 1, 1, 256),
+            worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
+            socket_path=env.get("RELAY_SOCKET_PATH", "")
+            or os.path.join(tempfile.gettempdir(), f"relay-{os.getpid()}.sock"),
+            channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
+            auth_timeout=reader.number("RELAY_AUTH_TIMEOUT", 10.0, 0.1, 300),
+            ping_interval=reader.number("RELAY_PING_INTERVAL", 20.0, 0.1, 25),
+            pong_timeout=reader.number("RELAY_PONG_TIMEOUT", 20.0, 0.1, 600),
+            token_refresh_window=reader.number("RELAY_TOKEN_REFRESH_WINDOW", 60.0, 0, 3600),
+            max_message_bytes=reader.integer("RELAY_MAX_MESSAGE_BYTES", 16384, 256, 1 << 24),
+            max_token_bytes=reader.integer("RELAY_MAX_TOKEN_BYTES", 8192, 256, 1 << 20),
+            client_msg_rate=reader.number("RELAY_CLIENT_MSG_RATE", 10.0, 0.1, 100000),
+            queue_max_messages=reader.integer("RELAY_QUEUE_MAX_MESSAGES", 1000, 1, 10**7),
+            queue_max_bytes=reader.integer("RELAY_QUEUE_MAX_BYTES", 1 << 20, 1024, 1 << 32),
+            max_connections_per_user=reader.integer("RELAY_MAX_CONNECTIONS_PER_USER", 50, 1, 10**6),
+            max_connections_per_worker=reader.integer(
+                "RELAY_MAX_CONNECTIONS_PER_WORKER", 0, 0, 10**7
+            ),
+            linger_seconds=reader.number("RELAY_LINGER_SECONDS", 60.0, 0, 86400),
+            history_size=reader.integer("RELAY_HISTORY_SIZE", 100, 0, 10**6),
+            history_ttl=reader.number("RELAY_HISTORY_TTL", 300.0, 0, 86400),
+            history_max_bytes=reader.integer("RELAY_HISTORY_MAX_BYTES", 64 << 20, 0, 1 << 40),
+            drain_seconds=reader.number("RELAY_DRAIN_SECONDS", 10.0, 0, 3600),
+            db_check_interval=reader.number("RELAY_DB_CHECK_INTERVAL", 5.0, 0.1, 3600),
+            db_check_timeout=reader.number("RELAY_DB_CHECK_TIMEOUT", 5.0, 0.1, 3600),
+            reconnect_max_delay=reader.number("RELAY_RECONNECT_MAX_DELAY", 10.0, 0.1, 3600),
+            dev_mode=dev_mode,
+            log_format=reader.choice("RELAY_LOG_FORMAT", "text" if dev_mode else "json",
+                                     ("json", "text")),
+            log_level=reader.choice("RELAY_LOG_LEVEL", "info",
+                                    ("debug", "info", "warning", "error")),
+            metrics_token=env.get("RELAY_METRICS_TOKEN", ""),
+        )
+        return settings
+
+
+def read_database_url(environ: Mapping[str, str] | None = None) -> str:
+    """``DATABASE_URL`` alone, validated (for commands that need nothing else)."""
+    url = _Reader(os.environ if environ is None else environ).required("DATABASE_URL")
+    _check_database_url(url)
+    return url
+
+
+def read_jwt_secret(environ: Mapping[str, str] | None = None) -> bytes:
+    """``WEBSOCKET_JWT_SECRET`` alone, validated (for ``python -m relay token``)."""
+    secret = _Reader(os.environ if environ is None else environ).required(
+        "WEBSOCKET_JWT_SECRET").encode()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"WEBSOCKET_JWT_SECRET: must be at least {MIN_SECRET_BYTES} bytes "
+            f"(got {len(secret)}); generate one with: openssl rand -hex 32"
+        )
+    return secret
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def required(self, name: str) -> str:
+        value = self.env.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"{name}: required but not set")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in allowed:
+            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {raw!r}")
+        return raw
+
+
+def _check_database_url(url: str) -> None:
+    if "://" not in url:
+        # A libpq key=value DSN: accepted as is.
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"DATABASE_URL: expected a postgresql:// URL, got scheme {parts.scheme!r}"
+        )
+    host = parts.hostname or ""
+    if "-pooler" in host.split(".")[0]:
+        raise ConfigError(
+            "DATABASE_URL: points at a pooled endpoint (-pooler); LISTEN never receives "
+            "notifications through PgBouncer in transaction mode. Use the direct endpoint "
+            "(the host without -pooler)."
+        )
+
+
+def _origins(raw: str) -> frozenset[str]:
+    origins = set()
+    for item in raw.split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                f"ALLOWED_ORIGINS: {item!r} is not an origin (scheme://host[:port], no path)"
+            )
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return frozenset(origins)
+
+
+def _templates(raw: str) -> tuple[str, ...]:
+    if not raw.strip():
+        return DEFAULT_CHANNEL_TEMPLATES
+    templates = tuple(t.strip() for t in raw.split(",") if t.strip())
+    for template in templates:
+        if template.count("{userId}") != 1:
+            raise ConfigError(f"RELAY_CHANNELS: {template!r} must contain {{userId}} exactly once")
+    if len(set(templates)) != len(templates):
+        raise ConfigError("RELAY_CHANNELS: templates must be distinct")
+    return templates

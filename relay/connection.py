@@ -1,0 +1,359 @@
+"""One client's WebSocket, as a small state machine: auth → attach → live → closing.
+
+The handler greenlet that gevent gave the request runs ``serve()``: it authenticates,
+asks the listener link for the user's channels, then reads client messages until the
+socket ends. Everything sent to the client goes through one bounded queue drained by one
+writer greenlet, spawned only while there is something to write (trap 3); a client that
+lets the queue overflow is closed with 4009. Heartbeats and token expiry are checked by the
+worker's ``Node`` housekeeping, not by a timer per connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+
+from relay import closecodes
+from relay.auth import AuthError, InvalidUserId, verify_token
+from relay.channels import InvalidChannel, channels_for
+from relay.closecodes import CloseCode
+from relay.websocket import (
+    OP_PONG,
+    ConnectionEnded,
+    FrameReader,
+    ProtocolViolation,
+    close_frame,
+    encode_frame,
+    text_frame,
+)
+
+if TYPE_CHECKING:
+    from relay.node import Node
+
+log = logging.getLogger("relay.connection")
+
+CLOSE_HANDSHAKE_TIMEOUT = 3.0
+ATTACH_TIMEOUT = 10.0
+_PING = text_frame(b'{"type":"ping"}')
+
+
+class Connection:
+    def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.sock = sock
+        self.peer = peer
+        self.reader = FrameReader(rfile.read, self.settings.max_message_bytes)
+        self.user_id = ""
+        self.channels: tuple[str, ...] = ()
+        self.expires_at = 0
+        self.closed = False  # the socket is finished with
+        self.closing: CloseCode | None = None
+        self.close_detail = ""
+        self.live = gevent.event.Event()  # set once attached (or refused)
+        self.pending_attach = False
+        self.attached = False  # the current listener counts this connection
+        self._resume_requested = False
+        self.opened_at = time.monotonic()
+        self.next_ping = 0.0
+        self.awaiting_pong_since: float | None = None
+        self.expiry_warned = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._writer: gevent.Greenlet | None = None
+        self._abort_timer: gevent.Greenlet | None = None
+        self._tokens = self.settings.client_msg_rate * 2
+        self._tokens_at = self.opened_at
+
+    # ----- outbound -----
+
+    def enqueue(self, frame: bytes) -> None:
+        if self.closing is not None:
+            return
+        if (len(self._queue) >= self.settings.queue_max_messages
+                or self._queued_bytes + len(frame) > self.settings.queue_max_bytes):
+            self.node.count("slow_consumer")
+            self._queue.clear()
+            self._queued_bytes = 0
+            self.close(closecodes.SLOW_CONSUMER, "outbound queue overflow")
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.enqueue(text_frame(json.dumps(message, separators=(",", ":")).encode()))
+
+    def _write_loop(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                self.sock.sendall(batch)
+        except OSError:
+            self._abort()
+        finally:
+            self._writer = None
+
+    def close(self, code: CloseCode, detail: str = "", reason: str | None = None) -> None:
+        """Start the closing handshake: the close frame goes after what is already queued."""
+        if self.closing is not None or self.closed:
+            return
+        self.closing = code
+        self.close_detail = detail or code.reason
+        self.node.closed_with(code)
+        self._queue.append(close_frame(code.code, reason or detail or code.reason))
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+        self._abort_timer = gevent.spawn_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        """Stop reading and writing at once: the reader sees the end of the stream."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # ----- life cycle -----
+
+    def serve(self, query_token: str | None, query_resume: str | None) -> None:
+        hub = self.node.hub
+        hub.connections.add(self)
+        try:
+            if len(hub.connections) > self.settings.worker_connection_limit:
+                self.close(closecodes.TRY_AGAIN_LATER, "worker at capacity")
+            else:
+                self._authenticate(query_token, query_resume)
+            self._read_loop()
+        except ProtocolViolation as exc:
+            self.close(exc.code, exc.detail)
+            self._linger()
+        except ConnectionEnded:
+            pass
+        except Exception:
+            log.exception("connection of user %s failed", self.user_id or "-")
+            self.close(closecodes.INTERNAL_ERROR)
+            self._linger()
+        finally:
+            self._finish()
+
+    def _authenticate(self, query_token: str | None, query_resume: str | None) -> None:
+        resume: object = None
+        if query_token is not None:
+            token: object = query_token
+            if query_resume:
+                try:
+                    resume = json.loads(query_resume)
+                except ValueError:
+                    resume = None
+        else:
+            try:
+                with gevent.Timeout(self.settings.auth_timeout):
+                    message = self._next_message()
+            except gevent.Timeout:
+                self.node.count_auth_failure("auth timeout")
+                self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
+                return
+            if message is None:
+                return
+            if message.get("type") != "auth":
+                self.node.count_auth_failure("no auth message")
+                self.close(closecodes.UNAUTHORIZED, "expected an auth message")
+                return
+            token = message.get("token")
+            resume = message.get("resume")
+        try:
+            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+            channels = channels_for(claims.user_id, self.settings.channel_templates)
+        except InvalidUserId as exc:
+            self._refuse(closecodes.FORBIDDEN, exc.reason)
+            return
+        except InvalidChannel as exc:
+            self._refuse(closecodes.FORBIDDEN, str(exc))
+            return
+        except AuthError as exc:
+            self._refuse(closecodes.UNAUTHORIZED, exc.reason)
+            return
+        self.user_id = claims.user_id
+        self.channels = channels
+        self.expires_at = claims.expires_at
+        cursors = {ch: c for ch, c in resume.items() if ch in channels} if isinstance(
+            resume, dict) else {}
+        self.pending_attach = True
+        self._resume_requested = bool(cursors)
+        self.node.link.attach(self, cursors)
+        if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
+            self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
+
+    def _refuse(self, code: CloseCode, reason: str) -> None:
+        self.node.count_auth_failure(reason)
+        log.info("refused %s: %s (%d)", self.peer, reason, code.code)
+        self.close(code, reason)
+
+    def on_refused(self, code: int, reason: str) -> None:
+        self.pending_attach = False
+        self.close(closecodes.BY_CODE.get(code, closecodes.TRY_AGAIN_LATER), reason)
+        self.live.set()
+
+    def on_attached(self, reply: dict[str, Any], reattach: bool) -> None:
+        """Runs in the link's reader greenlet, in stream order (see ``link``)."""
+        self.pending_attach = False
+        self.attached = True
+        cursors = reply.get("cursors") or {}
+        if reattach:
+            self.on_resync("listener restarted", cursors)
+            return
+        resync = reply.get("resync") or []
+        replay = reply.get("replay") or []
+        now = time.monotonic()
+        self.next_ping = now + self.settings.ping_interval
+        self.send_json({
+            "type": "connected", "userId": self.user_id, "channels": list(self.channels),
+            "epoch": reply.get("epoch"), "cursors": cursors, "expiresAt": self.expires_at,
+            "pingInterval": self.settings.ping_interval,
+            "resumed": self._resume_requested and not resync,
+        })
+        for message in replay:
+            self.enqueue(text_frame(message.encode()))
+        if resync:
+            self.node.count("resync", len(resync))
+            self.send_json({"type": "resync", "reason": "history unavailable",
+                            "channels": resync, "cursors": {c: cursors.get(c) for c in resync}})
+        log.info("user %s connected from %s (%d replayed, %d resync)",
+                 self.user_id, self.peer, len(replay), len(resync))
+        self.live.set()
+
+    def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
+        self.node.count("resync")
+        self.send_json({"type": "resync", "reason": reason, "channels": list(self.channels),
+                        "cursors": cursors})
+
+    def _read_loop(self) -> None:
+        while True:
+            message = self._next_message()
+            if message is None:
+                return
+            self._handle(message)
+
+    def _next_message(self) -> dict[str, Any] | None:
+        """The next client JSON message; ``None`` once the closing handshake is done."""
+        while True:
+            event = self.reader.next_event()
+            if event.kind == "text":
+                self._rate_limit()
+                if self.closing is not None:
+                    continue
+                return _parse(event.text)
+            if event.kind == "ping":
+                self.enqueue(encode_frame(OP_PONG, event.payload))
+            elif event.kind == "pong":
+                self.awaiting_pong_since = None
+            elif event.kind == "close":
+                if self.closing is None:
+                    code = event.close_code or 1000
+                    echo = closecodes.BY_CODE.get(code, closecodes.NORMAL)
+                    self.close(echo if echo.code == code else closecodes.NORMAL, "client closed")
+                return None
+
+    def _rate_limit(self) -> None:
+        now = time.monotonic()
+        rate = self.settings.client_msg_rate
+        self._tokens = min(rate * 2, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message rate limit")
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "pong":
+            self.awaiting_pong_since = None
+        elif kind == "refresh":
+            self._refresh(message.get("token"))
+        else:
+            raise ProtocolViolation(closecodes.POLICY_VIOLATION, "unexpected message type")
+
+    def _refresh(self, token: object) -> None:
+        try:
+            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+        except AuthError as exc:
+            self._refuse(closecodes.UNAUTHORIZED, f"refresh: {exc.reason}")
+            return
+        if claims.user_id != self.user_id:
+            self._refuse(closecodes.FORBIDDEN, "refresh for another user")
+            return
+        self.expires_at = claims.expires_at
+        self.expiry_warned = False
+        self.send_json({"type": "token_refreshed", "expiresAt": self.expires_at})
+
+    def tick(self, now: float, wall: float) -> None:
+        """Heartbeat and token expiry; called by the worker's housekeeping about once a second."""
+        if self.closing is not None or not self.attached:
+            return
+        if wall >= self.expires_at:
+            self.node.count_auth_failure("token expired")
+            self.close(closecodes.UNAUTHORIZED, "token expired")
+            return
+        remaining = self.expires_at - wall
+        if not self.expiry_warned and remaining <= self.settings.token_refresh_window:
+            self.expiry_warned = True
+            self.send_json({"type": "token_expiring", "expiresAt": self.expires_at,
+                            "in": max(0, int(remaining))})
+        if self.awaiting_pong_since is not None and (
+            now - self.awaiting_pong_since > self.settings.pong_timeout
+        ):
+            self.node.count("heartbeat_timeout")
+            self.close(closecodes.HEARTBEAT_TIMEOUT, "no pong in time")
+            return
+        if now >= self.next_ping:
+            self.next_ping = now + self.settings.ping_interval
+            if self.awaiting_pong_since is None:
+                self.awaiting_pong_since = now
+            self.enqueue(_PING)
+
+    def _linger(self) -> None:
+        """After our close frame: read until the client's close frame or the timeout."""
+        try:
+            while True:
+                if self.reader.next_event().kind == "close":
+                    return
+        except (ProtocolViolation, ConnectionEnded, OSError):
+            return
+
+    def _finish(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout=CLOSE_HANDSHAKE_TIMEOUT)
+        if self._abort_timer is not None:
+            self._abort_timer.kill(block=False)
+        self.closed = True
+        self.node.hub.remove(self)
+        if self.attached:
+            self.node.link.detach(self)
+        # A connection still waiting for its answer is detached by the link on that answer.
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        code = self.closing.code if self.closing else 1006
+        log.info("closed user=%s peer=%s code=%s reason=%s", self.user_id or "-", self.peer,
+                 code, self.close_detail or "connection lost")
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message has no type")
+    return message

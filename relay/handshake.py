@@ -1,0 +1,131 @@
+"""The HTTP side of a WebSocket: who may upgrade, and what the access log may say.
+
+``RelayHandler`` is the gevent-websocket handler gunicorn's worker uses. Before any
+upgrade it checks, in order: the path is ``/ws`` (anything else goes to Flask), HTTP/1.1,
+the ``Origin`` (403 unless allowed), ``Sec-WebSocket-Version: 13`` (426 otherwise) and a
+valid ``Sec-WebSocket-Key`` (400). After the 101 it hands the raw socket to the Flask view
+and never lets gevent-websocket write a frame of its own (trap 2).
+
+Access-log lines are written with the query string removed: a token passed as
+``?token=`` must never reach a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import gevent
+from geventwebsocket.handler import WebSocketHandler
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from relay.config import Settings
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
+    """No ``Origin`` header (not a browser) is allowed; a browser's must match exactly."""
+    if origin is None:
+        return True
+    return origin.strip().rstrip("/").lower() in allowed
+
+
+class RelayHandler(WebSocketHandler, PyWSGIHandler):
+    SUPPORTED_VERSIONS = ("13",)
+
+    def read_requestline(self) -> Any:
+        # Slowloris: a client gets a bounded time to send each request (and idle keep-alive
+        # connections are closed after it).
+        with gevent.Timeout(HANDSHAKE_TIMEOUT, False):
+            return super().read_requestline()
+        return None
+
+    def read_request(self, raw_requestline: str) -> Any:
+        timer = gevent.Timeout(HANDSHAKE_TIMEOUT)
+        timer.start()
+        try:
+            return super().read_request(raw_requestline)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise ValueError("request headers not received in time") from None
+        finally:
+            timer.close()
+
+    def _settings(self) -> Settings:
+        settings = getattr(self.application, "relay_settings", None)
+        if settings is None:
+            settings = Settings.from_env()
+        return settings
+
+    def _refuse(self, status: str, message: str, headers: list[tuple[str, str]] | None = None
+                ) -> list[bytes]:
+        body = message.encode()
+        self.start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(body))),
+                                     ("Connection", "close"), *(headers or [])])
+        return [body]
+
+    def upgrade_websocket(self) -> Any:
+        environ = self.environ
+        if environ.get("PATH_INFO") != "/ws":
+            return None  # not ours: Flask answers
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return None  # Flask's websocket=True route answers 400 to a plain GET (trap 1)
+        if environ.get("REQUEST_METHOD") != "GET":
+            return self._refuse("405 Method Not Allowed", "WebSocket upgrade needs GET",
+                                [("Allow", "GET")])
+        if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
+            return self._refuse("400 Bad Request", "Connection header must contain Upgrade")
+        if self.request_version != "HTTP/1.1":
+            return self._refuse("400 Bad Request", "WebSocket needs HTTP/1.1")
+        settings = self._settings()
+        if not origin_allowed(environ.get("HTTP_ORIGIN"), settings.allowed_origins):
+            self.server.log.warning("refused WebSocket from origin %r (not in ALLOWED_ORIGINS)",
+                                    environ.get("HTTP_ORIGIN", "")[:200])
+            return self._refuse("403 Forbidden", "origin not allowed")
+        if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+            return self._refuse("426 Upgrade Required", "unsupported WebSocket version",
+                                [("Sec-WebSocket-Version", "13")])
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key:
+            return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key")
+        return self.upgrade_connection()
+
+    def run_websocket(self) -> None:
+        # Unlike gevent-websocket's version, never call its WebSocket.close(): relay's
+        # connection has already sent a proper close frame (with a code) itself.
+        self.websocket.closed = True
+        try:
+            list(self.application(self.environ, lambda s, h, e=None: []))
+        finally:
+            self.websocket = None
+
+    def log_request(self) -> None:
+        environ = getattr(self, "environ", None)
+        if not environ:
+            return
+        saved = {k: environ.get(k) for k in ("QUERY_STRING", "RAW_URI")}
+        environ["QUERY_STRING"] = ""
+        environ["RAW_URI"] = environ.get("PATH_INFO", "")
+        try:
+            PyWSGIHandler.log_request(self)
+        finally:
+            environ.update(saved)
+
+    def format_request(self) -> str:
+        # gevent's own error lines include the request line: drop the query string there too.
+        requestline = getattr(self, "requestline", "") or ""
+        method, _, rest = requestline.partition(" ")
+        target, _, version = rest.partition(" ")
+        self.requestline = f"{method} {target.split('?', 1)[0]} {version}".strip()
+        try:
+            return super().format_request()
+        finally:
+            self.requestline = requestline

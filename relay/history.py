@@ -1,0 +1,129 @@
+"""Bounded recent history of each channel's updates, so a reconnecting client can resume.
+
+Owned by the listener. Each channel has a *stream*: a name that changes whenever the
+listener (re)starts LISTENing on it, because NOTIFY has no replay and anything sent while we
+were not listening is lost. A cursor ``"<stream>:<seq>"`` is resumable only on the current
+stream and only while every later update is still held. History is capped per channel
+(count), by age, and by total bytes over all channels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+_stream_ids = itertools.count(1)
+
+
+@dataclass
+class _Entry:
+    seq: int
+    at: float
+    message: bytes
+
+
+@dataclass
+class ChannelStream:
+    stream: str
+    seq: int = 0
+    entries: deque[_Entry] = field(default_factory=deque)
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.stream}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Outcome of a resume request for one channel: messages to send, or resync."""
+
+    messages: tuple[bytes, ...]
+    resync: bool
+    reason: str = ""
+
+
+class History:
+    def __init__(self, epoch: str, max_per_channel: int, ttl: float, max_bytes: int) -> None:
+        self.epoch = epoch
+        self.max_per_channel = max_per_channel
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.total_bytes = 0
+        self._streams: dict[str, ChannelStream] = {}
+
+    def open(self, channel: str) -> ChannelStream:
+        """Start a new stream for a channel we just began LISTENing on."""
+        self.close(channel)
+        stream = ChannelStream(stream=f"{self.epoch}-{next(_stream_ids):x}")
+        self._streams[channel] = stream
+        return stream
+
+    def close(self, channel: str) -> None:
+        stream = self._streams.pop(channel, None)
+        if stream is not None:
+            self.total_bytes -= sum(len(e.message) for e in stream.entries)
+
+    def get(self, channel: str) -> ChannelStream | None:
+        return self._streams.get(channel)
+
+    def next_seq(self, channel: str) -> tuple[str, int]:
+        stream = self._streams.get(channel) or self.open(channel)
+        stream.seq += 1
+        return stream.stream, stream.seq
+
+    def record(self, channel: str, seq: int, message: bytes, now: float | None = None) -> None:
+        if self.max_per_channel == 0 or self.max_bytes == 0:
+            return
+        stream = self._streams[channel]
+        now = time.monotonic() if now is None else now
+        stream.entries.append(_Entry(seq, now, message))
+        self.total_bytes += len(message)
+        while len(stream.entries) > self.max_per_channel:
+            self.total_bytes -= len(stream.entries.popleft().message)
+        self._evict_over_budget()
+
+    def _evict_over_budget(self) -> None:
+        # Over the memory cap: take the oldest entry of each channel in turn. Not a global
+        # LRU, but bounded work and no bookkeeping that could itself grow without bound.
+        while self.total_bytes > self.max_bytes:
+            evicted = False
+            for stream in self._streams.values():
+                if stream.entries:
+                    self.total_bytes -= len(stream.entries.popleft().message)
+                    evicted = True
+                    if self.total_bytes <= self.max_bytes:
+                        return
+            if not evicted:
+                return
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        limit = now - self.ttl
+        for stream in self._streams.values():
+            entries = stream.entries
+            while entries and entries[0].at < limit:
+                self.total_bytes -= len(entries.popleft().message)
+
+    def replay(self, channel: str, cursor: object, now: float | None = None) -> Replay:
+        """Messages after ``cursor`` on ``channel``, or a resync with the reason."""
+        stream = self._streams.get(channel)
+        if not isinstance(cursor, str) or ":" not in cursor:
+            return Replay((), True, "invalid cursor")
+        stream_id, _, seq_text = cursor.rpartition(":")
+        try:
+            seq = int(seq_text)
+        except ValueError:
+            return Replay((), True, "invalid cursor")
+        if stream is None or stream.stream != stream_id:
+            return Replay((), True, "history unavailable")
+        if seq > stream.seq or seq < 0:
+            return Replay((), True, "invalid cursor")
+        if seq == stream.seq:
+            return Replay((), False)
+        self.expire(now)
+        entries = stream.entries
+        if not entries or entries[0].seq > seq + 1:
+            return Replay((), True, "history evicted")
+        return Replay(tuple(e.message for e in entries if e.seq > seq), False)

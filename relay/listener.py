@@ -1,0 +1,512 @@
+"""The listener process: the instance's one PostgreSQL connection, fanned out to workers.
+
+Started (and restarted) by ``supervisor``; never by hand. It owns:
+
+* ``DatabaseLink`` — the single autocommit LISTEN connection: keepalives, a periodic
+  health query with a timeout, reconnect forever with capped jittered backoff, and
+  re-LISTEN of every wanted channel *before* workers are told to resync (traps 5, 6).
+* ``Listener`` — the Unix-socket server the workers connect to (``bus`` framing), the
+  cross-worker reference counts that decide what to LISTEN/UNLISTEN (with a linger), the
+  per-channel sequence numbers and history (``history``), and the instance-wide counts
+  that ``/health`` reports.
+
+Every notification is encoded once as the client ``update`` message and the same bytes go
+to each worker that has a subscriber for the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections import Counter, deque
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.select
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from relay import bus
+from relay.channels import table_of
+from relay.config import Settings
+from relay.history import History
+
+log = logging.getLogger("relay.listener")
+
+# A worker that does not read for this long (its queue over this many bytes) is dropped;
+# it reconnects and its clients resync. Workers are local and normally drain in microseconds.
+_WORKER_QUEUE_LIMIT = 64 << 20
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN/Infinity are not JSON for browsers
+
+
+def encode_update(channel: str, payload: str, cursor_stream: str, seq: int) -> bytes:
+    """The client ``update`` message for one notification, as sent on the wire."""
+    table = None
+    data_text: str
+    try:
+        data = json.loads(payload, parse_constant=_reject_constant)
+        data_text = payload.strip()
+        if isinstance(data, dict) and isinstance(data.get("table"), str):
+            table = data["table"]
+    except (ValueError, RecursionError):
+        data_text = json.dumps(payload, ensure_ascii=False)
+    head = json.dumps(
+        {
+            "type": "update",
+            "table": table or table_of(channel),
+            "channel": channel,
+            "seq": seq,
+            "cursor": f"{cursor_stream}:{seq}",
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return f'{head[:-1]},"data":{data_text}}}'.encode()
+
+
+class WorkerPeer:
+    """One connected worker: its socket, outbound queue and what it has attached."""
+
+    def __init__(self, sock: socket.socket, number: int) -> None:
+        self.sock = sock
+        self.number = number
+        self.pid = 0
+        self.users: Counter[str] = Counter()  # user → connections on this worker
+        self.channels: Counter[str] = Counter()  # channel → connections on this worker
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._wakeup = gevent.event.Event()
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._queued_bytes > _WORKER_QUEUE_LIMIT:
+            log.error("worker %s is not reading; dropping it", self.pid)
+            self.close()
+            return
+        self._wakeup.set()
+
+    def writer(self) -> None:
+        try:
+            while not self.closed:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    batch = b"".join(self._queue)
+                    self._queue.clear()
+                    self._queued_bytes = 0
+                    self.sock.sendall(batch)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._wakeup.set()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class DatabaseLink:
+    """Owns the PostgreSQL connection. Only its own greenlet ever touches ``conn``."""
+
+    def __init__(self, settings: Settings, listener: Listener) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.conn: psycopg2.extensions.connection | None = None
+        self.listening: set[str] = set()
+        self.connected = gevent.event.Event()
+        self.reconnects = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def run(self) -> None:
+        delay = 0.0
+        first = True
+        while True:
+            if delay:
+                gevent.sleep(delay)
+            try:
+                self._connect()
+            except Exception as exc:  # noqa: BLE001 - any failure means: retry later
+                delay = _backoff(delay, self.settings.reconnect_max_delay)
+                log.warning("database connect failed (%s); retrying in %.1fs",
+                            _describe(exc), delay)
+                continue
+            delay = 0.0
+            self.listener.on_database_up(first)
+            first = False
+            try:
+                self._serve()
+            except Exception as exc:  # noqa: BLE001
+                log.error("database connection lost: %s", _describe(exc))
+            self._drop()
+            self.reconnects += 1
+            self.listener.on_database_down()
+            delay = _backoff(0.0, self.settings.reconnect_max_delay)
+
+    def _connect(self) -> None:
+        with gevent.Timeout(self.settings.db_check_timeout + 5):
+            conn = psycopg2.connect(
+                self.settings.database_url,
+                application_name="relay-listener",
+                connect_timeout=max(2, int(self.settings.db_check_timeout)),
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=2,
+                tcp_user_timeout=int(self.settings.db_check_timeout * 1000),
+            )
+        conn.autocommit = True  # trap 5: a LISTEN inside a transaction receives nothing
+        self.conn = conn
+        self.listening = set()
+        log.info("database connected (backend pid %s)", conn.get_backend_pid())
+
+    def _drop(self) -> None:
+        self.connected.clear()
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.conn = None
+        self.listening = set()
+
+    def _execute(self, statement: sql.Composable | str) -> None:
+        assert self.conn is not None
+        with gevent.Timeout(self.settings.db_check_timeout):
+            with self.conn.cursor() as cur:
+                cur.execute(statement)
+        self._drain()  # trap 5: notifications arrive with any query result
+
+    def _drain(self) -> None:
+        assert self.conn is not None
+        notifies = self.conn.notifies
+        while notifies:
+            note = notifies.pop(0)
+            if note.channel in self.listening:
+                self.listener.on_notification(note.channel, note.payload)
+
+    def _sync_channels(self) -> None:
+        wanted = self.listener.wanted_channels()
+        for channel in sorted(wanted - self.listening):
+            self._execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self.listening.add(channel)
+            self.listener.on_listening(channel)
+        for channel in sorted(self.listening - wanted):
+            self._execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+            self.listening.discard(channel)
+            self.listener.on_unlistened(channel)
+
+    def _serve(self) -> None:
+        assert self.conn is not None
+        self._sync_channels()
+        self.connected.set()
+        self.listener.on_channels_synced()
+        next_check = time.monotonic() + self.settings.db_check_interval
+        fd = self.conn.fileno()
+        while True:
+            timeout = max(0.0, next_check - time.monotonic())
+            readable, _, _ = gevent.select.select([fd, self._wake_r], [], [], timeout)
+            if self._wake_r in readable:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            if fd in readable:
+                self.conn.poll()
+                self._drain()
+            if self.listener.wanted_channels() != self.listening:
+                self._sync_channels()
+                self.listener.on_channels_synced()
+            if time.monotonic() >= next_check:
+                self._execute("SELECT 1")  # trap 6: a dead TCP peer never wakes select()
+                next_check = time.monotonic() + self.settings.db_check_interval
+
+
+def _backoff(previous: float, cap: float) -> float:
+    """Capped exponential backoff with jitter: 0.1 s, 0.2 s, … up to ``cap``."""
+    base = min(cap, max(0.1, previous * 2))
+    return min(cap, random.uniform(base / 2, base))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class Listener:
+    def __init__(self, settings: Settings, instance_started_at: float | None = None) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.instance_started_at = instance_started_at or self.started_at
+        self.peers: set[WorkerPeer] = set()
+        self.refs: Counter[str] = Counter()  # channel → connections over all workers
+        self.user_refs: Counter[str] = Counter()  # user → connections over all workers
+        self.lingering: dict[str, float] = {}  # channel → UNLISTEN deadline
+        self.epoch = secrets.token_hex(3)
+        self.history = self._new_history()
+        self.db = DatabaseLink(settings, self)
+        self._pending: list[tuple[WorkerPeer, dict[str, Any]]] = []
+        self._peer_numbers = 0
+        self.notifications = 0
+        self.deliveries = 0
+
+    def _new_history(self) -> History:
+        s = self.settings
+        return History(self.epoch, s.history_size, s.history_ttl, s.history_max_bytes)
+
+    # ----- what the database link asks -----
+
+    def wanted_channels(self) -> set[str]:
+        return set(self.refs) | set(self.lingering)
+
+    def on_listening(self, channel: str) -> None:
+        self.history.open(channel)
+
+    def on_unlistened(self, channel: str) -> None:
+        self.history.close(channel)
+
+    def on_database_up(self, first: bool) -> None:
+        if not first:
+            self.epoch = secrets.token_hex(3)
+            self.history = self._new_history()
+
+    def on_channels_synced(self) -> None:
+        """All wanted channels are LISTENed: answer attaches waiting for that."""
+        pending, self._pending = self._pending, []
+        for peer, request in pending:
+            self._answer_attach(peer, request)
+        if self._resync_due:
+            self._resync_due = False
+            cursors = {ch: self.history.get(ch).cursor for ch in self.db.listening
+                       if self.history.get(ch) is not None}
+            frame = bus.encode(bus.RESYNC, {"reason": "database reconnected", "cursors": cursors})
+            for peer in list(self.peers):
+                peer.send(frame)
+            log.info("told %d workers to resync %d channels", len(self.peers), len(cursors))
+
+    _resync_due = False
+
+    def on_database_down(self) -> None:
+        self._resync_due = True
+
+    def on_notification(self, channel: str, payload: str) -> None:
+        self.notifications += 1
+        stream, seq = self.history.next_seq(channel)
+        message = encode_update(channel, payload, stream, seq)
+        self.history.record(channel, seq, message)
+        frame = bus.encode_update(channel, message)
+        for peer in self.peers:
+            if peer.channels.get(channel):
+                peer.send(frame)
+                self.deliveries += peer.channels[channel]
+
+    # ----- workers -----
+
+    def serve_forever(self) -> None:
+        path = self.settings.socket_path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)  # only this user may talk to the listener
+        try:
+            server.bind(path)
+        finally:
+            os.umask(old_umask)
+        server.listen(256)
+        log.info("listener ready on %s (epoch %s)", path, self.epoch)
+        gevent.spawn(self.db.run)
+        gevent.spawn(self._housekeeping)
+        while True:
+            sock, _ = server.accept()
+            self._peer_numbers += 1
+            peer = WorkerPeer(sock, self._peer_numbers)
+            self.peers.add(peer)
+            gevent.spawn(peer.writer)
+            gevent.spawn(self._read_peer, peer)
+
+    def _read_peer(self, peer: WorkerPeer) -> None:
+        reader = bus.FrameReader()
+        try:
+            while not peer.closed:
+                data = peer.sock.recv(65536)
+                if not data:
+                    break
+                for kind, body in reader.feed(data):
+                    self._handle(peer, kind, body)
+        except bus.BusProtocolError as exc:
+            log.error("worker %s sent garbage (%s); dropping it", peer.pid, exc)
+        except OSError:
+            pass
+        finally:
+            self._forget(peer)
+
+    def _handle(self, peer: WorkerPeer, kind: int, body: bytes) -> None:
+        message = bus.decode_json(body)
+        if kind == bus.HELLO:
+            peer.pid = int(message.get("pid", 0))
+            log.info("worker %s connected", peer.pid)
+        elif kind == bus.ATTACH:
+            self._attach(peer, message)
+        elif kind == bus.DETACH:
+            self._detach(peer, _str(message.get("user")), _str_list(message.get("channels")))
+        elif kind == bus.STATS:
+            peer.send(bus.encode(bus.STATS_REPLY, {"req": message.get("req"), **self.stats()}))
+        else:
+            raise bus.BusProtocolError(f"kind {kind} is not for the listener")
+
+    def _attach(self, peer: WorkerPeer, request: dict[str, Any]) -> None:
+        user = _str(request.get("user"))
+        channels = _str_list(request.get("channels"))
+        if not user or not channels:
+            raise bus.BusProtocolError("attach without user or channels")
+        if self.user_refs[user] >= self.settings.max_connections_per_user:
+            peer.send(bus.encode(bus.ATTACHED, {
+                "req": request.get("req"), "ok": False, "code": 4008,
+                "reason": "too many connections"}))
+            return
+        # Count the connection now, so that the channel is wanted and a concurrent detach
+        # of the same user's last other connection does not UNLISTEN it under us.
+        peer.users[user] += 1
+        self.user_refs[user] += 1
+        for channel in channels:
+            peer.channels[channel] += 1
+            self.refs[channel] += 1
+            self.lingering.pop(channel, None)
+        if self.db.connected.is_set() and all(ch in self.db.listening for ch in channels):
+            self._answer_attach(peer, request)
+        else:
+            self._pending.append((peer, request))
+            self.db.wake()
+
+    def _answer_attach(self, peer: WorkerPeer, request: dict[str, Any]) -> None:
+        if peer.closed:
+            return
+        channels = _str_list(request.get("channels"))
+        resume = request.get("resume") if isinstance(request.get("resume"), dict) else {}
+        replay: list[str] = []
+        resync: list[str] = []
+        for channel in channels:
+            if channel not in resume:
+                continue
+            outcome = self.history.replay(channel, resume[channel])
+            if outcome.resync:
+                resync.append(channel)
+            else:
+                replay.extend(m.decode() for m in outcome.messages)
+        cursors = {ch: self.history.get(ch).cursor for ch in channels
+                   if self.history.get(ch) is not None}
+        peer.send(bus.encode(bus.ATTACHED, {
+            "req": request.get("req"), "ok": True, "epoch": self.epoch, "cursors": cursors,
+            "replay": replay, "resync": resync}))
+
+    def _detach(self, peer: WorkerPeer, user: str, channels: list[str]) -> None:
+        if peer.users.get(user, 0) <= 0:
+            return
+        _decrement(peer.users, user)
+        _decrement(self.user_refs, user)
+        for channel in channels:
+            if peer.channels.get(channel, 0) <= 0:
+                continue
+            _decrement(peer.channels, channel)
+            _decrement(self.refs, channel)
+            if channel not in self.refs:
+                self.lingering[channel] = time.monotonic() + self.settings.linger_seconds
+        if self.settings.linger_seconds == 0:
+            self.db.wake()
+
+    def _forget(self, peer: WorkerPeer) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        peer.close()
+        log.info("worker %s disconnected", peer.pid)
+        self._pending = [(p, r) for p, r in self._pending if p is not peer]
+        for user, count in list(peer.users.items()):
+            for _ in range(count):
+                _decrement(self.user_refs, user)
+        now = time.monotonic()
+        for channel, count in peer.channels.items():
+            for _ in range(count):
+                _decrement(self.refs, channel)
+            if channel not in self.refs:
+                self.lingering[channel] = now + self.settings.linger_seconds
+
+    def _housekeeping(self) -> None:
+        while True:
+            gevent.sleep(min(1.0, max(0.05, self.settings.linger_seconds / 4)))
+            now = time.monotonic()
+            expired = [ch for ch, deadline in self.lingering.items() if deadline <= now]
+            for channel in expired:
+                del self.lingering[channel]
+            if expired:
+                self.db.wake()
+            self.history.expire()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "database": "connected" if self.db.connected.is_set() else "disconnected",
+            "connectedUsers": len(self.user_refs),
+            "totalConnections": sum(self.user_refs.values()),
+            "channels": len(self.db.listening),
+            "lingering": len(self.lingering),
+            "workers": len(self.peers),
+            "epoch": self.epoch,
+            "listenerPid": os.getpid(),
+            "listenerStartedAt": self.started_at,
+            "instanceStartedAt": self.instance_started_at,
+            "notifications": self.notifications,
+            "deliveries": self.deliveries,
+            "databaseReconnects": self.db.reconnects,
+            "historyBytes": self.history.total_bytes,
+        }
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _str_list(value: object) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
+
+
+def run_listener(settings: Settings, instance_started_at: float | None = None) -> None:
+    """Entry point of the listener process (``python -m relay listen``)."""
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    Listener(settings, instance_started_at).serve_forever()

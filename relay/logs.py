@@ -1,0 +1,77 @@
+"""Log lines: one JSON object per event in production, readable text in development.
+
+Every process (gunicorn master and workers, supervisor, listener) logs through the same
+formatter; gunicorn's own error and access logs are routed to it by ``gunicorn_logconfig``.
+No line ever carries a token or a query string (see ``handshake.RelayHandler.log_request``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from relay.config import Settings
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process or os.getpid(),
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                line[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+
+
+def formatter_for(settings: Settings) -> logging.Formatter:
+    return JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(settings: Settings) -> None:
+    """Route relay's loggers to stderr with the configured format (listener, supervisor)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter_for(settings))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
+    """``logconfig_dict`` for gunicorn: its error/access logs and relay's, one format."""
+    formatter: dict[str, Any] = (
+        {"()": "relay.logs.JsonFormatter"} if settings.log_format == "json"
+        else {"format": TEXT_FORMAT}
+    )
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"relay": formatter},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "relay",
+                       "stream": "ext://sys.stderr"},
+            "stdout": {"class": "logging.StreamHandler", "formatter": "relay",
+                       "stream": "ext://sys.stdout"},
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+        },
+    }

@@ -1,0 +1,80 @@
+"""A worker's realtime node: the hub, the listener link, housekeeping and drain.
+
+``create_app`` builds one ``Node`` per worker process. It owns the worker-wide pieces that
+connections share, runs one housekeeping greenlet for every connection's heartbeat and
+token expiry (not a timer per connection), and on SIGTERM drains: closes its clients with
+1012 spread over ``RELAY_DRAIN_SECONDS`` so that they do not all reconnect in the same
+second, then lets gunicorn's worker exit (trap 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import gevent
+
+from relay import closecodes
+from relay.closecodes import CloseCode
+from relay.config import Settings
+from relay.hub import Hub
+from relay.link import ListenerLink
+
+log = logging.getLogger("relay.node")
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub()
+        self.link = ListenerLink(settings.socket_path, self.hub)
+        self.counters: Counter[str] = Counter()
+        self.closes: Counter[int] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        self.draining = False
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def start(self) -> None:
+        self.link.start()
+        self._greenlets.append(gevent.spawn(self._housekeeping))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def closed_with(self, code: CloseCode) -> None:
+        self.closes[code.code] += 1
+
+    def count_auth_failure(self, reason: str) -> None:
+        self.auth_failures[reason] += 1
+
+    def _housekeeping(self) -> None:
+        tick = max(0.05, min(1.0, self.settings.ping_interval / 4,
+                             self.settings.pong_timeout / 4))
+        while True:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            wall = time.time()
+            for conn in tuple(self.hub.connections):
+                conn.tick(now, wall)
+
+    def drain(self) -> None:
+        """Close every client with 1012, spread over the drain window, then return."""
+        if self.draining:
+            return
+        self.draining = True
+        conns = list(self.hub.connections)
+        window = self.settings.drain_seconds
+        log.info("draining %d connections over %.1fs", len(conns), window)
+        started = time.monotonic()
+        for index, conn in enumerate(conns):
+            due = started + window * index / max(1, len(conns))
+            delay = due - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            conn.close(closecodes.SERVICE_RESTART, "server restarting")
+        # Give the last close handshakes a moment; connections end on their own after that.
+        deadline = time.monotonic() + 3.0
+        while self.hub.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        log.info("drain finished in %.1fs", time.monotonic() - started)

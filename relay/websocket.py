@@ -1,0 +1,206 @@
+"""RFC 6455 framing after the handshake: the one hardened place that reads and writes frames.
+
+gevent-websocket 0.10.1 performs the HTTP upgrade; everything after it goes through here
+instead of its ``WebSocket`` object (trap 2), because that one sends close frames without a
+code, has no maximum message size, accepts unmasked client frames and writes from whichever
+greenlet calls it. This module:
+
+* encodes server frames (unmasked) once, so the same bytes can go to many clients;
+* reads client frames strictly: masked only, no reserved bits or opcodes, control frames
+  unfragmented and ≤ 125 bytes, continuation rules, UTF-8 validated incrementally across
+  fragments, and a message-size limit checked from the frame header *before* the payload
+  is read.
+
+It never writes: a ``FrameReader`` returns pings and closes as events, and the connection's
+single writer sends the answers (trap 3).
+"""
+
+from __future__ import annotations
+
+import codecs
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay import closecodes
+from relay.closecodes import CloseCode
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+_DATA_OPCODES = (OP_TEXT, OP_BINARY)
+_CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+
+class ProtocolViolation(Exception):
+    """The client broke RFC 6455 or a relay limit: close with ``code``."""
+
+    def __init__(self, code: CloseCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class ConnectionEnded(Exception):
+    """The TCP stream ended (EOF or reset) without a close frame."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "text", "ping", "pong", "close"
+    text: str = ""
+    payload: bytes = b""
+    close_code: int | None = None
+    close_reason: str = ""
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """A complete, unmasked server frame (FIN set)."""
+    length = len(payload)
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 65536:
+        return bytes((first, 126)) + _U16.pack(length) + payload
+    return bytes((first, 127)) + _U64.pack(length) + payload
+
+
+def text_frame(message: bytes) -> bytes:
+    return encode_frame(OP_TEXT, message)
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    data = reason.encode()[:123]
+    # Never cut a multi-byte character in half: the reason must stay valid UTF-8.
+    data = data.decode("utf-8", "ignore").encode()
+    return encode_frame(OP_CLOSE, _U16.pack(code) + data)
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    if n == 0:
+        return payload
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+def is_valid_close_code(code: int) -> bool:
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class FrameReader:
+    """Reads client frames from a blocking ``read(n)`` (gevent-cooperative) and yields events."""
+
+    def __init__(self, read: Callable[[int], bytes], max_message_bytes: int) -> None:
+        self._read = read
+        self._max = max_message_bytes
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: int | None = None
+        self._fragment_size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    def _exact(self, n: int) -> bytes:
+        data = self._read(n)
+        if len(data) == n:
+            return data
+        chunks = [data]
+        got = len(data)
+        while got < n:
+            if not data:
+                raise ConnectionEnded("EOF")
+            data = self._read(n - got)
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+    def next_event(self) -> Event:
+        while True:
+            event = self._next_frame()
+            if event is not None:
+                return event
+
+    def _next_frame(self) -> Event | None:
+        try:
+            head = self._exact(2)
+        except OSError as exc:
+            raise ConnectionEnded(str(exc)) from None
+        first, second = head[0], head[1]
+        fin = bool(first & 0x80)
+        opcode = first & 0x0F
+        if first & 0x70:
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "reserved bits set")
+        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES and (
+            opcode != OP_CONTINUATION
+        ):
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, f"reserved opcode {opcode}")
+        if not second & 0x80:
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "unmasked client frame")
+        length = second & 0x7F
+        if opcode in _CONTROL_OPCODES:
+            if not fin:
+                raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "fragmented control frame")
+            if length > 125:
+                raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "control frame over 125 bytes")
+        elif length == 126:
+            length = _U16.unpack(self._exact(2))[0]
+        elif length == 127:
+            length = _U64.unpack(self._exact(8))[0]
+            if length >> 63:
+                raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "64-bit length with MSB set")
+        if opcode == OP_CONTINUATION:
+            if self._fragment_opcode is None:
+                raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "continuation without start")
+        elif opcode in _DATA_OPCODES and self._fragment_opcode is not None:
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "message inside a fragmented one")
+        if opcode in _DATA_OPCODES or opcode == OP_CONTINUATION:
+            # Checked from the header, before reading a byte of the payload (trap 2).
+            if self._fragment_size + length > self._max:
+                raise ProtocolViolation(
+                    closecodes.MESSAGE_TOO_BIG, f"message over {self._max} bytes"
+                )
+        mask = self._exact(4)
+        payload = _unmask(self._exact(length), mask) if length else b""
+        if opcode in _CONTROL_OPCODES:
+            return self._control(opcode, payload)
+        if opcode == OP_BINARY:
+            raise ProtocolViolation(closecodes.UNSUPPORTED_DATA, "binary frame")
+        if opcode == OP_TEXT:
+            self._fragment_opcode = opcode
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+        assert self._decoder is not None
+        self._fragment_size += length
+        try:
+            self._fragments.append(self._decoder.decode(payload, final=fin))
+        except UnicodeDecodeError:
+            raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
+        if not fin:
+            return None
+        text = "".join(self._fragments)
+        self._fragments = []
+        self._fragment_opcode = None
+        self._fragment_size = 0
+        self._decoder = None
+        return Event("text", text=text)
+
+    def _control(self, opcode: int, payload: bytes) -> Event:
+        if opcode == OP_PING:
+            return Event("ping", payload=payload)
+        if opcode == OP_PONG:
+            return Event("pong", payload=payload)
+        if not payload:
+            return Event("close", close_code=None)
+        if len(payload) == 1:
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "close payload of 1 byte")
+        code = _U16.unpack(payload[:2])[0]
+        if not is_valid_close_code(code):
+            raise ProtocolViolation(closecodes.PROTOCOL_ERROR, f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "close reason not UTF-8") from None
+        return Event("close", close_code=code, close_reason=reason)

@@ -1,0 +1,26 @@
+"""The gunicorn worker class: gevent + relay's handshake handler + drain on SIGTERM.
+
+Use it as ``worker_class = "relay.worker.RelayWorker"`` (gunicorn.conf.py does). gunicorn's
+gevent worker waits for its pool to empty on SIGTERM, which WebSockets never do by
+themselves (trap 8): this worker starts the node's drain, which closes every client with
+1012 over ``RELAY_DRAIN_SECONDS``, well inside ``graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventPyWSGIWorker
+
+from relay.handshake import RelayHandler
+
+
+class RelayWorker(GeventPyWSGIWorker):
+    wsgi_handler = RelayHandler
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        node = getattr(self.wsgi, "relay_node", None)
+        if node is not None and not node.draining:
+            gevent.spawn(node.drain)
+        super().handle_exit(sig, frame)
