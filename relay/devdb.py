@@ -21,6 +21,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ _SERVER_SETTINGS: dict[str, str | int] = {
 _UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 _START_TIMEOUT_SECONDS = 60
 _PORT_ATTEMPTS = 3
+_ORPHAN_WAIT_SECONDS = 10
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -65,7 +67,11 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self._port_is_explicit = port is not None
-        self._port = port if port is not None else (self._persisted_port() or _free_port())
+        persisted = None if port is not None else self._persisted_port()
+        # Only a port we just picked may be swapped for another when it turns out taken: an
+        # explicit or persisted port is one somebody (make run, a fault test) relies on.
+        self._port_is_fresh = port is None and persisted is None
+        self._port = port if port is not None else (persisted or _free_port())
         self._bin_dir = _postgres_bin_dir()
         self._account = _system_account()
 
@@ -173,7 +179,9 @@ class EmbeddedPostgres:
                 stale.unlink()
 
     def _start_server(self) -> None:
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port_attempts = 1
+        orphans_deadline = time.monotonic() + _ORPHAN_WAIT_SECONDS
+        while True:
             self._write_settings()
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
@@ -181,14 +189,22 @@ class EmbeddedPostgres:
                     ["start", "-D", str(self.data_dir), "-l", str(self.log_path), "-w",
                      "-t", str(_START_TIMEOUT_SECONDS)]
                 )
+                self._port_is_fresh = False
                 return
             except EmbeddedPostgresError:
-                port_taken = "could not bind" in self._log_since(log_offset)
-                if not port_taken or self._port_is_explicit or attempt == _PORT_ATTEMPTS:
+                log = self._log_since(log_offset)
+                if ("could not bind" in log and self._port_is_fresh
+                        and port_attempts < _PORT_ATTEMPTS):
+                    # Another process took the port between our pick and the bind: pick again.
+                    _logger.warning("port %d is taken; retrying on another port", self._port)
+                    self._port = _free_port()
+                    port_attempts += 1
+                elif "is still in use" in log and time.monotonic() < orphans_deadline:
+                    # After a crashed (SIGKILLed) postmaster its children exit only when they
+                    # notice; until then they hold the old shared memory and block a start.
+                    time.sleep(0.2)
+                else:
                     raise
-                # Another process took the port between our pick and the bind: pick again.
-                _logger.warning("port %d is taken; retrying on another port", self._port)
-                self._port = _free_port()
 
     def _write_settings(self) -> None:
         socket_path = self.socket_dir / f".s.PGSQL.{self._port}"
@@ -252,6 +268,7 @@ class EmbeddedPostgres:
                 f"{self.data_dir} is already served on port {running_port}, not {self._port}"
             )
         self._port = running_port
+        self._port_is_fresh = False
 
     def _log_since(self, offset: int) -> str:
         try:
