@@ -1,0 +1,308 @@
+"""The bundled triggers (sql/) against a real PostgreSQL: channel names, payloads, limits."""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from psycopg2 import sql
+
+from relay.schema import install_schema, schema_files
+
+NOTIFY_PAYLOAD_LIMIT = 8000
+
+
+@pytest.fixture
+def listener(postgres_url: str, schema_installed: list[str]) -> Iterator[_Listener]:
+    conn = psycopg2.connect(postgres_url)
+    conn.autocommit = True  # a listener inside a transaction hears nothing
+    try:
+        yield _Listener(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def writer(postgres_url: str, schema_installed: list[str]) -> Iterator[Any]:
+    conn = psycopg2.connect(postgres_url)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+class _Listener:
+    """A LISTEN connection that collects everything delivered up to a sentinel notification.
+
+    NOTIFY delivers in commit order, so once our sentinel (committed after the writes under
+    test) arrives, every notification of those writes has arrived too: no sleeps, and "nothing
+    else was sent" is a real assertion.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sentinel = f"sentinel_{uuid.uuid4().hex}"
+        self.listen(self.sentinel)
+
+    def listen(self, channel: str) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def collect(self, timeout: float = 5.0) -> list[psycopg2.extensions.Notify]:
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", (self.sentinel,))
+        received: list[psycopg2.extensions.Notify] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.conn.poll()
+            while self.conn.notifies:
+                notify = self.conn.notifies.pop(0)
+                if notify.channel == self.sentinel:
+                    return received
+                received.append(notify)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"sentinel not delivered within {timeout}s; got {received}")
+            select.select([self.conn], [], [], remaining)
+
+
+def _write(writer: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
+    with writer, writer.cursor() as cursor:  # one committed transaction
+        cursor.execute(statement, params or None)
+        return cursor.fetchone() if cursor.description else None
+
+
+def _payloads(notifies: list[psycopg2.extensions.Notify]) -> list[tuple[str, dict[str, Any]]]:
+    return [(n.channel, json.loads(n.payload)) for n in notifies]
+
+
+def _unique_user(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def test_subscription_insert_update_delete_notify_the_case_preserved_channel(
+    listener: _Listener, writer: Any
+) -> None:
+    listener.listen("user_Subscription_AbC")
+    listener.listen("user_subscription_abc")  # what an unquoted LISTEN would have heard
+    before = time.time()
+
+    (row_id,) = _write(
+        writer,
+        "INSERT INTO subscription (user_id, plan, status) VALUES ('AbC', 'pro', 'active') "
+        "RETURNING id",
+    )
+    _write(writer, "UPDATE subscription SET status = 'past_due' WHERE id = %s", (row_id,))
+    _write(writer, "DELETE FROM subscription WHERE id = %s", (row_id,))
+
+    received = _payloads(listener.collect())
+    assert [channel for channel, _ in received] == ["user_Subscription_AbC"] * 3
+    assert [p["operation"] for _, p in received] == ["INSERT", "UPDATE", "DELETE"]
+    for _, payload in received:
+        assert set(payload) == {"table", "operation", "row", "ts"}
+        assert payload["table"] == "subscription"
+        assert payload["row"]["id"] == row_id
+        assert payload["row"]["user_id"] == "AbC"
+        assert isinstance(payload["ts"], float)
+        assert before - 1 <= payload["ts"] <= time.time() + 1
+    insert, update, delete = (payload["row"] for _, payload in received)
+    assert insert["plan"] == "pro" and insert["status"] == "active"
+    assert set(insert) == {"id", "user_id", "plan", "status", "notes", "updated_at"}
+    assert update["status"] == "past_due"
+    assert delete["status"] == "past_due"  # DELETE carries the row as it was
+
+
+def test_usage_notifies_user_usage_channel(listener: _Listener, writer: Any) -> None:
+    listener.listen("user_Usage_42")
+    (row_id,) = _write(
+        writer,
+        "INSERT INTO usage (user_id, metric, amount) VALUES ('42', 'api_calls', 7) RETURNING id",
+    )
+
+    [(channel, payload)] = _payloads(listener.collect())
+    assert channel == "user_Usage_42"
+    assert payload["table"] == "usage"
+    assert payload["operation"] == "INSERT"
+    assert payload["row"]["id"] == row_id
+    assert payload["row"]["amount"] == 7
+
+
+def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
+    listener: _Listener, writer: Any
+) -> None:
+    user = _unique_user()
+    listener.listen(f"user_Subscription_{user}")
+
+    (row_id,) = _write(
+        writer,
+        "INSERT INTO subscription (user_id, plan, notes) VALUES (%s, 'pro', %s) RETURNING id",
+        (user, "x" * 9000),
+    )
+
+    [notify] = listener.collect()
+    assert len(notify.payload.encode()) < NOTIFY_PAYLOAD_LIMIT
+    payload = json.loads(notify.payload)
+    assert set(payload) == {"table", "operation", "id", "truncated", "ts"}
+    assert payload == {
+        "table": "subscription", "operation": "INSERT", "id": row_id, "truncated": True,
+        "ts": payload["ts"],
+    }
+    assert _write(writer, "SELECT length(notes) FROM subscription WHERE id = %s", (row_id,)) == (
+        9000,
+    )
+
+
+def test_payload_size_is_measured_in_bytes_not_characters(
+    listener: _Listener, writer: Any
+) -> None:
+    user = _unique_user()
+    listener.listen(f"user_Subscription_{user}")
+    notes = "é" * 3900  # 3900 characters but 7800 bytes: with the rest of the row, over 8000
+
+    (row_id,) = _write(
+        writer,
+        "INSERT INTO subscription (user_id, notes) VALUES (%s, %s) RETURNING id",
+        (user, notes),
+    )
+
+    [(_, payload)] = _payloads(listener.collect())
+    assert payload["truncated"] is True
+    assert payload["id"] == row_id
+
+
+def test_row_just_under_the_limit_is_sent_whole(listener: _Listener, writer: Any) -> None:
+    user = _unique_user()
+    listener.listen(f"user_Subscription_{user}")
+    (row_id,) = _write(
+        writer, "INSERT INTO subscription (user_id) VALUES (%s) RETURNING id", (user,)
+    )
+    [empty] = listener.collect()
+    # Grow notes so the payload lands a few bytes under the limit (ts length may vary by a
+    # couple of digits, hence the margin).
+    notes = "n" * (NOTIFY_PAYLOAD_LIMIT - len(empty.payload.encode()) - 20)
+
+    _write(writer, "UPDATE subscription SET notes = %s WHERE id = %s", (notes, row_id))
+
+    [notify] = listener.collect()
+    payload = json.loads(notify.payload)
+    assert "truncated" not in payload
+    assert payload["row"]["notes"] == notes
+    assert NOTIFY_PAYLOAD_LIMIT - 40 < len(notify.payload.encode()) < NOTIFY_PAYLOAD_LIMIT
+
+
+def test_changing_owner_notifies_old_owner_of_removal_and_new_owner_of_update(
+    listener: _Listener, writer: Any
+) -> None:
+    old, new = _unique_user("old"), _unique_user("new")
+    listener.listen(f"user_Subscription_{old}")
+    listener.listen(f"user_Subscription_{new}")
+    (row_id,) = _write(
+        writer,
+        "INSERT INTO subscription (user_id, plan) VALUES (%s, 'secret-old') RETURNING id",
+        (old,),
+    )
+    listener.collect()
+
+    _write(
+        writer,
+        "UPDATE subscription SET user_id = %s, plan = 'secret-new' WHERE id = %s",
+        (new, row_id),
+    )
+
+    received = dict(_payloads(listener.collect()))
+    assert set(received) == {f"user_Subscription_{old}", f"user_Subscription_{new}"}
+    to_old = received[f"user_Subscription_{old}"]
+    assert to_old["operation"] == "DELETE"
+    assert to_old["reassigned"] is True
+    assert to_old["row"] == {**to_old["row"], "id": row_id, "user_id": old, "plan": "secret-old"}
+    to_new = received[f"user_Subscription_{new}"]
+    assert to_new["operation"] == "UPDATE"
+    assert "reassigned" not in to_new
+    assert to_new["row"]["user_id"] == new and to_new["row"]["plan"] == "secret-new"
+
+
+def test_user_id_too_long_for_a_channel_does_not_fail_the_write(
+    listener: _Listener, writer: Any
+) -> None:
+    user = "u" * 60  # user_Subscription_ + 60 bytes > 63
+    assert len(f"user_Subscription_{user}".encode()) > 63
+
+    (row_id,) = _write(
+        writer, "INSERT INTO subscription (user_id) VALUES (%s) RETURNING id", (user,)
+    )
+
+    assert row_id is not None
+    assert listener.collect() == []
+    assert any("63 bytes" in notice for notice in writer.notices)
+
+
+def test_multibyte_user_id_is_measured_in_bytes(listener: _Listener, writer: Any) -> None:
+    user = "ü" * 30  # 30 characters, 60 bytes: the channel is 78 bytes
+    (row_id,) = _write(
+        writer, "INSERT INTO usage (user_id, amount) VALUES (%s, 1) RETURNING id", (user,)
+    )
+    assert row_id is not None
+    assert listener.collect() == []
+
+
+def test_trigger_arguments_choose_the_user_and_id_columns(
+    listener: _Listener, writer: Any
+) -> None:
+    table = f"relay_test_notes_{uuid.uuid4().hex[:8]}"
+    user = _unique_user()
+    listener.listen(f"user_Note_{user}")
+    _write(
+        writer,
+        sql.SQL(
+            "CREATE TABLE {table} (pk bigserial PRIMARY KEY, owner text, body text);"
+            "CREATE TRIGGER relay AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION relay_notify('Note', 'owner', 'pk')"
+        ).format(table=sql.Identifier(table)),
+    )
+    try:
+        (pk,) = _write(
+            writer,
+            sql.SQL("INSERT INTO {} (owner, body) VALUES (%s, %s) RETURNING pk").format(
+                sql.Identifier(table)
+            ),
+            (user, "b" * 9000),
+        )
+        [(channel, payload)] = _payloads(listener.collect())
+        assert channel == f"user_Note_{user}"
+        assert payload["table"] == table
+        assert payload["id"] == pk and payload["truncated"] is True
+    finally:
+        _write(writer, sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+
+
+def test_install_twice_is_idempotent_and_keeps_data(
+    postgres_url: str, listener: _Listener, writer: Any
+) -> None:
+    user = _unique_user()
+    listener.listen(f"user_Subscription_{user}")
+    (row_id,) = _write(
+        writer, "INSERT INTO subscription (user_id) VALUES (%s) RETURNING id", (user,)
+    )
+    listener.collect()
+
+    applied = install_schema(postgres_url)
+    assert install_schema(postgres_url) == applied
+    assert applied == [path.name for path in schema_files()]
+    assert applied[:2] == ["001_notify_function.sql", "010_example_tables.sql"]
+
+    assert _write(writer, "SELECT user_id FROM subscription WHERE id = %s", (row_id,)) == (user,)
+    triggers = _write(
+        writer,
+        "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal "
+        "AND tgrelid IN ('subscription'::regclass, 'usage'::regclass)",
+    )
+    assert triggers == (2,)
+    _write(writer, "UPDATE subscription SET plan = 'again' WHERE id = %s", (row_id,))
+    assert len(listener.collect()) == 1  # one trigger, one notification
