@@ -7,12 +7,14 @@ PostgreSQL starts in a temporary directory and stops when the session ends.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from relay.devdb import EmbeddedPostgres
 from relay.schema import install_schema
+from tests.support import RelayProcess
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,35 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def schema_installed(postgres_url: str) -> list[str]:
     return install_schema(postgres_url)
+
+
+# ----- a real relay: gunicorn master, 2 workers, supervisor, listener -----
+
+
+@pytest.fixture(scope="module")
+def relay(postgres_url: str, schema_installed: list[str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """One relay shared by a test module (tests must not break it)."""
+    process = RelayProcess(postgres_url, tmp_path_factory.mktemp("relay"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def relay_factory(postgres_url: str, schema_installed: list[str],
+                  tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Start relays with their own settings; every one is stopped after the test."""
+    started: list[RelayProcess] = []
+
+    def start(env: dict[str, str] | None = None, workers: int = 2,
+              wait: bool = True) -> RelayProcess:
+        process = RelayProcess(postgres_url, tmp_path / f"relay{len(started)}", workers, env)
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,292 @@
+"""Test helpers: a real relay (gunicorn + supervisor + listener) and a real WebSocket client.
+
+``RelayProcess`` starts ``gunicorn -c gunicorn.conf.py wsgi:app`` exactly as production
+does, on a free loopback port, with its own listener socket and log files. ``Client`` is a
+thin wrapper over websocket-client that reads JSON messages, skips heartbeats on request
+and reports the close code that really arrived on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import websocket
+
+from relay.auth import issue_token
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-" + "s" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class RelayProcess:
+    def __init__(self, database_url: str, workdir: Path, workers: int = 2,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path = str(workdir / "listener.sock")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+            "DATABASE_URL": database_url,
+            "WEBSOCKET_JWT_SECRET": SECRET,
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "ALLOWED_ORIGINS": "https://app.example.com",
+            "RELAY_SOCKET_PATH": self.socket_path,
+            "RELAY_LOG_FORMAT": "json",
+            "RELAY_DRAIN_SECONDS": "1",
+            **(env or {}),
+        }
+        self.stdout_path = workdir / "stdout.log"
+        self.stderr_path = workdir / "stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workers = workers
+
+    # ----- process control -----
+
+    def start(self, wait: bool = True) -> RelayProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=self.env,
+            stdout=self.stdout_path.open("ab"), stderr=self.stderr_path.open("ab"),
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
+            status, body = self.health()
+            if status == 200 and body["listener"]["workers"] >= self.workers:
+                return body
+            return None
+        return wait_for(ready, timeout, 0.1, "relay to become healthy")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        tree = self.tree()
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for p in tree:  # never leave a listener behind, even when a test failed
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        return self.proc.returncode
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def tree(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def processes(self, marker: str) -> list[psutil.Process]:
+        found = []
+        for p in self.tree():
+            try:
+                if marker in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def listener_pids(self) -> list[int]:
+        return [p.pid for p in self.processes("relay listen")]
+
+    def supervisor_pids(self) -> list[int]:
+        return [p.pid for p in self.processes("relay supervise")]
+
+    def worker_pids(self) -> list[int]:
+        master = self.proc.pid if self.proc else 0
+        try:
+            return [p.pid for p in psutil.Process(master).children()
+                    if "relay" not in " ".join(p.cmdline()[1:3])]
+        except psutil.NoSuchProcess:
+            return []
+
+    def logs(self) -> str:
+        text = ""
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text
+
+    # ----- HTTP and WebSocket -----
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(self.http_url + "/health", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except OSError:
+            return 0, {}
+
+    def token(self, user_id: str | int, ttl: int = 3600) -> str:
+        return issue_token(user_id, SECRET.encode(), ttl)
+
+    def connect(self, user_id: str | int | None = None, token: str | None = None,
+                via: str = "message", resume: dict[str, str] | None = None,
+                expect_connected: bool = True, **options: Any) -> Client:
+        token = token if token is not None else self.token(user_id if user_id is not None else 1)
+        client = Client(self.ws_url, token, via, resume, **options)
+        if expect_connected:
+            client.connected = client.expect("connected")
+        return client
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, via: str = "message",
+                 resume: dict[str, str] | None = None, timeout: float = 10.0,
+                 origin: str | None = None, answer_pings: bool = True) -> None:
+        if via == "query" and token is not None:
+            url += "?token=" + token
+            if resume:
+                url += "&resume=" + urllib.request.quote(json.dumps(resume))
+        headers = {"suppress_origin": True} if origin is None else {"origin": origin}
+        self.ws = websocket.create_connection(url, timeout=timeout, **headers)
+        self.answer_pings = answer_pings
+        self.connected: dict[str, Any] = {}
+        self.received: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+        if via == "message" and token is not None:
+            self.send({"type": "auth", "token": token, **({"resume": resume} if resume else {})})
+
+    def send(self, message: dict[str, Any] | str) -> None:
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Next JSON message (pings answered and skipped); ``None`` once the server closed."""
+        self.ws.settimeout(timeout)
+        while True:
+            opcode, data = self.ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                self.close_reason = data[2:].decode(errors="replace")
+                try:
+                    self.ws.send_close(self.close_code if self.close_code != 1005 else 1000)
+                except (websocket.WebSocketException, OSError):
+                    pass
+                return None
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            message = json.loads(data)
+            if message.get("type") == "ping" and self.answer_pings:
+                self.send({"type": "pong"})
+                continue
+            self.received.append(message)
+            return message
+
+    def expect(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        message = self.recv(timeout)
+        assert message is not None, f"expected {kind}, got close {self.close_code} " \
+                                    f"{self.close_reason!r}"
+        assert message["type"] == kind, f"expected {kind}, got {message}"
+        return message
+
+    def expect_close(self, timeout: float = 10.0) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "server did not close the connection"
+            try:
+                message = self.recv(remaining)
+            except websocket.WebSocketTimeoutException:
+                continue
+            if message is None:
+                return self.close_code or 0, self.close_reason
+
+    def nothing_within(self, seconds: float) -> bool:
+        """True when no message (other than pings) arrives within ``seconds``."""
+        try:
+            message = self.recv(seconds)
+        except websocket.WebSocketTimeoutException:
+            return True
+        return message is None and False
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except (websocket.WebSocketException, OSError):
+            pass
+
+
+def database_connections(database_url: str, application_name: str = "relay-listener") -> int:
+    import psycopg2
+
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (application_name,))
+        (count,) = cur.fetchone()
+    conn.close()
+    return int(count)
+
+
+def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+    finally:
+        conn.close()
+
+
+def notify(database_url: str, channel: str, payload: str) -> None:
+    execute(database_url, "SELECT pg_notify(%s, %s)", (channel, payload))
