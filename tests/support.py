@@ -180,8 +180,12 @@ class RelayProcess:
 
     def connect(self, user_id: str | int | None = None, token: str | None = None,
                 via: str = "message", resume: dict[str, str] | None = None,
-                expect_connected: bool = True, **options: Any) -> Client:
-        token = token if token is not None else self.token(user_id if user_id is not None else 1)
+                expect_connected: bool = True, authenticate: bool = True,
+                **options: Any) -> Client:
+        if not authenticate:
+            token = None
+        elif token is None:
+            token = self.token(user_id if user_id is not None else 1)
         client = Client(self.ws_url, token, via, resume, **options)
         if expect_connected:
             client.connected = client.expect("connected")

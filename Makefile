@@ -1,0 +1,47 @@
+# relay — the two commands a new machine needs: `make run` and `make test`.
+# Both bootstrap a virtualenv from requirements-dev.txt (Python 3.11+ is the only prerequisite).
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo $$p && break; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-python test-client lint bench soak token clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON)" || { echo "relay needs Python 3.11 or newer on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+client/node_modules/.package-lock.json: client/package.json client/package-lock.json
+	cd client && npm ci --no-audit --no-fund --loglevel=error
+
+## run: relay on an embedded PostgreSQL with 2 workers on http://127.0.0.1:3000
+run: $(STAMP)
+	$(PY) -m relay dev
+
+## test: everything — Python (real PostgreSQL, real gunicorn) and the JS client
+test: lint test-python test-client
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check relay tests bench wsgi.py gunicorn.conf.py
+
+test-python: $(STAMP)
+	$(PY) -m pytest -q
+
+test-client: client/node_modules/.package-lock.json
+	cd client && npm test
+
+## bench: the performance benchmark (prints a table, writes bench/results/)
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+token: $(STAMP)
+	@$(PY) -m relay token --user-id $${USER_ID:-42}
+
+clean:
+	rm -rf $(VENV) client/node_modules .pytest_cache .ruff_cache
