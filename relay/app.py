@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
                 "status": "up" if stats else "down",
                 "database": (stats or {}).get("database", "unknown"),
                 "channels": (stats or {}).get("channels", 0),
+                "lingering": (stats or {}).get("lingering", 0),
                 "workers": (stats or {}).get("workers", 0),
                 "epoch": (stats or {}).get("epoch"),
                 "databaseReconnects": (stats or {}).get("databaseReconnects", 0),

@@ -1,0 +1,80 @@
+"""Configuration: one validated Settings; bad values stop start-up with one line naming them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from relay.config import ConfigError, Settings
+from tests.support import ROOT, SECRET
+
+BASE = {"DATABASE_URL": "postgresql://u@127.0.0.1:5432/db", "WEBSOCKET_JWT_SECRET": SECRET}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(BASE)
+    assert s.port == 3000
+    assert s.allowed_origins == frozenset()
+    assert s.channel_templates == ("user_Subscription_{userId}", "user_Usage_{userId}")
+    assert s.ping_interval <= 25
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"DATABASE_URL": ""}, "DATABASE_URL"),
+    ({"WEBSOCKET_JWT_SECRET": ""}, "WEBSOCKET_JWT_SECRET"),
+    ({"WEBSOCKET_JWT_SECRET": "short"}, "WEBSOCKET_JWT_SECRET"),
+    ({"WEBSOCKET_JWT_SECRET": "x" * 31}, "WEBSOCKET_JWT_SECRET"),
+    ({"PORT": "eighty"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+    ({"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"),
+    ({"ALLOWED_ORIGINS": "https://app.example.com/path"}, "ALLOWED_ORIGINS"),
+    ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://u:p@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/db"},
+     "DATABASE_URL"),
+    ({"RELAY_PING_INTERVAL": "60"}, "RELAY_PING_INTERVAL"),
+    ({"RELAY_DEV": "maybe"}, "RELAY_DEV"),
+    ({"RELAY_CHANNELS": "user_Subscription"}, "RELAY_CHANNELS"),
+])
+def test_invalid_value_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, **env})
+    assert str(info.value).startswith(variable + ":")
+
+
+def test_secret_of_exactly_32_bytes_is_accepted() -> None:
+    assert len(Settings.from_env({**BASE, "WEBSOCKET_JWT_SECRET": "y" * 32}).jwt_secret) == 32
+
+
+def test_origins_are_normalised() -> None:
+    raw = " https://App.example.com/ ,http://localhost:3000"
+    s = Settings.from_env({**BASE, "ALLOWED_ORIGINS": raw})
+    assert s.allowed_origins == {"https://app.example.com", "http://localhost:3000"}
+
+
+def test_pooler_url_message_says_use_the_direct_endpoint() -> None:
+    with pytest.raises(ConfigError, match="direct endpoint"):
+        Settings.from_env({**BASE, "DATABASE_URL": "postgres://u@ep-x-pooler.neon.tech/db"})
+
+
+def _gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env}
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    return subprocess.run(command,
+                          cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
+
+
+def test_gunicorn_without_database_url_exits_with_one_line() -> None:
+    result = _gunicorn({"WEBSOCKET_JWT_SECRET": SECRET})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["relay: configuration error: DATABASE_URL: required but not set"]
+
+
+def test_gunicorn_with_short_secret_exits_naming_it() -> None:
+    result = _gunicorn({"DATABASE_URL": BASE["DATABASE_URL"], "WEBSOCKET_JWT_SECRET": "abc"})
+    assert result.returncode != 0
+    assert "WEBSOCKET_JWT_SECRET: must be at least 32 bytes" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
