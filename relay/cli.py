@@ -182,6 +182,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     DEV_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
+    server = None
     if not env.get("DATABASE_URL"):
         print("relay dev: starting the embedded PostgreSQL in .relay-dev/pg …", flush=True)
         server = ensure_dev_database(DEV_DIR / "pg")
@@ -206,9 +207,14 @@ def _dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: gunicorn.send_signal(signal.SIGINT))
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.send_signal(signal.SIGTERM))
     port = env["PORT"]
-    if _wait_healthy(f"http://127.0.0.1:{port}/health", gunicorn):
-        _banner(port, env)
-    return gunicorn.wait()
+    try:
+        if _wait_healthy(f"http://127.0.0.1:{port}/health", gunicorn):
+            _banner(port, env)
+        return gunicorn.wait()
+    finally:
+        if server is not None:  # Ctrl-C stops everything `make run` started
+            server.stop()
+            print("relay dev: embedded PostgreSQL stopped (data kept in .relay-dev/pg)")
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
