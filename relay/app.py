@@ -88,6 +88,11 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
             response.headers.setdefault(name, value)
         return response
 
+    if settings.dev_mode:
+        from relay.demo import demo_blueprint
+
+        app.register_blueprint(demo_blueprint(settings))
+
     if start:
         node.start()
     return app
