@@ -196,7 +196,8 @@ class Connection:
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
         self.node.count_auth_failure(reason)
-        log.info("refused %s: %s (%d)", self.peer, reason, code.code)
+        log.info("refused %s: %s (%d)", self.peer, reason, code.code,
+                 extra={"event": "refused", "code": code.code, "reason": reason})
         self.close(code, reason)
 
     def on_refused(self, code: int, reason: str) -> None:
@@ -229,7 +230,8 @@ class Connection:
             self.send_json({"type": "resync", "reason": "history unavailable",
                             "channels": resync, "cursors": {c: cursors.get(c) for c in resync}})
         log.info("user %s connected from %s (%d replayed, %d resync)",
-                 self.user_id, self.peer, len(replay), len(resync))
+                 self.user_id, self.peer, len(replay), len(resync),
+                 extra={"user": self.user_id, "event": "connected"})
         self.live.set()
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
@@ -346,7 +348,8 @@ class Connection:
             pass
         code = self.closing.code if self.closing else 1006
         log.info("closed user=%s peer=%s code=%s reason=%s", self.user_id or "-", self.peer,
-                 code, self.close_detail or "connection lost")
+                 code, self.close_detail or "connection lost",
+                 extra={"user": self.user_id or None, "event": "closed", "code": code})
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
+            if key not in _RESERVED and not key.startswith("_") and value is not None:
                 line[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
