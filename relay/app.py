@@ -7,6 +7,7 @@ live in ``handshake`` and run before Flask sees the request.
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from datetime import UTC, datetime
@@ -81,6 +82,22 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
             body["reason"] = ("listener unreachable" if not stats
                               else "database disconnected")
         return jsonify(body), 200 if healthy else 503
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from relay.metrics import render
+
+        if settings.metrics_token and not hmac.compare_digest(
+            request.headers.get("Authorization", ""), f"Bearer {settings.metrics_token}"
+        ):
+            return Response("unauthorized\n", status=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        stats = node.link.stats(timeout=2.0)
+        body = render(stats, {"connections": len(node.hub.connections)})
+        return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.after_request
     def security_headers(response: Response) -> Response:

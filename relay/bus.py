@@ -22,6 +22,7 @@ HELLO = ord("H")  # {"pid": int}
 ATTACH = ord("A")  # {"req": int, "user": str, "channels": [str], "resume": {channel: cursor}}
 DETACH = ord("D")  # {"user": str, "channels": [str]}
 STATS = ord("S")  # {"req": int}
+COUNTERS = ord("C")  # {"counters": {name: n}, "closes": {code: n}, "authFailures": {reason: n}}
 # listener → worker
 UPDATE = ord("U")  # channel + encoded client message
 # {"req", "ok", "code"?, "reason"?, "cursors", "replay": [str], "resync": [str]}
@@ -29,7 +30,7 @@ ATTACHED = ord("R")
 RESYNC = ord("Y")  # {"reason": str, "cursors": {channel: cursor}}
 STATS_REPLY = ord("T")  # {"req": int, ...}
 
-KINDS = frozenset((HELLO, ATTACH, DETACH, STATS, UPDATE, ATTACHED, RESYNC, STATS_REPLY))
+KINDS = frozenset((HELLO, ATTACH, DETACH, STATS, COUNTERS, UPDATE, ATTACHED, RESYNC, STATS_REPLY))
 
 
 class BusProtocolError(ValueError):

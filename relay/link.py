@@ -97,6 +97,11 @@ class ListenerLink:
         finally:
             self._stats.pop(req, None)
 
+    def push_counters(self, snapshot: dict[str, Any]) -> None:
+        """Send this worker's cumulative counters; the listener sums them for /metrics."""
+        if self.connected.is_set():
+            self._send(bus.encode(bus.COUNTERS, snapshot))
+
     def _send(self, frame: bytes) -> None:
         self._out.append(frame)
         self._out_ready.set()

@@ -45,6 +45,8 @@ log = logging.getLogger("relay.listener")
 # A worker that does not read for this long (its queue over this many bytes) is dropped;
 # it reconnects and its clients resync. Workers are local and normally drain in microseconds.
 _WORKER_QUEUE_LIMIT = 64 << 20
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   float("inf"))
 
 
 def _reject_constant(name: str) -> Any:
@@ -83,6 +85,7 @@ class WorkerPeer:
         self.sock = sock
         self.number = number
         self.pid = 0
+        self.counters: dict[str, Any] = {}  # the worker's latest COUNTERS snapshot
         self.users: Counter[str] = Counter()  # user → connections on this worker
         self.channels: Counter[str] = Counter()  # channel → connections on this worker
         self._queue: deque[bytes] = deque()
@@ -276,6 +279,14 @@ class Listener:
         self._peer_numbers = 0
         self.notifications = 0
         self.deliveries = 0
+        # Commit → listener latency of notifications whose payload carries "ts" (the
+        # bundled trigger's commit time): cumulative counts per upper bound, for /metrics.
+        self.latency_buckets = [0] * len(LATENCY_BUCKETS)
+        self.latency_count = 0
+        self.latency_sum = 0.0
+        # Counters of workers that went away, so that instance totals never go backwards.
+        self._retired: dict[str, Counter[str]] = {
+            "counters": Counter(), "closes": Counter(), "authFailures": Counter()}
 
     def _new_history(self) -> History:
         s = self.settings
@@ -316,8 +327,26 @@ class Listener:
     def on_database_down(self) -> None:
         self._resync_due = True
 
+    def _observe_latency(self, payload: str) -> None:
+        marker = payload.rfind('"ts"')
+        if marker < 0:
+            return
+        try:
+            text = payload[marker + 4:].lstrip(" :").split(",", 1)[0].split("}", 1)[0]
+            latency = max(0.0, time.time() - float(text))
+        except ValueError:
+            return
+        if latency > 3600:
+            return
+        self.latency_count += 1
+        self.latency_sum += latency
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if latency <= bound:
+                self.latency_buckets[index] += 1
+
     def on_notification(self, channel: str, payload: str) -> None:
         self.notifications += 1
+        self._observe_latency(payload)
         stream, seq = self.history.next_seq(channel)
         message = encode_update(channel, payload, stream, seq)
         self.history.record(channel, seq, message)
@@ -378,6 +407,8 @@ class Listener:
             self._attach(peer, message)
         elif kind == bus.DETACH:
             self._detach(peer, _str(message.get("user")), _str_list(message.get("channels")))
+        elif kind == bus.COUNTERS:
+            peer.counters = message
         elif kind == bus.STATS:
             peer.send(bus.encode(bus.STATS_REPLY, {"req": message.get("req"), **self.stats()}))
         else:
@@ -448,6 +479,8 @@ class Listener:
             return
         self.peers.discard(peer)
         peer.close()
+        for key, retired in self._retired.items():
+            retired.update(peer.counters.get(key) or {})
         log.info("worker %s disconnected", peer.pid)
         self._pending = [(p, r) for p, r in self._pending if p is not peer]
         for user, count in list(peer.users.items()):
@@ -487,7 +520,19 @@ class Listener:
             "deliveries": self.deliveries,
             "databaseReconnects": self.db.reconnects,
             "historyBytes": self.history.total_bytes,
+            "latency": {"buckets": list(zip(LATENCY_BUCKETS, self.latency_buckets, strict=True)),
+                        "count": self.latency_count, "sum": self.latency_sum},
+            **self._worker_totals(),
         }
+
+    def _worker_totals(self) -> dict[str, dict[str, int]]:
+        totals = {key: Counter(retired) for key, retired in self._retired.items()}
+        for peer in self.peers:
+            for key, total in totals.items():
+                for name, value in (peer.counters.get(key) or {}).items():
+                    if isinstance(value, int):
+                        total[name] += value
+        return {key: dict(total) for key, total in totals.items()}
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

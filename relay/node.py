@@ -51,12 +51,24 @@ class Node:
     def _housekeeping(self) -> None:
         tick = max(0.05, min(1.0, self.settings.ping_interval / 4,
                              self.settings.pong_timeout / 4))
+        next_push = 0.0
         while True:
             gevent.sleep(tick)
             now = time.monotonic()
             wall = time.time()
             for conn in tuple(self.hub.connections):
                 conn.tick(now, wall)
+            if now >= next_push:
+                next_push = now + 1.0
+                self.link.push_counters(self.snapshot())
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Cumulative counters of this worker (sent to the listener about once a second)."""
+        counters = dict(self.counters)
+        counters["published"] = self.hub.published
+        counters["delivered"] = self.hub.delivered
+        return {"counters": counters, "closes": {str(k): v for k, v in self.closes.items()},
+                "authFailures": dict(self.auth_failures)}
 
     def drain(self) -> None:
         """Close every client with 1012, spread over the drain window, then return."""
