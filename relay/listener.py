@@ -225,8 +225,29 @@ class DatabaseLink:
             self.listening.discard(channel)
             self.listener.on_unlistened(channel)
 
+    def _check_listen_works(self) -> None:
+        """A NOTIFY to ourselves must come back: through a transaction-mode pooler it never
+        does (trap 9), and relay would then look healthy while delivering nothing."""
+        assert self.conn is not None
+        channel = f"relay_selfcheck_{os.getpid()}"
+        self._execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        with gevent.Timeout(self.settings.db_check_timeout), self.conn.cursor() as cur:
+            cur.execute("SELECT pg_notify(%s, 'check')", (channel,))
+        deadline = time.monotonic() + self.settings.db_check_timeout
+        while not any(n.channel == channel for n in self.conn.notifies):
+            if time.monotonic() > deadline:
+                log.error("LISTEN does not deliver notifications on this DATABASE_URL "
+                          "(a pooled endpoint?): use the database's direct endpoint")
+                raise RuntimeError("LISTEN self-check failed")
+            gevent.select.select([self.conn.fileno()], [], [], 0.1)
+            self.conn.poll()
+        self.conn.notifies[:] = [n for n in self.conn.notifies if n.channel != channel]
+        self._execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+        self._drain()
+
     def _serve(self) -> None:
         assert self.conn is not None
+        self._check_listen_works()
         self._sync_channels()
         self.connected.set()
         self.listener.on_channels_synced()
