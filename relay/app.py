@@ -12,6 +12,7 @@ import os
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from flask import Flask, Response, jsonify, request
 
@@ -42,16 +43,25 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     app.relay_node = node  # type: ignore[attr-defined]  # drained by the worker on SIGTERM
     worker_started = time.time()
 
+    def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any) -> None:
+        """Run one upgraded WebSocket to its end (called once the 101 has been sent)."""
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        peer = environ.get("HTTP_FLY_CLIENT_IP") or environ.get("REMOTE_ADDR") or "-"
+        conn = Connection(node, sock, rfile, peer)
+        conn.serve(query.get("token", [None])[0], query.get("resume", [None])[0])
+
+    # The handshake handler calls this directly, so a connection that lives for hours holds
+    # neither a Flask request context nor Flask's frames on its greenlet's stack.
+    app.relay_serve_websocket = serve_websocket  # type: ignore[attr-defined]
+
     @app.route("/ws", websocket=True)
     def websocket() -> Response:
+        # Reached only when the app is wrapped by middleware that hides it from the handler.
         ws = request.environ.get("wsgi.websocket")
         if ws is None:  # a plain GET that Werkzeug still matched
             return Response("WebSocket upgrade required\n", status=426,
                             headers={"Upgrade": "websocket"})
-        handler = ws.handler
-        peer = request.headers.get("Fly-Client-IP") or request.remote_addr or "-"
-        conn = Connection(node, handler.socket, handler.rfile, peer)
-        conn.serve(request.args.get("token"), request.args.get("resume"))
+        serve_websocket(request.environ, ws.handler.socket, ws.handler.rfile)
         return Response(b"")
 
     @app.get("/health")

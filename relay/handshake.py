@@ -102,8 +102,12 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         # Unlike gevent-websocket's version, never call its WebSocket.close(): relay's
         # connection has already sent a proper close frame (with a code) itself.
         self.websocket.closed = True
+        serve = getattr(self.application, "relay_serve_websocket", None)
         try:
-            list(self.application(self.environ, lambda s, h, e=None: []))
+            if serve is not None:
+                serve(self.environ, self.socket, self.rfile)
+            else:
+                list(self.application(self.environ, lambda s, h, e=None: []))
         finally:
             self.websocket = None
 
