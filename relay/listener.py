@@ -155,7 +155,7 @@ class DatabaseLink:
                 gevent.sleep(delay)
             try:
                 self._connect()
-            except Exception as exc:  # noqa: BLE001 - any failure means: retry later
+            except (Exception, gevent.Timeout) as exc:  # any failure means: retry later
                 delay = _backoff(delay, self.settings.reconnect_max_delay)
                 log.warning("database connect failed (%s); retrying in %.1fs",
                             _describe(exc), delay)
@@ -165,7 +165,7 @@ class DatabaseLink:
             first = False
             try:
                 self._serve()
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, gevent.Timeout) as exc:  # Timeout is a BaseException
                 log.error("database connection lost: %s", _describe(exc))
             self._drop()
             self.reconnects += 1

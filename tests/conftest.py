@@ -66,3 +66,18 @@ def relay_factory(postgres_url: str, schema_installed: list[str],
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, which it may stop, restart or break."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("fault tests restart PostgreSQL: they need the embedded server "
+                    "(DATABASE_URL is set)")
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    install_schema(server.url)
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
