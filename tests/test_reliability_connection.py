@@ -1,0 +1,179 @@
+"""One connection's life limits: heartbeats, token lifetime, drain, backpressure, caps."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import psutil
+
+from tests.support import RelayProcess, execute, notify, wait_for
+
+
+def test_client_that_never_pongs_is_closed_with_4011(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_PING_INTERVAL": "0.3", "RELAY_PONG_TIMEOUT": "1"})
+    silent = relay.connect("hb1", answer_pings=False)
+    alive = relay.connect("hb2")
+    assert silent.expect("ping")["type"] == "ping"
+    deadline = time.monotonic() + 10
+    while silent.close_code is None and time.monotonic() < deadline:
+        silent.nothing_within(0.1)
+        alive.nothing_within(0.1)  # reading answers its pings
+    assert silent.close_code == 4011
+    # The one that answers stays connected for several intervals.
+    for _ in range(10):
+        assert alive.nothing_within(0.2)
+    assert alive.close_code is None
+    alive.close()
+
+
+def test_token_expiring_then_4001_at_exp(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_TOKEN_REFRESH_WINDOW": "2"})
+    client = relay.connect(token=relay.token("exp1", ttl=3))
+    warning = client.expect("token_expiring", timeout=5)
+    assert warning["expiresAt"] == client.connected["expiresAt"]
+    code, reason = client.expect_close(timeout=10)
+    assert code == 4001 and "expired" in reason
+
+
+def test_refresh_extends_the_connection(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_TOKEN_REFRESH_WINDOW": "2"})
+    client = relay.connect(token=relay.token("exp2", ttl=3))
+    client.expect("token_expiring", timeout=5)
+    client.send({"type": "refresh", "token": relay.token("exp2", ttl=60)})
+    refreshed = client.expect("token_refreshed")
+    assert refreshed["expiresAt"] > client.connected["expiresAt"] + 30
+    assert client.nothing_within(3.0)  # past the first token's exp, still open
+    assert client.close_code is None
+    client.close()
+
+
+def test_refresh_with_another_users_token_is_refused(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory()
+    client = relay.connect("exp3")
+    client.send({"type": "refresh", "token": relay.token("someone-else")})
+    assert client.expect_close()[0] == 4003
+
+
+def test_sigterm_drains_clients_with_1012_spread_over_the_window(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_DRAIN_SECONDS": "2"})
+    clients = [relay.connect(f"drain{i}") for i in range(8)]
+    assert relay.proc is not None
+    started = time.monotonic()
+    relay.proc.send_signal(signal.SIGTERM)
+    arrivals = []
+    for client in clients:
+        code, _ = client.expect_close(timeout=20)
+        assert code == 1012
+        arrivals.append(time.monotonic() - started)
+    relay.proc.wait(30)
+    assert relay.proc.returncode == 0
+    # Spread, not all in the same instant (loose: the window is 2 s, per worker).
+    assert max(arrivals) - min(arrivals) > 0.3, arrivals
+
+
+def _raw_client(relay: RelayProcess, user: str) -> socket.socket:
+    """A client that authenticates and then never reads (its receive window fills)."""
+    sock = socket.create_connection(("127.0.0.1", relay.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?token={relay.token(user)} HTTP/1.1\r\nHost: x\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    return sock
+
+
+def _close_code_at_end(sock: socket.socket) -> int | None:
+    sock.settimeout(15)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    offset = data.find(b"\r\n\r\n") + 4  # after the 101, walk the frames to the close
+    while offset + 2 <= len(data):
+        opcode, length = data[offset] & 0x0F, data[offset + 1] & 0x7F
+        head = 2
+        if length == 126:
+            length, head = struct.unpack("!H", data[offset + 2:offset + 4])[0], 4
+        elif length == 127:
+            length, head = struct.unpack("!Q", data[offset + 2:offset + 10])[0], 10
+        if opcode == 0x8:
+            return struct.unpack("!H", data[offset + head:offset + head + 2])[0]
+        offset += head + length
+    return None
+
+
+def test_slow_consumer_is_closed_with_4009_and_delays_nobody(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory({"RELAY_QUEUE_MAX_MESSAGES": "50", "RELAY_QUEUE_MAX_BYTES": "65536"})
+    slow = _raw_client(relay, "slow")
+    fast = relay.connect("fast")
+    wait_for(lambda: relay.health()[1]["totalConnections"] == 2, 5)
+    # ~14 MB for a client whose socket buffers hold a few hundred KB: its queue must overflow.
+    for i in range(4):
+        execute(postgres_url, "SELECT pg_notify('user_Usage_slow', repeat('x', 7000) || g) "
+                              "FROM generate_series(1, 500) AS g")
+        notify(postgres_url, "user_Usage_fast", json.dumps({"i": i}))
+        assert fast.expect("update", timeout=5)["data"] == {"i": i}
+    # When the client reads again it finds what was in flight, then the 4009 close frame.
+    assert _close_code_at_end(slow) == 4009
+    wait_for(lambda: relay.health()[1]["totalConnections"] == 1, 15,
+             message="the slow consumer to be dropped")
+    workers = [psutil.Process(p) for p in relay.worker_pids()]
+    assert all(w.memory_info().rss < 300 * 2**20 for w in workers)
+    fast.close()
+
+
+def test_connections_per_user_cap_4008(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_MAX_CONNECTIONS_PER_USER": "2"})
+    first, second = relay.connect("capped"), relay.connect("capped")
+    third = relay.connect("capped", expect_connected=False)
+    assert third.expect_close()[0] == 4008
+    other = relay.connect("not-capped")
+    first.close()
+    wait_for(lambda: relay.health()[1]["totalConnections"] == 2, 5)
+    relay.connect("capped").close()  # room again
+    for c in (second, other):
+        c.close()
+
+
+def test_connections_per_worker_cap_1013_and_health_still_answers(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_MAX_CONNECTIONS_PER_WORKER": "1"}, workers=1)
+    first = relay.connect("w1")
+    second = relay.connect("w2", expect_connected=False)
+    assert second.expect_close()[0] == 1013
+    assert relay.health()[0] == 200
+    first.close()
+
+
+def test_auth_timeout_4010(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_AUTH_TIMEOUT": "1"})
+    client = relay.connect(authenticate=False, expect_connected=False)
+    assert client.expect_close(timeout=10)[0] == 4010
+
+
+def test_message_over_the_limit_is_1009(relay_factory: Callable[..., RelayProcess],
+                                        postgres_url: str) -> None:
+    relay = relay_factory({"RELAY_MAX_MESSAGE_BYTES": "1024"})
+    client = relay.connect("big-in")
+    bystander = relay.connect("by-in")
+    client.send({"type": "pong", "pad": "x" * 2000})
+    assert client.expect_close()[0] == 1009
+    notify(postgres_url, "user_Usage_by-in", "{}")
+    assert bystander.expect("update")["channel"] == "user_Usage_by-in"
+    bystander.close()
