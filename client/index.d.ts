@@ -1,0 +1,82 @@
+export type ConnectionState =
+  | 'idle' | 'connecting' | 'authenticating' | 'connected' | 'reconnecting' | 'closed';
+
+export interface Update<T = unknown> {
+  type: 'update';
+  table: string;
+  channel: string;
+  seq: number;
+  cursor: string;
+  data: T;
+}
+
+export interface ResyncInfo {
+  reason: string;
+  channels: string[];
+}
+
+export interface BackoffOptions {
+  baseMs?: number;
+  capMs?: number;
+}
+
+export interface RealtimeClientOptions {
+  /** wss://host/ws — defaults to NEXT_PUBLIC_WEBSOCKET_URL + '/ws'. */
+  url?: string;
+  /** Returns a fresh JWT; default: GET /api/auth/websocket-token → { token }. */
+  getToken?: () => Promise<string>;
+  WebSocketImpl?: typeof WebSocket;
+  backoff?: BackoffOptions;
+  /** Backoff resets after a connection stayed up this long (default 10000). */
+  stableMs?: number;
+  /** Silence after which the server is considered dead (default 2.5 × pingInterval). */
+  heartbeatTimeoutMs?: number;
+  random?: () => number;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: unknown) => void;
+  eventTarget?: EventTarget;
+}
+
+export interface RealtimeClient {
+  connect(): void;
+  close(): void;
+  subscribe(callback: (update: Update) => void): () => void;
+  onState(callback: (state: ConnectionState) => void): () => void;
+  onResync(callback: (info: ResyncInfo) => void): () => void;
+  onError(callback: (error: Error) => void): () => void;
+  readonly state: ConnectionState;
+  readonly cursors: Record<string, string>;
+  readonly lastClose: { code: number; reason: string } | null;
+}
+
+export function createRealtimeClient(options?: RealtimeClientOptions): RealtimeClient;
+
+export interface Backoff {
+  next(): number;
+  reset(): void;
+  readonly attempt: number;
+}
+export function createBackoff(options?: BackoffOptions & { random?: () => number }): Backoff;
+
+export interface CloseCode {
+  code: number;
+  name: string;
+  reason: string;
+  reconnect: 'yes' | 'new-token' | 'no';
+}
+export const CLOSE_CODES: CloseCode[];
+export function reconnectPolicy(code: number): 'yes' | 'new-token' | 'no';
+export function closeCodeName(code: number): string;
+export const STATES: ConnectionState[];
+
+export interface SharedStore {
+  acquire(options?: RealtimeClientOptions): RealtimeClient;
+  release(): void;
+  watch(watcher: (status: { isConnected: boolean; subscriberCount: number }) => void): () => void;
+  snapshot(): { isConnected: boolean; subscriberCount: number };
+  readonly client: RealtimeClient | null;
+}
+export function createSharedStore(
+  factory?: (options?: RealtimeClientOptions) => RealtimeClient,
+  options?: { graceMs?: number },
+): SharedStore;

@@ -1,0 +1,16 @@
+import type { RealtimeClientOptions, ResyncInfo, SharedStore, Update } from './index.js';
+
+export interface UseWebSocketUpdatesOptions {
+  /** Options of the shared client (used by the first component that mounts). */
+  client?: RealtimeClientOptions;
+  /** Called when updates may have been missed: refetch the snapshot. */
+  onResync?: (info: ResyncInfo) => void;
+  store?: SharedStore;
+}
+
+export function useWebSocketUpdates(
+  callback: (update: Update) => void,
+  options?: UseWebSocketUpdatesOptions,
+): { isConnected: boolean; subscriberCount: number };
+
+export const useRealtimeUpdates: typeof useWebSocketUpdates;

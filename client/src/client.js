@@ -1,0 +1,286 @@
+// The framework-free relay client: one WebSocket, authenticated, resumable, self-healing.
+//
+// createRealtimeClient({ url, getToken }) gives a connection manager that authenticates with
+// the first message (the token never goes in the URL, so it never lands in access logs),
+// keeps the last cursor of every channel, resumes after a reconnect, reports `resync` when
+// the app must refetch its snapshot, answers heartbeats, detects a silent server, refreshes
+// its token before it expires and reconnects with full-jitter backoff. See docs/protocol.md.
+import { createBackoff } from './backoff.js';
+import { reconnectPolicy } from './reconnectPolicy.js';
+
+export const STATES = ['idle', 'connecting', 'authenticating', 'connected', 'reconnecting', 'closed'];
+
+function defaultUrl() {
+  const base = typeof process !== 'undefined' && process.env
+    ? process.env.NEXT_PUBLIC_WEBSOCKET_URL
+    : undefined;
+  return base ? `${base.replace(/\/+$/, '')}/ws` : undefined;
+}
+
+async function defaultGetToken() {
+  const response = await fetch('/api/auth/websocket-token', { credentials: 'include' });
+  if (!response.ok) throw new Error(`token endpoint answered ${response.status}`);
+  const body = await response.json();
+  return body.token;
+}
+
+export function createRealtimeClient(options = {}) {
+  const {
+    url = defaultUrl(),
+    getToken = defaultGetToken,
+    WebSocketImpl = globalThis.WebSocket,
+    setTimeout: setTimer = (fn, ms) => globalThis.setTimeout(fn, ms),
+    clearTimeout: clearTimer = (id) => globalThis.clearTimeout(id),
+    random = Math.random,
+    backoff: backoffOptions = {},
+    stableMs = 10000,
+    heartbeatTimeoutMs,
+    eventTarget = typeof window !== 'undefined' ? window : undefined,
+  } = options;
+  if (!url) throw new Error('relay client: no url (set NEXT_PUBLIC_WEBSOCKET_URL or pass url)');
+  if (!WebSocketImpl) throw new Error('relay client: no WebSocket implementation');
+
+  const backoff = createBackoff({ ...backoffOptions, random });
+  const updateListeners = new Set();
+  const stateListeners = new Set();
+  const resyncListeners = new Set();
+  const errorListeners = new Set();
+  const cursors = {};
+  let state = 'idle';
+  let ws = null;
+  let stopped = true;
+  let everConnected = false;
+  let pingIntervalMs = 20000;
+  let reconnectTimer = null;
+  let watchdogTimer = null;
+  let stableTimer = null;
+  let lastClose = null;
+
+  function setState(next) {
+    if (state === next) return;
+    state = next;
+    for (const listener of [...stateListeners]) listener(next);
+  }
+
+  function emit(listeners, value) {
+    for (const listener of [...listeners]) {
+      try {
+        listener(value);
+      } catch (error) {
+        for (const onError of [...errorListeners]) onError(error);
+      }
+    }
+  }
+
+  function reportError(error) {
+    for (const listener of [...errorListeners]) listener(error);
+  }
+
+  function clearTimers() {
+    for (const timer of [reconnectTimer, watchdogTimer, stableTimer]) {
+      if (timer !== null) clearTimer(timer);
+    }
+    reconnectTimer = watchdogTimer = stableTimer = null;
+  }
+
+  function armWatchdog() {
+    if (watchdogTimer !== null) clearTimer(watchdogTimer);
+    const timeout = heartbeatTimeoutMs ?? Math.round(pingIntervalMs * 2.5);
+    watchdogTimer = setTimer(() => {
+      watchdogTimer = null;
+      // The server has been silent for more than two heartbeats: treat it as dead.
+      abandon('heartbeat timeout');
+    }, timeout);
+  }
+
+  function send(message) {
+    if (ws && ws.readyState === 1) ws.send(JSON.stringify(message));
+  }
+
+  function abandon(reason) {
+    const socket = ws;
+    detach(socket);
+    try {
+      socket?.close(4000, reason);
+    } catch {
+      // already closing
+    }
+    scheduleReconnect({ code: 1006, reason });
+  }
+
+  function detach(socket) {
+    if (!socket) return;
+    socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+    if (ws === socket) ws = null;
+  }
+
+  async function open() {
+    clearTimers();
+    setState(everConnected ? 'reconnecting' : 'connecting');
+    let token;
+    try {
+      token = await getToken();
+    } catch (error) {
+      reportError(error);
+      scheduleReconnect({ code: 1006, reason: 'token fetch failed' });
+      return;
+    }
+    if (stopped) return;
+    let socket;
+    try {
+      socket = new WebSocketImpl(url);
+    } catch (error) {
+      reportError(error);
+      scheduleReconnect({ code: 1006, reason: 'cannot open' });
+      return;
+    }
+    ws = socket;
+    socket.onopen = () => {
+      setState('authenticating');
+      const auth = { type: 'auth', token };
+      if (Object.keys(cursors).length) auth.resume = { ...cursors };
+      socket.send(JSON.stringify(auth));
+      armWatchdog();
+    };
+    socket.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      armWatchdog();
+      handle(message);
+    };
+    socket.onclose = (event) => {
+      detach(socket);
+      onClosed({ code: event.code, reason: event.reason });
+    };
+    socket.onerror = () => {};
+  }
+
+  function handle(message) {
+    switch (message.type) {
+      case 'connected': {
+        if (typeof message.pingInterval === 'number') pingIntervalMs = message.pingInterval * 1000;
+        Object.assign(cursors, message.cursors || {});
+        const missedSomething = everConnected && !message.resumed;
+        everConnected = true;
+        setState('connected');
+        stableTimer = setTimer(() => {
+          stableTimer = null;
+          backoff.reset();
+        }, stableMs);
+        armWatchdog();
+        if (missedSomething) {
+          emit(resyncListeners, { reason: 'reconnected', channels: message.channels || [] });
+        }
+        break;
+      }
+      case 'update':
+        if (message.channel && message.cursor) cursors[message.channel] = message.cursor;
+        emit(updateListeners, message);
+        break;
+      case 'resync':
+        Object.assign(cursors, message.cursors || {});
+        emit(resyncListeners, { reason: message.reason, channels: message.channels || [] });
+        break;
+      case 'ping':
+        send({ type: 'pong' });
+        break;
+      case 'token_expiring':
+        Promise.resolve()
+          .then(() => getToken())
+          .then((token) => send({ type: 'refresh', token }))
+          .catch(reportError);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onClosed(close) {
+    clearTimers();
+    lastClose = close;
+    if (stopped) {
+      setState('closed');
+      return;
+    }
+    const policy = reconnectPolicy(close.code);
+    if (policy === 'no') {
+      stopped = true;
+      setState('closed');
+      reportError(new Error(`relay closed the connection: ${close.code} ${close.reason || ''}`));
+      return;
+    }
+    scheduleReconnect(close);
+  }
+
+  function scheduleReconnect(close) {
+    if (stopped) return;
+    clearTimers();
+    lastClose = close;
+    setState('reconnecting');
+    const delay = backoff.next();
+    reconnectTimer = setTimer(() => {
+      reconnectTimer = null;
+      open();
+    }, delay);
+  }
+
+  function reconnectNow() {
+    if (stopped || state !== 'reconnecting' || reconnectTimer === null) return;
+    clearTimer(reconnectTimer);
+    reconnectTimer = null;
+    open();
+  }
+
+  if (eventTarget && typeof eventTarget.addEventListener === 'function') {
+    eventTarget.addEventListener('online', reconnectNow);
+  }
+
+  return {
+    connect() {
+      if (!stopped) return;
+      stopped = false;
+      open();
+    },
+    close() {
+      stopped = true;
+      clearTimers();
+      const socket = ws;
+      detach(socket);
+      try {
+        socket?.close(1000, 'client closed');
+      } catch {
+        // already closed
+      }
+      setState('closed');
+    },
+    subscribe(callback) {
+      updateListeners.add(callback);
+      return () => updateListeners.delete(callback);
+    },
+    onState(callback) {
+      stateListeners.add(callback);
+      return () => stateListeners.delete(callback);
+    },
+    onResync(callback) {
+      resyncListeners.add(callback);
+      return () => resyncListeners.delete(callback);
+    },
+    onError(callback) {
+      errorListeners.add(callback);
+      return () => errorListeners.delete(callback);
+    },
+    get state() {
+      return state;
+    },
+    get cursors() {
+      return { ...cursors };
+    },
+    get lastClose() {
+      return lastClose;
+    },
+  };
+}

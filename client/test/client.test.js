@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { createRealtimeClient } from '../src/client.js';
+import { CONNECTED, createClock, createFakeSockets, flush } from './fakes.js';
+
+function setup(extra = {}) {
+  const clock = createClock();
+  const fakes = createFakeSockets();
+  let tokens = 0;
+  const states = [];
+  const updates = [];
+  const resyncs = [];
+  const errors = [];
+  const client = createRealtimeClient({
+    url: 'ws://relay.test/ws',
+    getToken: async () => `token-${++tokens}`,
+    WebSocketImpl: fakes.FakeWebSocket,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    random: () => 0.5,
+    backoff: { baseMs: 1000, capMs: 8000 },
+    eventTarget: null,
+    ...extra,
+  });
+  client.onState((s) => states.push(s));
+  client.subscribe((u) => updates.push(u));
+  client.onResync((r) => resyncs.push(r));
+  client.onError((e) => errors.push(e));
+  return { client, clock, fakes, states, updates, resyncs, errors, tokens: () => tokens };
+}
+
+async function connect(ctx, connected = CONNECTED) {
+  ctx.client.connect();
+  await flush();
+  ctx.fakes.last.serverOpen();
+  ctx.fakes.last.serverSend(connected);
+}
+
+test('authenticates with the first message, token not in the URL', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  assert.equal(ctx.fakes.last.url, 'ws://relay.test/ws');
+  assert.deepEqual(ctx.fakes.last.sent[0], { type: 'auth', token: 'token-1' });
+  assert.deepEqual(ctx.states, ['connecting', 'authenticating', 'connected']);
+  assert.equal(ctx.client.state, 'connected');
+});
+
+test('updates reach subscribers and move the cursor of their channel', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'update', table: 'subscription', channel: 'user_Subscription_42',
+    seq: 1, cursor: 'e-1:1', data: { plan: 'pro' } });
+  assert.equal(ctx.updates.length, 1);
+  assert.equal(ctx.updates[0].table, 'subscription');
+  assert.equal(ctx.client.cursors.user_Subscription_42, 'e-1:1');
+  assert.equal(ctx.client.cursors.user_Usage_42, 'e-2:0');
+});
+
+test('answers ping with pong', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'ping' });
+  assert.deepEqual(ctx.fakes.last.sent.at(-1), { type: 'pong' });
+});
+
+test('1012 drain: reconnects after a jittered backoff and resumes with its cursors', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'update', channel: 'user_Usage_42', seq: 4, cursor: 'e-2:4',
+    table: 'usage', data: {} });
+  ctx.fakes.last.serverClose(1012, 'server restarting');
+  assert.equal(ctx.client.state, 'reconnecting');
+  assert.equal(ctx.fakes.sockets.length, 1);
+  await ctx.clock.advance(499); // random 0.5 × 1000 ms
+  assert.equal(ctx.fakes.sockets.length, 1);
+  await ctx.clock.advance(1);
+  assert.equal(ctx.fakes.sockets.length, 2);
+  ctx.fakes.last.serverOpen();
+  assert.deepEqual(ctx.fakes.last.sent[0], {
+    type: 'auth', token: 'token-2',
+    resume: { user_Subscription_42: 'e-1:0', user_Usage_42: 'e-2:4' },
+  });
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: true });
+  assert.equal(ctx.resyncs.length, 0, 'a resumed connection needs no resync');
+});
+
+test('a reconnect that could not resume reports a resync', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverClose(1006);
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: false });
+  assert.equal(ctx.resyncs.length, 1);
+  assert.equal(ctx.resyncs[0].reason, 'reconnected');
+});
+
+test('a resync message reaches onResync and updates cursors', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'resync', reason: 'database reconnected',
+    channels: ['user_Usage_42'], cursors: { user_Usage_42: 'f-9:0' } });
+  assert.deepEqual(ctx.resyncs, [{ reason: 'database reconnected', channels: ['user_Usage_42'] }]);
+  assert.equal(ctx.client.cursors.user_Usage_42, 'f-9:0');
+});
+
+test('4003 is terminal: no reconnect loop', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverClose(4003, 'forbidden');
+  await ctx.clock.advance(120000);
+  assert.equal(ctx.fakes.sockets.length, 1);
+  assert.equal(ctx.client.state, 'closed');
+  assert.equal(ctx.errors.length, 1);
+});
+
+test('4001 fetches a new token before reconnecting', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverClose(4001, 'token expired');
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  assert.equal(ctx.fakes.last.sent[0].token, 'token-2');
+});
+
+test('token_expiring is answered with a refresh carrying a new token', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'token_expiring', expiresAt: 1, in: 60 });
+  await flush();
+  assert.deepEqual(ctx.fakes.last.sent.at(-1), { type: 'refresh', token: 'token-2' });
+});
+
+test('a silent server is treated as dead after 2.5 heartbeats', async () => {
+  const ctx = setup();
+  await connect(ctx, { ...CONNECTED, pingInterval: 2 });
+  await ctx.clock.advance(4999);
+  assert.equal(ctx.client.state, 'connected');
+  ctx.fakes.last.serverSend({ type: 'ping' }); // any message re-arms the watchdog
+  await ctx.clock.advance(4999);
+  assert.equal(ctx.client.state, 'connected');
+  await ctx.clock.advance(1);
+  assert.equal(ctx.client.state, 'reconnecting');
+  assert.equal(ctx.fakes.sockets[0].closedWith.code, 4000);
+});
+
+test('backoff grows while failing and resets after a stable connection', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverClose(1013);
+  assert.deepEqual(ctx.clock.pending, [500]);
+  await ctx.clock.advance(500);
+  ctx.fakes.last.serverClose(1006); // failed before opening
+  assert.deepEqual(ctx.clock.pending, [1000]);
+  await ctx.clock.advance(1000);
+  ctx.fakes.last.serverOpen();
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: true });
+  await ctx.clock.advance(10000); // stable
+  ctx.fakes.last.serverClose(1012);
+  assert.ok(ctx.clock.pending.includes(500), `back to the base: ${ctx.clock.pending}`);
+});
+
+test('close() stops for good', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.client.close();
+  assert.equal(ctx.client.state, 'closed');
+  assert.equal(ctx.fakes.sockets[0].closedWith.code, 1000);
+  await ctx.clock.advance(60000);
+  assert.equal(ctx.fakes.sockets.length, 1);
+});
+
+test('a failing token endpoint is retried with backoff', async () => {
+  let calls = 0;
+  const ctx = setup({ getToken: async () => { calls += 1; if (calls === 1) throw new Error('503'); return 't'; } });
+  ctx.client.connect();
+  await flush();
+  assert.equal(ctx.client.state, 'reconnecting');
+  assert.equal(ctx.fakes.sockets.length, 0);
+  await ctx.clock.advance(1000);
+  assert.equal(ctx.fakes.sockets.length, 1);
+});
