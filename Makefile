@@ -25,12 +25,12 @@ run: $(STAMP)
 	$(PY) -m relay dev
 
 ## test: everything — Python (real PostgreSQL, real gunicorn) and the JS client
-test: lint test-python test-client
+test: lint test-client test-python
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check relay tests bench wsgi.py gunicorn.conf.py
 
-test-python: $(STAMP)
+test-python: $(STAMP) client/node_modules/.package-lock.json
 	$(PY) -m pytest -q
 
 test-client: client/node_modules/.package-lock.json

@@ -51,7 +51,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 class RelayProcess:
     def __init__(self, database_url: str, workdir: Path, workers: int = 2,
                  env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+        self.port = int((env or {}).get("PORT") or free_port())
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(workdir / "listener.sock")

@@ -1,0 +1,112 @@
+"""The JS client against the real relay: the shared close-code table, a token signed by
+Node's jsonwebtoken, and an end-to-end run in headless Chromium through /demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, SECRET, RelayProcess, execute, wait_for
+
+CLIENT = ROOT / "client"
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium")
+needs_node = pytest.mark.skipif(
+    NODE is None or not (CLIENT / "node_modules").exists(),
+    reason="node or client/node_modules missing (make test runs npm ci first)")
+
+
+def test_js_close_codes_are_generated_from_the_python_table() -> None:
+    generated = subprocess.run([sys.executable, "-m", "relay", "close-codes", "--js"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert (CLIENT / "src" / "closeCodes.js").read_text() == generated
+
+
+@needs_node
+def test_token_signed_by_node_jsonwebtoken_is_accepted(relay: RelayProcess) -> None:
+    token = subprocess.run(
+        [NODE, "test-support/sign-token.mjs", "--user-id", "node-42", "--secret", SECRET],
+        cwd=CLIENT, capture_output=True, text=True, check=True).stdout.strip()
+    client = relay.connect(token=token)
+    assert client.connected["userId"] == "node-42"
+    client.close()
+
+
+class Browser:
+    def __init__(self) -> None:
+        assert NODE is not None
+        self.proc = subprocess.Popen(
+            [NODE, "test-support/e2e.mjs"], cwd=CLIENT, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "CHROMIUM": CHROMIUM or ""})
+
+    def step(self, **command: Any) -> Any:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        assert answer["ok"], answer
+        return answer.get("value", answer)
+
+    def close(self) -> None:
+        try:
+            self.step(step="close")
+            self.proc.wait(20)
+        except Exception:  # noqa: BLE001 - never leave a browser behind
+            self.proc.kill()
+
+
+@needs_node
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@pytest.mark.timeout(180)
+def test_demo_page_in_headless_chromium(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    port = free_port()
+    env = {"RELAY_DEV": "1", "PORT": str(port), "ALLOWED_ORIGINS": f"http://127.0.0.1:{port}",
+           "RELAY_DRAIN_SECONDS": "0"}
+    relay = relay_factory(env)
+    browser = Browser()
+    try:
+        browser.step(step="open", url=f"{relay.http_url}/demo?userId=e2e")
+        browser.step(step="wait", expr="document.getElementById('state').textContent === "
+                                       "'connected'", timeoutMs=15000)
+        # An UPDATE in PostgreSQL appears on the page within 1 s.
+        execute(postgres_url, "INSERT INTO subscription (user_id, plan, status) "
+                              "VALUES ('e2e', 'free', 'active')")
+        execute(postgres_url, "UPDATE subscription SET plan = 'e2e-pro' WHERE user_id = 'e2e'")
+        shown = browser.step(step="wait", timeoutMs=1000, expr=(
+            "document.getElementById('subscription').textContent.includes('e2e-pro')"))
+        assert shown["ms"] <= 1000
+        # Kill the listener: the page shows the resync and keeps updating.
+        (listener,) = relay.listener_pids()
+        os.kill(listener, signal.SIGKILL)
+        browser.step(step="wait", timeoutMs=10000,
+                     expr="Number(document.getElementById('resyncs').textContent) >= 1")
+        wait_for(lambda: relay.health()[0] == 200, 10)
+        execute(postgres_url, "UPDATE subscription SET plan = 'after-kill' WHERE user_id = 'e2e'")
+        browser.step(step="wait", timeoutMs=5000, expr=(
+            "document.getElementById('subscription').textContent.includes('after-kill')"))
+        # Restart the whole relay on the same port: the page reconnects by itself.
+        relay.stop()
+        browser.step(step="wait", timeoutMs=10000,
+                     expr="document.getElementById('state').textContent !== 'connected'")
+        relay.start()
+        browser.step(step="wait", timeoutMs=30000,
+                     expr="document.getElementById('state').textContent === 'connected'")
+        execute(postgres_url, "UPDATE subscription SET plan = 'after-restart' "
+                              "WHERE user_id = 'e2e'")
+        browser.step(step="wait", timeoutMs=5000, expr=(
+            "document.getElementById('subscription').textContent.includes('after-restart')"))
+    finally:
+        browser.close()
