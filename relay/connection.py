@@ -261,9 +261,11 @@ class Connection:
                 self.awaiting_pong_since = None
             elif event.kind == "close":
                 if self.closing is None:
+                    # Echo the client's (validated) code, as RFC 6455 5.5.1 suggests.
                     code = event.close_code or 1000
-                    echo = closecodes.BY_CODE.get(code, closecodes.NORMAL)
-                    self.close(echo if echo.code == code else closecodes.NORMAL, "client closed")
+                    echo = closecodes.BY_CODE.get(code) or closecodes.CloseCode(
+                        code, f"CLIENT_{code}", "client closed", "no")
+                    self.close(echo, "client closed")
                 return None
 
     def _rate_limit(self) -> None:
