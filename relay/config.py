@@ -32,6 +32,7 @@ class Settings:
     socket_path: str = ""
     channel_templates: tuple[str, ...] = DEFAULT_CHANNEL_TEMPLATES
     auth_timeout: float = 10.0
+    handshake_timeout: float = 10.0
     ping_interval: float = 20.0
     pong_timeout: float = 20.0
     token_refresh_window: float = 60.0
@@ -80,6 +81,7 @@ class Settings:
             or os.path.join(tempfile.gettempdir(), f"relay-{os.getpid()}.sock"),
             channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
             auth_timeout=reader.number("RELAY_AUTH_TIMEOUT", 10.0, 0.1, 300),
+            handshake_timeout=reader.number("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 300),
             ping_interval=reader.number("RELAY_PING_INTERVAL", 20.0, 0.1, 25),
             pong_timeout=reader.number("RELAY_PONG_TIMEOUT", 20.0, 0.1, 600),
             token_refresh_window=reader.number("RELAY_TOKEN_REFRESH_WINDOW", 60.0, 0, 3600),

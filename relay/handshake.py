@@ -38,12 +38,16 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
     def read_requestline(self) -> Any:
         # Slowloris: a client gets a bounded time to send each request (and idle keep-alive
         # connections are closed after it).
-        with gevent.Timeout(HANDSHAKE_TIMEOUT, False):
+        with gevent.Timeout(self._handshake_timeout(), False):
             return super().read_requestline()
         return None
 
+    def _handshake_timeout(self) -> float:
+        settings = getattr(self.server.application, "relay_settings", None)
+        return settings.handshake_timeout if settings is not None else HANDSHAKE_TIMEOUT
+
     def read_request(self, raw_requestline: str) -> Any:
-        timer = gevent.Timeout(HANDSHAKE_TIMEOUT)
+        timer = gevent.Timeout(self._handshake_timeout())
         timer.start()
         try:
             return super().read_request(raw_requestline)
