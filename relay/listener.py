@@ -412,7 +412,7 @@ class Listener:
                     break
                 for kind, body in reader.feed(data):
                     self._handle(peer, kind, body)
-        except bus.BusProtocolError as exc:
+        except (bus.BusProtocolError, ValueError, TypeError) as exc:
             log.error("worker %s sent garbage (%s); dropping it", peer.pid, exc)
         except OSError:
             pass
