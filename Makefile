@@ -28,7 +28,7 @@ run: $(STAMP)
 test: lint test-client test-python
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check relay tests bench wsgi.py gunicorn.conf.py
+	$(VENV)/bin/ruff check relay tests $(wildcard bench) wsgi.py gunicorn.conf.py
 
 test-python: $(STAMP) client/node_modules/.package-lock.json
 	$(PY) -m pytest -q
