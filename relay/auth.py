@@ -60,28 +60,31 @@ def verify_token(token: object, secret: bytes, max_bytes: int = 8192) -> Claims:
             options={"require": ["exp", "iss", "aud"], "strict_aud": True},
             leeway=0,
         )
-    except jwt.ExpiredSignatureError:
-        raise AuthError("token expired") from None
-    except jwt.InvalidSignatureError:
-        raise AuthError("bad signature") from None
-    except jwt.InvalidIssuerError:
-        raise AuthError("wrong issuer") from None
-    except jwt.InvalidAudienceError:
-        raise AuthError("wrong audience") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"missing claim {exc.claim}") from None
-    except jwt.ImmatureSignatureError:
-        raise AuthError("token not yet valid") from None
-    except jwt.InvalidIssuedAtError:
-        raise AuthError("issued in the future") from None
-    except jwt.PyJWTError:
-        raise AuthError("invalid token") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(_reason(exc)) from None
     iat = claims.get("iat")
     if isinstance(iat, (int, float)) and iat > time.time() + 60:
         raise AuthError("issued in the future")
     if "userId" not in claims:
         raise AuthError("missing claim userId")
     return Claims(user_id=_user_id(claims["userId"]), expires_at=int(claims["exp"]))
+
+
+# Most specific first: several of these subclass one another.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidIssuedAtError, "issued in the future"),
+)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    return next((text for kind, text in _REASONS if isinstance(exc, kind)), "invalid token")
 
 
 def _user_id(value: object) -> str:

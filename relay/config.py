@@ -142,25 +142,20 @@ class _Reader:
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
-        return value
+        return int(self._ranged(name, default, low, high, int, "a whole number"))
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
+        return float(self._ranged(name, default, low, high, float, "a number of seconds"))
+
+    def _ranged(self, name: str, default: float, low: float, high: float,
+                convert: type[int] | type[float], kind: str) -> float:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+            raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
         if not low <= value <= high:
             raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
         return value
