@@ -1,0 +1,1 @@
+"""relay's performance benchmark: ``make bench``; see docs/performance.md."""

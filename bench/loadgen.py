@@ -1,0 +1,353 @@
+"""A load-generator process: many lean WebSocket clients on raw gevent sockets.
+
+Started by ``bench.run`` (``python -m bench.loadgen``), several at once, each on its own
+loopback source address. It is driven by JSON lines on stdin and answers each with one JSON
+line on stdout. Commands:
+
+* ``open``   — open and hold connections for a list of users (``?token=`` in the URL), each
+  counted once its ``connected`` message has arrived;
+* ``churn``  — for a while, connect, authenticate, wait for ``connected``, reset; count them;
+* ``reset`` / ``stats`` — zero / report what the held connections received;
+* ``close``  — drop every held connection; ``quit``.
+
+The client is written for low CPU per message: no WebSocket library, one greenlet per held
+connection, a frame parser over a ``bytearray`` and ``json.loads`` of each ``update`` only.
+Every update's ``data`` carries ``u`` (the user it was meant for), ``n`` (a unique number),
+``k`` (``w`` warm-up, ``s`` steady, ``b`` burst) and ``ts`` (PostgreSQL's clock when the
+writer built it), from which the commit→client latency is taken.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from array import array  # noqa: E402
+from collections import Counter  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.fileobject  # noqa: E402
+import gevent.pool  # noqa: E402
+
+from relay.auth import issue_token  # noqa: E402
+
+_KEY = base64.b64encode(b"relay-bench-key!").decode()
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT on either side
+_PONG = b"\x81\x8f\x00\x00\x00\x00" + b'{"type":"pong"}'  # masked with a zero key
+_UPDATE = b'{"type":"update"'
+_PING = b'{"type":"ping"}'
+
+
+class HandshakeFailed(Exception):
+    """The server did not answer 101, or closed before ``connected``."""
+
+
+class Received:
+    """What the held connections of this process received since the last ``reset``."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.seen: set[int] = set()
+        self.duplicates = 0
+        self.misrouted = 0
+        self.seq_gaps = 0
+        self.by_kind: Counter[str] = Counter()
+        self.latencies = array("f")  # steady-phase commit→client latency, milliseconds
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.closes: Counter[int] = Counter()
+        self.other: Counter[str] = Counter()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "updates": self.updates, "unique": len(self.seen), "duplicates": self.duplicates,
+            "misrouted": self.misrouted, "seqGaps": self.seq_gaps,
+            "byKind": dict(self.by_kind), "first": self.first, "last": self.last,
+            "closes": {str(k): v for k, v in self.closes.items()}, "other": dict(self.other),
+            "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
+        }
+
+
+class LoadGenerator:
+    def __init__(self, host: str, port: int, source: str, secret: bytes) -> None:
+        self.host = host
+        self.port = port
+        self.source = source
+        self.secret = secret
+        self.held: dict[int, tuple[socket.socket, gevent.Greenlet]] = {}
+        self.received = Received()
+        self.last_seq: dict[str, int] = {}
+        self._next_id = 0
+
+    # ----- one connection -----
+
+    def _handshake(self, user: str, token: str, timeout: float) -> tuple[socket.socket, bytes]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(timeout)
+            if self.source:
+                sock.bind((self.source, 0))
+            sock.connect((self.host, self.port))
+            sock.sendall((
+                f"GET /ws?token={token} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {_KEY}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            buf = bytearray()
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(4096)
+                if not data:
+                    raise HandshakeFailed("closed during the HTTP handshake")
+                buf += data
+            head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise HandshakeFailed(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+            frames = bytearray(rest)
+            while True:  # the first text frame must be `connected`
+                parsed = _frame(frames)
+                if parsed is None:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise HandshakeFailed("closed before connected")
+                    frames += data
+                    continue
+                opcode, payload, used = parsed
+                del frames[:used]
+                if opcode == 0x8:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    raise HandshakeFailed(f"closed with {code}")
+                if opcode == 0x1 and b'"connected"' in payload:
+                    sock.settimeout(None)
+                    return sock, bytes(frames)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _reader(self, key: int, sock: socket.socket, user: str, pending: bytes) -> None:
+        got = self.received
+        buf = bytearray(pending)
+        try:
+            while True:
+                now = time.time()
+                while True:
+                    parsed = _frame(buf)
+                    if parsed is None:
+                        break
+                    opcode, payload, used = parsed
+                    del buf[:used]
+                    if opcode == 0x1:
+                        if payload.startswith(_UPDATE):
+                            self._update(payload, user, now)
+                        elif payload == _PING:
+                            sock.sendall(_PONG)
+                        else:
+                            self.received.other[json.loads(payload).get("type", "?")] += 1
+                    elif opcode == 0x9:  # a protocol-level ping (the node-ws peer sends them)
+                        sock.sendall(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+                    elif opcode == 0x8:
+                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                        self.received.closes[code] += 1
+                        return
+                data = sock.recv(65536)
+                if not data:
+                    self.received.closes[1006] += 1
+                    return
+                buf += data
+        except OSError:
+            got.closes[1006] += 1
+        finally:
+            self.held.pop(key, None)
+            sock.close()
+
+    def _update(self, payload: bytes, user: str, now: float) -> None:
+        got = self.received
+        message = json.loads(payload)
+        data = message["data"]
+        got.updates += 1
+        kind = data.get("k", "?")
+        got.by_kind[kind] += 1
+        number = data.get("n")
+        if number in got.seen:
+            got.duplicates += 1
+        else:
+            got.seen.add(number)
+        if str(data.get("u")) != user:
+            got.misrouted += 1
+        channel = message.get("channel", "")
+        seq = message.get("seq")
+        last = self.last_seq.get(channel)
+        if last is not None and seq != last + 1:
+            got.seq_gaps += 1
+        self.last_seq[channel] = seq
+        if kind == "s":
+            got.latencies.append((now - float(data["ts"])) * 1000.0)
+        if kind not in got.first:
+            got.first[kind] = now
+        got.last[kind] = now
+
+    # ----- commands -----
+
+    def open(self, users: list[str], concurrency: int, timeout: float) -> dict[str, Any]:
+        tokens = [(user, issue_token(user, self.secret, 7200)) for user in users]
+        failures: Counter[str] = Counter()
+        durations = array("f")
+
+        def one(item: tuple[str, str]) -> None:
+            user, token = item
+            started = time.monotonic()
+            try:
+                sock, pending = self._handshake(user, token, timeout)
+            except (OSError, HandshakeFailed) as exc:
+                failures[_reason(exc)] += 1
+                return
+            durations.append((time.monotonic() - started) * 1000.0)
+            self._next_id += 1
+            key = self._next_id
+            self.held[key] = (sock, gevent.spawn(self._reader, key, sock, user, pending))
+
+        started = time.monotonic()
+        cpu0 = os.times()
+        gevent.pool.Pool(concurrency).map(one, tokens)
+        return {"opened": len(durations), "failures": dict(failures),
+                "seconds": time.monotonic() - started, "cpu": _cpu_since(cpu0),
+                "handshakeMs": _summary(durations)}
+
+    def churn(self, users: list[str], concurrency: int, duration: float,
+              timeout: float) -> dict[str, Any]:
+        tokens = [(user, issue_token(user, self.secret, 7200)) for user in users]
+        failures: Counter[str] = Counter()
+        durations = array("f")
+        deadline = time.monotonic() + duration
+
+        def loop(index: int) -> None:
+            position = index
+            while time.monotonic() < deadline:
+                user, token = tokens[position % len(tokens)]
+                position += concurrency
+                started = time.monotonic()
+                try:
+                    sock, _ = self._handshake(user, token, timeout)
+                except (OSError, HandshakeFailed) as exc:
+                    failures[_reason(exc)] += 1
+                    gevent.sleep(0.01)
+                    continue
+                if time.monotonic() <= deadline:
+                    durations.append((time.monotonic() - started) * 1000.0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                sock.close()
+
+        started = time.monotonic()
+        cpu0 = os.times()
+        gevent.joinall([gevent.spawn(loop, i) for i in range(concurrency)])
+        return {"handshakes": len(durations), "failures": dict(failures),
+                "seconds": time.monotonic() - started, "cpu": _cpu_since(cpu0),
+                "handshakeMs": _summary(durations)}
+
+    def close(self) -> dict[str, Any]:
+        held = list(self.held.values())
+        for sock, reader in held:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+            reader.kill(block=False)
+        gevent.joinall([reader for _, reader in held], timeout=10)
+        self.held.clear()
+        return {"closed": len(held)}
+
+    def handle(self, command: dict[str, Any]) -> dict[str, Any]:
+        name = command["cmd"]
+        if name == "open":
+            return self.open(command["users"], command.get("concurrency", 200),
+                             command.get("timeout", 30.0))
+        if name == "churn":
+            return self.churn(command["users"], command.get("concurrency", 50),
+                              command["duration"], command.get("timeout", 30.0))
+        if name == "reset":
+            self.received = Received()
+            self.last_seq = {}
+            return {"held": len(self.held)}
+        if name == "stats":
+            return {"held": len(self.held), **self.received.report()}
+        if name == "close":
+            return self.close()
+        raise ValueError(f"unknown command {name!r}")
+
+
+def _frame(buf: bytearray) -> tuple[int, bytes, int] | None:
+    """One unmasked server frame at the start of ``buf``: (opcode, payload, bytes used)."""
+    if len(buf) < 2:
+        return None
+    length = buf[1] & 0x7F
+    start = 2
+    if length == 126:
+        if len(buf) < 4:
+            return None
+        length = int.from_bytes(buf[2:4], "big")
+        start = 4
+    elif length == 127:
+        if len(buf) < 10:
+            return None
+        length = int.from_bytes(buf[2:10], "big")
+        start = 10
+    end = start + length
+    if len(buf) < end:
+        return None
+    return buf[0] & 0x0F, bytes(buf[start:end]), end
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, HandshakeFailed):
+        return str(exc)[:80]
+    return type(exc).__name__ + (f" {exc.errno}" if getattr(exc, "errno", None) else "")
+
+
+def _cpu_since(before: os.times_result) -> float:
+    now = os.times()
+    return (now.user - before.user) + (now.system - before.system)
+
+
+def _summary(values: array) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)],
+            "max": ordered[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--source", default="", help="loopback source address to bind")
+    args = parser.parse_args()
+    secret = os.environ["BENCH_JWT_SECRET"].encode()
+    generator = LoadGenerator(args.host, args.port, args.source, secret)
+    stdin = gevent.fileobject.FileObjectPosix(sys.stdin.fileno(), "r")
+    for line in stdin:
+        if not line.strip():
+            continue
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            break
+        try:
+            reply = generator.handle(command)
+        except Exception as exc:  # noqa: BLE001 - reported to the orchestrator, which stops
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    generator.close()
+
+
+if __name__ == "__main__":
+    main()

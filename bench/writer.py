@@ -1,0 +1,120 @@
+"""The notification writer: commits NOTIFYs into PostgreSQL from a process of its own.
+
+``python -m bench.writer steady …`` commits ``rate`` notifications per second for ``warmup +
+duration`` seconds, ``per_tx`` per transaction (many small transactions), over a few
+connections driven by threads on an open-loop schedule (a late transaction does not delay
+the next ones' deadlines). Notification ``n`` goes to user ``n % users + 1``.
+``python -m bench.writer burst …`` commits ONE transaction that notifies users 1…N.
+
+Each payload looks like the bundled trigger's (``table``, ``operation``, ``row``, ``ts``)
+plus what the load generators check: ``u`` (the user), ``n`` (unique) and ``k`` (phase).
+``ts`` is PostgreSQL's ``clock_timestamp()`` as the row is built, just before the commit.
+Prints one JSON line with what was committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from typing import Any
+
+import psycopg2
+
+_NOTIFY = """
+SELECT pg_notify('user_Subscription_' || u, json_build_object(
+    'table', 'subscription', 'operation', 'UPDATE',
+    'row', json_build_object('id', n, 'user_id', u, 'plan', 'pro', 'status', 'active'),
+    'u', u, 'n', n, 'k', %s, 'ts', extract(epoch FROM clock_timestamp()))::text)
+FROM unnest(%s::text[], %s::bigint[]) AS t(u, n)
+"""
+BURST_BASE = 1_000_000_000  # burst numbers never collide with steady ones
+
+
+def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, per_tx: int,
+           threads: int) -> dict[str, Any]:
+    total_tx = int((warmup + duration) * rate / per_tx)
+    interval = per_tx / rate
+    warmup_tx = int(warmup / interval)
+    start = time.monotonic() + 0.2
+    committed = [0] * threads
+    measured = [0] * threads
+    worst_lag = [0.0] * threads
+    errors: list[str] = []
+
+    def run(index: int) -> None:
+        conn = psycopg2.connect(dsn, application_name="bench-writer")
+        conn.autocommit = True  # one statement, one transaction
+        try:
+            with conn.cursor() as cur:
+                for tx in range(index, total_tx, threads):
+                    due = start + tx * interval
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    else:
+                        worst_lag[index] = max(worst_lag[index], -delay)
+                    numbers = list(range(tx * per_tx, (tx + 1) * per_tx))
+                    kind = "w" if tx < warmup_tx else "s"
+                    cur.execute(_NOTIFY, (kind, [str(n % users + 1) for n in numbers], numbers))
+                    committed[index] += per_tx
+                    if kind == "s":
+                        measured[index] += per_tx
+        except Exception as exc:  # noqa: BLE001 - reported in the result line
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    measured_start_wall = time.time() + (start - time.monotonic()) + warmup_tx * interval
+    for worker in workers:
+        worker.join()
+    elapsed = time.monotonic() - start
+    return {"committed": sum(committed), "measured": sum(measured), "seconds": elapsed,
+            "rate": sum(committed) / elapsed if elapsed > 0 else 0.0,
+            "measuredStart": measured_start_wall, "worstLagS": max(worst_lag),
+            "errors": errors}
+
+
+def burst(dsn: str, users: int) -> dict[str, Any]:
+    conn = psycopg2.connect(dsn, application_name="bench-writer")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_NOTIFY, ("b", [str(u) for u in range(1, users + 1)],
+                                  [BURST_BASE + u for u in range(1, users + 1)]))
+        before_commit = time.time()
+        conn.commit()
+        committed = time.time()
+    finally:
+        conn.close()
+    return {"count": users, "beforeCommit": before_commit, "committed": committed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("steady")
+    s.add_argument("--dsn", required=True)
+    s.add_argument("--rate", type=float, required=True)
+    s.add_argument("--users", type=int, required=True)
+    s.add_argument("--duration", type=float, required=True)
+    s.add_argument("--warmup", type=float, default=2.0)
+    s.add_argument("--per-tx", type=int, default=5)
+    s.add_argument("--threads", type=int, default=4)
+    b = sub.add_parser("burst")
+    b.add_argument("--dsn", required=True)
+    b.add_argument("--users", type=int, required=True)
+    args = parser.parse_args()
+    if args.command == "steady":
+        result = steady(args.dsn, args.rate, args.users, args.duration, args.warmup,
+                        args.per_tx, args.threads)
+    else:
+        result = burst(args.dsn, args.users)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
