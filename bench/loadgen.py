@@ -7,7 +7,8 @@ line on stdout. Commands:
 * ``open``   — open and hold connections for a list of users (``?token=`` in the URL), each
   counted once its ``connected`` message has arrived;
 * ``churn``  — for a while, connect, authenticate, wait for ``connected``, reset; count them;
-* ``reset`` / ``stats`` — zero / report what the held connections received;
+* ``reset`` / ``stats`` / ``count`` — zero / report / count what the held connections
+  received;
 * ``close``  — drop every held connection; ``quit``.
 
 The client is written for low CPU per message: no WebSocket library, one greenlet per held
@@ -279,6 +280,8 @@ class LoadGenerator:
             return {"held": len(self.held)}
         if name == "stats":
             return {"held": len(self.held), **self.received.report()}
+        if name == "count":
+            return {"held": len(self.held), "byKind": dict(self.received.by_kind)}
         if name == "close":
             return self.close()
         raise ValueError(f"unknown command {name!r}")

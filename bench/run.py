@@ -1,0 +1,530 @@
+"""``make bench`` (``python -m bench.run``): measure relay and its peers in one run.
+
+Starts everything itself on 127.0.0.1: an embedded PostgreSQL in a temporary directory, then
+each server in turn — relay (gunicorn, N workers, as production), the ``node-ws`` peer and
+the ``per-client-listen`` peer (bench/peers) — with load generators in separate processes
+(``bench.loadgen``) and a separate notification writer (``bench.writer``). For each server:
+
+* idle    — hold C authenticated connections; RSS of the server above its empty baseline;
+* db      — PostgreSQL connections the server holds, and those backends' memory;
+* steady  — R notifications/s for U users: delivered/s, commit→client latency, lost,
+            duplicated, server CPU per 10k deliveries;
+* burst   — one transaction notifying B distinct users: time until the last one has it;
+* connect — handshakes/s (TCP, upgrade, JWT, ``connected`` received), connections reset.
+
+Prints one table and writes JSON to bench/results/ (and a PNG chart when matplotlib is
+installed). docs/performance.md explains the figures and records the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.servers import (
+    ROOT,
+    Database,
+    LoadGenerators,
+    NodeServer,
+    RelayServer,
+    Server,
+    cpu_seconds,
+    install_peers,
+    memory,
+)
+
+SCENARIOS = ("idle", "db", "steady", "burst", "connect")
+SERVERS = ("relay", "node-ws", "per-client-listen")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Config:
+    scenarios: tuple[str, ...]
+    servers: tuple[str, ...]
+    connections: int  # C
+    rate: float  # R
+    users: int  # U
+    duration: float
+    warmup: float
+    burst_users: int
+    connect_seconds: float
+    connect_concurrency: int
+    workers: int
+    loadgens: int
+    per_tx: int
+    writer_threads: int
+    per_client_max: int
+    open_concurrency: int
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, short phases (about a minute or two)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated subset of {', '.join(SERVERS)}")
+    parser.add_argument("-C", "--connections", type=int, help="idle connections (10000)")
+    parser.add_argument("-R", "--rate", type=float, help="notifications/s committed (10000)")
+    parser.add_argument("-U", "--users", type=int, help="users the steady load targets (1000)")
+    parser.add_argument("--duration", type=float, help="steady measurement seconds (20)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="steady warm-up seconds")
+    parser.add_argument("--burst-users", type=int, help="users notified by the burst (10000)")
+    parser.add_argument("--connect-seconds", type=float, help="connect scenario seconds (10)")
+    parser.add_argument("--connect-concurrency", type=int, default=64,
+                        help="handshakes in flight in the connect scenario")
+    parser.add_argument("--workers", type=int, default=2, help="relay's gunicorn workers")
+    parser.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--per-tx", type=int, default=5, help="notifications per transaction")
+    parser.add_argument("--writer-threads", type=int, default=4,
+                        help="writer connections committing in parallel")
+    parser.add_argument("--per-client-max", type=int,
+                        help="cap on per-client-listen's connections (1000): each is a backend")
+    parser.add_argument("--open-concurrency", type=int, default=100,
+                        help="handshakes in flight per load generator while opening")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    scenarios = tuple(s for s in args.scenarios.split(",") if s)
+    servers = tuple(s for s in args.servers.split(",") if s)
+    for name in scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}")
+    for name in servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}")
+
+    def pick(value: Any, full: Any, small: Any) -> Any:
+        return value if value is not None else (small if quick else full)
+
+    connections = pick(args.connections, 10_000, 2_000)
+    return Config(
+        scenarios=scenarios, servers=servers, connections=connections,
+        rate=pick(args.rate, 10_000.0, 10_000.0),
+        users=min(connections, pick(args.users, 1_000, 500)),
+        duration=pick(args.duration, 20.0, 5.0), warmup=args.warmup,
+        burst_users=min(connections, pick(args.burst_users, 10_000, 2_000)),
+        connect_seconds=pick(args.connect_seconds, 10.0, 4.0),
+        connect_concurrency=args.connect_concurrency, workers=args.workers,
+        loadgens=args.loadgens, per_tx=args.per_tx, writer_threads=args.writer_threads,
+        per_client_max=pick(args.per_client_max, 1_000, 300),
+        open_concurrency=args.open_concurrency,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    raise_open_files(config.connections * 2 + 4096)
+    if any(name != "relay" for name in config.servers):
+        install_peers()
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    results: dict[str, Any] = {"machine": machine(), "config": asdict(config),
+                               "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+                               "started": started, "servers": {}}
+    database = Database(workdir, max(400, config.per_client_max + 100))
+    try:
+        say(f"PostgreSQL in {workdir} ...")
+        database.start()
+        results["machine"]["postgres"] = database_version(database.url)
+        for name in config.servers:
+            results["servers"][name] = run_server(name, config, database, workdir)
+    finally:
+        database.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = time.time() - started
+    table = render_table(results)
+    print(table)
+    path = write_results(results, table)
+    say(f"results: {path}")
+    return 0
+
+
+# ----- one server ------------------------------------------------------------------------------
+
+
+def make_server(name: str, config: Config, workdir: Path, database_url: str) -> Server:
+    if name == "relay":
+        return RelayServer(workdir, database_url, config.workers, config.connections)
+    return NodeServer(workdir, database_url, name)
+
+
+def run_server(name: str, config: Config, database: Database, workdir: Path) -> dict[str, Any]:
+    limit = config.connections
+    if name == "per-client-listen":
+        limit = min(limit, config.per_client_max)
+    out: dict[str, Any] = {"connectionsAsked": limit}
+    server = make_server(name, config, workdir, database.url)
+    say(f"[{name}] starting")
+    server.start()
+    gens = LoadGenerators(config.loadgens, server.port)
+    try:
+        # Warm the server's lazy paths (imports, first allocations), then take the baseline.
+        gens.each(split(users(1, 20), len(gens), cmd="open", concurrency=10))
+        gens.all({"cmd": "close"})
+        time.sleep(2.0)
+        baseline = memory(server.measured())
+        out["baseline"] = baseline
+        if set(config.scenarios) & {"idle", "db", "steady", "burst"}:
+            say(f"[{name}] opening {limit} connections")
+            out["open"] = open_connections(gens, limit, config)
+            time.sleep(3.0)
+            held = memory(server.measured())
+            opened = out["open"]["opened"]
+            out["idle"] = {
+                "connections": opened, "baselineRss": baseline["rss"], "heldRss": held["rss"],
+                "bytesPerConnection": (held["rss"] - baseline["rss"]) / max(1, opened),
+                "ussBytesPerConnection": (held["uss"] - baseline["uss"]) / max(1, opened),
+            }
+            if "db" in config.scenarios:
+                out["db"] = database.usage(server.application_name)
+            if "steady" in config.scenarios:
+                say(f"[{name}] steady: {config.rate:.0f}/s for {config.duration:.0f}s")
+                out["steady"] = steady(gens, server, database, config, min(config.users, opened))
+            if "burst" in config.scenarios:
+                say(f"[{name}] burst")
+                out["burst"] = burst(gens, database, min(config.burst_users, opened))
+            gens.all({"cmd": "close"})
+            time.sleep(2.0)
+        if "connect" in config.scenarios:
+            say(f"[{name}] connect: {config.connect_seconds:.0f}s")
+            out["connect"] = connect(gens, server, config, limit)
+    except Exception as exc:  # noqa: BLE001 - one peer failing must not lose the others
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"[{name}] failed: {out['error']}\n{server.log_tail(5)}")
+    finally:
+        gens.stop()
+        server.stop()
+    return out
+
+
+def users(first: int, count: int) -> list[str]:
+    return [str(u) for u in range(first, first + count)]
+
+
+def split(items: list[str], parts: int, **command: Any) -> list[dict[str, Any]]:
+    size = -(-len(items) // parts)
+    return [{**command, "users": items[i * size:(i + 1) * size]} for i in range(parts)]
+
+
+def open_connections(gens: LoadGenerators, count: int, config: Config) -> dict[str, Any]:
+    cpu0 = gens.cpu()
+    started = time.monotonic()
+    replies = gens.each(split(users(1, count), len(gens), cmd="open",
+                              concurrency=config.open_concurrency))
+    seconds = time.monotonic() - started
+    failures: dict[str, int] = {}
+    for reply in replies:
+        for reason, n in reply["failures"].items():
+            failures[reason] = failures.get(reason, 0) + n
+    opened = sum(r["opened"] for r in replies)
+    return {"opened": opened, "failures": failures, "seconds": seconds,
+            "perSecond": opened / seconds if seconds else 0.0,
+            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds)}
+
+
+def steady(gens: LoadGenerators, server: Server, database: Database, config: Config,
+           user_count: int) -> dict[str, Any]:
+    gens.all({"cmd": "reset"})
+    server_cpu0, pg_cpu0, gen_cpu0 = (cpu_seconds(server.tree()),
+                                      cpu_seconds(database.processes()), gens.cpu())
+    started = time.monotonic()
+    written = run_writer("steady", "--dsn", database.url, "--rate", str(config.rate),
+                         "--users", str(user_count), "--duration", str(config.duration),
+                         "--warmup", str(config.warmup), "--per-tx", str(config.per_tx),
+                         "--threads", str(config.writer_threads),
+                         timeout=config.duration + config.warmup + 120)
+    wait_for_kinds(gens, ("w", "s"), written["committed"])
+    seconds = time.monotonic() - started
+    server_cpu = cpu_seconds(server.tree()) - server_cpu0
+    pg_cpu = cpu_seconds(database.processes()) - pg_cpu0
+    gen_cpu = client_cpu(gen_cpu0, gens.cpu(), seconds)
+    stats = gens.all({"cmd": "stats"})
+    latencies = array("f")
+    for reply in stats:
+        latencies.frombytes(base64.b64decode(reply["latencies"]))
+    ordered = sorted(latencies)
+    unique = sum(r["unique"] for r in stats)
+    delivered = sum(r["updates"] for r in stats)
+    measured = sum(r["byKind"].get("s", 0) for r in stats)
+    last = max((r["last"].get("s", 0.0) for r in stats), default=0.0)
+    window = last - written["measuredStart"]
+    return {
+        "users": user_count, "committed": written["committed"],
+        "committedPerSecond": written["rate"], "writerWorstLagS": written["worstLagS"],
+        "writerErrors": written["errors"], "measuredCommitted": written["measured"],
+        "measuredDelivered": measured,
+        "deliveredPerSecond": measured / window if window > 0 else 0.0,
+        "latencyMs": percentiles(ordered), "delivered": delivered,
+        "lost": written["committed"] - unique, "duplicated": sum(r["duplicates"] for r in stats),
+        "misrouted": sum(r["misrouted"] for r in stats),
+        "seqGaps": sum(r["seqGaps"] for r in stats),
+        "closes": merge_counts(r["closes"] for r in stats),
+        "serverCpuSeconds": server_cpu, "postgresCpuSeconds": pg_cpu,
+        "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
+        "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
+        "clientCpu": gen_cpu,
+    }
+
+
+def burst(gens: LoadGenerators, database: Database, user_count: int) -> dict[str, Any]:
+    gens.all({"cmd": "reset"})
+    written = run_writer("burst", "--dsn", database.url, "--users", str(user_count), timeout=120)
+    wait_for_kinds(gens, ("b",), user_count)
+    stats = gens.all({"cmd": "stats"})
+    received = sum(r["byKind"].get("b", 0) for r in stats)
+    last = max((r["last"].get("b", 0.0) for r in stats), default=0.0)
+    first = min((r["first"].get("b", float("inf")) for r in stats), default=0.0)
+    return {"users": user_count, "received": received,
+            "lost": user_count - sum(r["unique"] for r in stats),
+            "commitSeconds": written["committed"] - written["beforeCommit"],
+            "firstSeconds": first - written["beforeCommit"] if received else None,
+            "lastSeconds": last - written["beforeCommit"] if received else None}
+
+
+def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> dict[str, Any]:
+    concurrency = max(1, config.connect_concurrency // len(gens))
+    if isinstance(server, NodeServer) and server.name == "per-client-listen":
+        concurrency = max(1, min(concurrency, config.per_client_max // (2 * len(gens))))
+    cpu0, server_cpu0 = gens.cpu(), cpu_seconds(server.tree())
+    started = time.monotonic()
+    replies = gens.each(split(users(1, max(pool, len(gens))), len(gens), cmd="churn",
+                              concurrency=concurrency, duration=config.connect_seconds))
+    seconds = time.monotonic() - started
+    handshakes = sum(r["handshakes"] for r in replies)
+    p99 = max((r["handshakeMs"].get("p99", 0.0) for r in replies), default=0.0)
+    return {"handshakes": handshakes, "seconds": config.connect_seconds,
+            "perSecond": handshakes / config.connect_seconds,
+            "failures": merge_counts(r["failures"] for r in replies),
+            "handshakeP99Ms": p99, "inFlight": concurrency * len(gens),
+            "serverCpuSeconds": cpu_seconds(server.tree()) - server_cpu0,
+            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds)}
+
+
+def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,
+                   patience: float = 5.0, limit: float = 60.0) -> None:
+    """Until the clients have ``expected`` updates of ``kinds``, or they stop coming."""
+    started = last_change = time.monotonic()
+    seen = -1
+    while time.monotonic() - started < limit:
+        counts = gens.all({"cmd": "count"})
+        got = sum(c["byKind"].get(k, 0) for c in counts for k in kinds)
+        if got >= expected:
+            return
+        if got != seen:
+            seen, last_change = got, time.monotonic()
+        elif time.monotonic() - last_change > patience:
+            return
+        time.sleep(0.1)
+
+
+def run_writer(*args: str, timeout: float) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench.writer", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"writer failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def client_cpu(before: list[float], after: list[float], seconds: float) -> dict[str, float]:
+    """CPU of the load generators: the busiest one's share of a core, and the total."""
+    used = [b - a for a, b in zip(before, after, strict=True)]
+    return {"maxCoreShare": max(used) / seconds if seconds else 0.0, "cpuSeconds": sum(used)}
+
+
+def percentiles(ordered: list[float]) -> dict[str, float]:
+    if not ordered:
+        return {}
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1,
+                                                                   int(len(ordered) * 0.99))],
+            "max": ordered[-1], "count": len(ordered)}
+
+
+def merge_counts(items: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for item in items:
+        for key, value in item.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+# ----- environment -----------------------------------------------------------------------------
+
+
+def raise_open_files(needed: int) -> None:
+    """Every held connection is a descriptor in a server and in a load generator."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed)
+    if hard != resource.RLIM_INFINITY and target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return
+        except (ValueError, OSError):
+            target = hard  # not root: as many as we may
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    node = shutil.which("node")
+    return {
+        "nproc": os.cpu_count(), "cpu": model,
+        "ramGiB": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadAverage": os.getloadavg(), "python": platform.python_version(),
+        "node": subprocess.run([node, "--version"], capture_output=True, text=True,
+                               check=False).stdout.strip() if node else None,
+        "kernel": platform.release(),
+    }
+
+
+def database_version(url: str) -> str:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            return str(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ----- output ----------------------------------------------------------------------------------
+
+
+def _get(result: dict[str, Any], *path: str) -> Any:
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+# (label, path in a server's result, format, target text, "higher"/"lower" is better)
+ROWS: list[tuple[str, tuple[str, ...], str, str, str]] = [
+    ("idle: connections held", ("idle", "connections"), "{:,.0f}", "10,000", "higher"),
+    ("idle: KB per connection (RSS)", ("idle", "bytesPerConnection"), "kb", "<= 12", "lower"),
+    ("idle: baseline RSS MB", ("baseline", "rss"), "mb", "", "lower"),
+    ("idle: opening rate /s", ("open", "perSecond"), "{:,.0f}", "", "higher"),
+    ("connect: handshakes/s", ("connect", "perSecond"), "{:,.0f}", ">= 1,500", "higher"),
+    ("connect: handshake p99 ms", ("connect", "handshakeP99Ms"), "{:,.1f}", "", "lower"),
+    ("steady: committed/s", ("steady", "committedPerSecond"), "{:,.0f}", "10,000", "higher"),
+    ("steady: delivered/s", ("steady", "deliveredPerSecond"), "{:,.0f}", ">= 10,000", "higher"),
+    ("steady: latency p50 ms", ("steady", "latencyMs", "p50"), "{:,.1f}", "", "lower"),
+    ("steady: latency p99 ms", ("steady", "latencyMs", "p99"), "{:,.1f}", "<= 25", "lower"),
+    ("steady: latency max ms", ("steady", "latencyMs", "max"), "{:,.1f}", "", "lower"),
+    ("steady: lost", ("steady", "lost"), "{:,.0f}", "0", "lower"),
+    ("steady: duplicated", ("steady", "duplicated"), "{:,.0f}", "0", "lower"),
+    ("steady: server CPU s / 10k", ("steady", "serverCpuPer10k"), "{:,.2f}", "", "lower"),
+    ("steady: PostgreSQL CPU s / 10k", ("steady", "postgresCpuPer10k"), "{:,.2f}", "", "lower"),
+    ("burst: users", ("burst", "users"), "{:,.0f}", "10,000", "higher"),
+    ("burst: s until the last has it", ("burst", "lastSeconds"), "{:,.3f}", "<= 0.5", "lower"),
+    ("burst: lost", ("burst", "lost"), "{:,.0f}", "0", "lower"),
+    ("db: PostgreSQL connections", ("db", "connections"), "{:,.0f}", "1", "lower"),
+    ("db: their backends' memory MB (USS)", ("db", "backendUss"), "mb", "", "lower"),
+    ("db: their backends' memory MB (RSS)", ("db", "backendRss"), "mb", "", "lower"),
+    ("client CPU, busiest loadgen (steady)", ("steady", "clientCpu", "maxCoreShare"), "pct", "",
+     "lower"),
+    ("client CPU, busiest loadgen (connect)", ("connect", "clientCpu", "maxCoreShare"), "pct",
+     "", "lower"),
+]
+
+
+def _format(value: Any, style: str) -> str:
+    if value is None:
+        return "-"
+    if style == "kb":
+        return f"{value / 1000:,.1f}"
+    if style == "mb":
+        return f"{value / 1e6:,.1f}"
+    if style == "pct":
+        return f"{value * 100:.0f}%"
+    return style.format(value)
+
+
+def render_table(results: dict[str, Any]) -> str:
+    servers = list(results["servers"])
+    header = ["", *servers, "target"]
+    if "relay" in servers and "node-ws" in servers:
+        header.append("relay : node-ws")
+    rows = [header]
+    for label, path, style, target, _better in ROWS:
+        values = [_get(results["servers"][name], *path) for name in servers]
+        if all(v is None for v in values):
+            continue
+        row = [label, *(_format(v, style) for v in values), target]
+        if len(header) > len(servers) + 2:
+            ours = _get(results["servers"]["relay"], *path)
+            theirs = _get(results["servers"]["node-ws"], *path)
+            ok = isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and theirs
+            row.append(f"{ours / theirs:.2f}x" if ok else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                           strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    notes = []
+    for name in servers:
+        result = results["servers"][name]
+        if "error" in result:
+            notes.append(f"{name}: {result['error']}")
+        if name == "per-client-listen" and result.get("connectionsAsked", 0) < results[
+                "config"]["connections"]:
+            notes.append(f"per-client-listen measured at {result['connectionsAsked']:,} "
+                         "connections (one PostgreSQL backend each; --per-client-max)")
+        failures = _get(result, "open", "failures")
+        if failures:
+            notes.append(f"{name}: failed opens {failures}")
+    m = results["machine"]
+    lines.append("")
+    lines.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ramGiB']} GiB, "
+                 f"PostgreSQL {m.get('postgres')}, Python {m['python']}, Node {m['node']}")
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], table: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results["started"]))
+    path = RESULTS / f"bench-{stamp}.json"
+    path.write_text(json.dumps({**results, "table": table}, indent=2))
+    (RESULTS / "latest.json").write_text(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
