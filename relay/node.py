@@ -85,6 +85,10 @@ class Node:
             if delay > 0:
                 gevent.sleep(delay)
             conn.close(closecodes.SERVICE_RESTART, "server restarting")
+        # Connections accepted after the snapshot (gunicorn stops listening up to a second
+        # after the signal) would otherwise hold the worker until graceful_timeout.
+        for conn in list(self.hub.connections):
+            conn.close(closecodes.SERVICE_RESTART, "server restarting")
         # Give the last close handshakes a moment; connections end on their own after that.
         deadline = time.monotonic() + 3.0
         while self.hub.connections and time.monotonic() < deadline:

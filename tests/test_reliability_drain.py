@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.support import Client, RelayProcess
+from tests.support import Client, RelayProcess, notify
 
 DRAIN_SECONDS = 2
 GRACEFUL_TIMEOUT = DRAIN_SECONDS + 10  # gunicorn.conf.py: int(drain_seconds) + 10
@@ -51,3 +51,35 @@ def test_sigterm_drains_clients_with_1012_spread_over_the_window(
     assert exited < GRACEFUL_TIMEOUT, f"exit after {exited:.1f}s"
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, alive
+
+
+def test_connections_accepted_during_the_drain_do_not_hold_the_worker(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """gunicorn keeps accepting for up to a second after SIGTERM: those late connections
+    get 1012 too, and the worker still exits long before graceful_timeout."""
+    relay = relay_factory({"RELAY_DRAIN_SECONDS": "1"}, workers=1)
+    first = relay.connect("early")
+    (worker,) = relay.worker_pids()
+    process = psutil.Process(worker)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    late = []
+    while process.is_running() and time.monotonic() - started < 0.8:
+        try:
+            late.append(relay.connect("late", expect_connected=False, timeout=5))
+        except OSError:
+            break
+        time.sleep(0.05)
+    assert first.expect_close(timeout=10)[0] == 1012
+    process.wait(GRACEFUL_TIMEOUT)
+    assert time.monotonic() - started < 1 + 6, "a late connection held the draining worker"
+    for client in late:
+        message = client.recv()
+        # Either refused by the draining worker, or served by its replacement.
+        assert client.close_code == 1012 or (message and message["type"] == "connected")
+        client.close()
+    relay.wait_healthy()
+    bystander = relay.connect("after-drain")
+    notify(postgres_url, "user_Usage_after-drain", '{"n": 1}')
+    assert bystander.expect("update")["data"] == {"n": 1}
+    bystander.close()

@@ -1,25 +1,34 @@
-"""Listener faults: a killed listener is replaced, clients resync and keep receiving, and no
-worker restart or reload ever leaves two listeners or two database connections."""
+"""Listener faults: a killed listener is replaced within 2 s, clients resync and keep
+receiving (none disconnected, no worker restarted), and no worker restart or gunicorn reload
+(HUP) ever leaves two listeners or two database connections."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 
-from tests.support import RelayProcess, database_connections, notify, wait_for
+from tests.support import Client, RelayProcess, database_connections, notify, wait_for
 
 
 def test_kill_9_listener_clients_resync_and_updates_flow(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory()
     clients = {f"k{i}": relay.connect(f"k{i}") for i in range(4)}
+    workers = sorted(relay.worker_pids())
     (old,) = relay.listener_pids()
+    epoch = relay.health()[1]["listener"]["epoch"]
+    killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: relay.listener_pids() and relay.listener_pids() != [old], 5,
-             message="a new listener")
-    wait_for(lambda: relay.health()[0] == 200 and relay.health()[1]["totalConnections"] == 4,
-             5, message="the new listener to serve every connection")
+
+    def serving() -> bool:
+        status, body = relay.health()
+        return (status == 200 and body["listener"]["epoch"] != epoch
+                and body["totalConnections"] == 4)
+    wait_for(serving, 10, message="a new listener serving every connection")
+    assert time.monotonic() - killed < 2.0, "the new listener took more than 2 s"
+    assert len(relay.listener_pids()) == 1 and relay.listener_pids() != [old]
     for user, client in clients.items():
         resync = client.expect("resync")
         assert resync["reason"] == "listener restarted"
@@ -28,8 +37,9 @@ def test_kill_9_listener_clients_resync_and_updates_flow(
         update = client.expect("update")
         assert update["data"] == {"after": "restart"}
         assert update["cursor"] == f"{resync['cursors'][update['channel']].split(':')[0]}:1"
+    assert all(c.close_code is None for c in clients.values()), "a client was disconnected"
+    assert sorted(relay.worker_pids()) == workers, "a worker restarted"
     assert database_connections(postgres_url) == 1
-    assert len(relay.listener_pids()) == 1
     for client in clients.values():
         client.close()
 
@@ -52,3 +62,39 @@ def test_worker_restart_keeps_one_listener_and_one_db_connection(
         # The bystander was on the surviving worker (update) or drained (1012), never silent.
         assert (message and message["type"] == "update") or bystander.close_code == 1012
     bystander.close()
+    fresh = relay.connect("after-w")
+    notify(postgres_url, "user_Usage_after-w", '{"n": 1}')
+    assert fresh.expect("update")["data"] == {"n": 1}
+    fresh.close()
+
+
+def test_hup_reload_keeps_one_listener_and_one_db_connection(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory()
+    assert relay.proc is not None
+    listeners, supervisors = relay.listener_pids(), relay.supervisor_pids()
+    old_workers = set(relay.worker_pids())
+    for _ in range(2):
+        relay.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+    wait_for(lambda: len(relay.worker_pids()) == 2
+             and not old_workers & set(relay.worker_pids()), 20,
+             message="the reload to replace every worker")
+    relay.wait_healthy()
+    assert relay.listener_pids() == listeners
+    assert relay.supervisor_pids() == supervisors
+    assert database_connections(postgres_url) == 1
+
+    def connected() -> Client | None:
+        # A worker of the old generation may still be draining: it answers 1012 at once.
+        candidate = relay.connect("after-hup", expect_connected=False)
+        message = candidate.recv()
+        if message is not None and message["type"] == "connected":
+            return candidate
+        assert candidate.close_code == 1012, candidate.close_code
+        return None
+    client = wait_for(connected, 15, 0.2, "a connection to a worker of the new generation")
+    notify(postgres_url, "user_Usage_after-hup", '{"n": 1}')
+    assert client.expect("update")["data"] == {"n": 1}
+    assert database_connections(postgres_url) == 1
+    client.close()
