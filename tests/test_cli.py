@@ -1,0 +1,53 @@
+"""The operator and developer commands: db install (idempotent), token, db touch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from relay.auth import verify_token
+from tests.support import ROOT, SECRET, RelayProcess
+
+
+def _relay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("DATABASE_URL", "WEBSOCKET_JWT_SECRET")}
+    return subprocess.run([sys.executable, "-m", "relay", *args], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_db_install_is_idempotent(postgres_url: str) -> None:
+    for _ in range(2):
+        result = _relay_cli("db", "install", DATABASE_URL=postgres_url)
+        assert result.returncode == 0, result.stderr
+        assert "applied 001_notify_function.sql" in result.stdout
+
+
+def test_token_has_the_endpoints_claims() -> None:
+    result = _relay_cli("token", "--user-id", "42", "--ttl", "120", WEBSOCKET_JWT_SECRET=SECRET)
+    assert result.returncode == 0, result.stderr
+    claims = verify_token(result.stdout.strip(), SECRET.encode())
+    assert claims.user_id == "42"
+
+
+@pytest.mark.skipif((ROOT / ".relay-dev" / "secret").exists(),
+                    reason="`make run` left a development secret, which `token` uses")
+def test_token_without_a_secret_names_the_variable() -> None:
+    result = _relay_cli("token", "--user-id", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "relay: configuration error: WEBSOCKET_JWT_SECRET: required but not set")
+
+
+def test_db_touch_fires_the_trigger(relay: RelayProcess, postgres_url: str) -> None:
+    client = relay.connect("cli-user")
+    result = _relay_cli("db", "touch", "--user-id", "cli-user", "--plan", "team",
+                        DATABASE_URL=postgres_url)
+    assert result.returncode == 0, result.stderr
+    update = client.expect("update")
+    assert update["table"] == "subscription"
+    assert update["data"]["row"]["plan"] == "team"
+    client.close()
