@@ -110,3 +110,43 @@ def test_demo_page_in_headless_chromium(
             "document.getElementById('subscription').textContent.includes('after-restart')"))
     finally:
         browser.close()
+
+
+@needs_node
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@pytest.mark.timeout(180)
+def test_react_hook_shares_one_connection_in_chromium(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    bundle = tmp_path / "hook.js"
+    subprocess.run([str(CLIENT / "node_modules" / ".bin" / "esbuild"),
+                    "test-support/hook-page.jsx", "--bundle", "--format=esm",
+                    f"--outfile={bundle}", "--define:process.env.NODE_ENV=\"production\"",
+                    "--log-level=warning"], cwd=CLIENT, check=True, timeout=60)
+    port = free_port()
+    relay = relay_factory({"RELAY_DEV": "1", "PORT": str(port),
+                           "ALLOWED_ORIGINS": f"http://127.0.0.1:{port}"})
+    browser = Browser()
+    try:
+        page = f"{relay.http_url}/demo/hook-test?userId=hook"
+        browser.step(step="serve", url=page, contentType="text/html", body=(
+            '<!doctype html><div id="root"></div>'
+            '<script type="module" src="/demo/hook-test.js"></script>'))
+        browser.step(step="serve", url=f"{relay.http_url}/demo/hook-test.js",
+                     contentType="text/javascript", body=bundle.read_text())
+        browser.step(step="open", url=page)
+        browser.step(step="wait", timeoutMs=15000, expr=(
+            "window.hookState && window.hookState.status.length === 3 && "
+            "window.hookState.status.every(s => s.isConnected && s.subscriberCount === 3)"))
+        execute(postgres_url, "INSERT INTO subscription (user_id, plan, status) "
+                              "VALUES ('hook', 'hooked', 'active')")
+        browser.step(step="wait", timeoutMs=5000,
+                     expr="window.hookState.updates.every(n => n === 1)")
+        browser.step(step="wait", timeoutMs=5000,
+                     expr="document.getElementById('w2').textContent.includes('hooked')")
+        assert browser.step(step="eval", expr="window.hookState.sockets") == 1
+        _, health = relay.health()
+        assert health["totalConnections"] == 1  # one connection for the whole page
+    finally:
+        browser.close()

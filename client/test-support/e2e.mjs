@@ -1,6 +1,6 @@
 // Drives headless Chromium (Debian's binary, never a downloaded one) through relay's /demo
 // page, one step per line on stdin, answering one JSON line per step on stdout:
-//   {"step":"open","url":…} | {"step":"wait","expr":…,"timeoutMs":…} | {"step":"eval","expr":…}
+//   {"step":"serve","url":…,"body":…,"contentType":…} | {"step":"open","url":…} | {"step":"wait","expr":…,"timeoutMs":…} | {"step":"eval","expr":…}
 //   | {"step":"close"}
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +15,9 @@ const context = await chromium.launchPersistentContext(profile, {
   headless: true,
   bypassCSP: true, // lets the driver evaluate its checks; the page itself keeps its CSP
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+    // Pages answered by page.route() count as public; let them reach relay on loopback.
+    '--disable-features=LocalNetworkAccessChecks'],
 });
 const page = context.pages()[0] || await context.newPage();
 const logs = [];
@@ -26,7 +28,11 @@ const reply = (value) => process.stdout.write(`${JSON.stringify(value)}\n`);
 for await (const line of createInterface({ input: process.stdin })) {
   const cmd = JSON.parse(line);
   try {
-    if (cmd.step === 'open') {
+    if (cmd.step === 'serve') {
+      // Answer this URL from the test itself (the page stays on relay's origin).
+      await page.route(cmd.url, (route) => route.fulfill({ body: cmd.body, contentType: cmd.contentType }));
+      reply({ ok: true });
+    } else if (cmd.step === 'open') {
       await page.goto(cmd.url);
       reply({ ok: true });
     } else if (cmd.step === 'wait') {
