@@ -69,6 +69,7 @@ class Connection:
         self.expiry_warned = False
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        self._head_partial = False  # the queue's first item is the rest of a begun frame
         self._writer: gevent.Greenlet | None = None
         self._abort_timer: gevent.Greenlet | None = None
         self._tokens = self.settings.client_msg_rate * 2
@@ -92,12 +93,23 @@ class Connection:
                 return
             if sent == len(frame):
                 return
-            frame = frame[sent:]
+            if sent:
+                # The rest of a frame already begun on the wire: it must go out whole, even
+                # if the queue overflows below, or the client's framing would be corrupt.
+                self._queue.append(frame[sent:])
+                self._queued_bytes += len(frame) - sent
+                self._head_partial = True
+                self._writer = gevent.spawn(self._write_loop)
+                return
         if (len(self._queue) >= self.settings.queue_max_messages
                 or self._queued_bytes + len(frame) > self.settings.queue_max_bytes):
             self.node.count("slow_consumer")
+            head = self._queue[0] if self._head_partial and self._queue else None
             self._queue.clear()
             self._queued_bytes = 0
+            if head is not None:
+                self._queue.append(head)
+                self._queued_bytes = len(head)
             self.close(closecodes.SLOW_CONSUMER, "outbound queue overflow")
             return
         self._queue.append(frame)
@@ -114,6 +126,7 @@ class Connection:
                 batch = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
+                self._head_partial = False
                 self.sock.sendall(batch)
         except OSError:
             self._abort()

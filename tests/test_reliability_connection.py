@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.support import RelayProcess, execute, notify, wait_for
+from tests.support import Client, RelayProcess, execute, notify, wait_for
 
 
 def test_client_that_never_pongs_is_closed_with_4011(
@@ -34,13 +34,25 @@ def test_client_that_never_pongs_is_closed_with_4011(
     alive.close()
 
 
-def test_token_expiring_then_4001_at_exp(relay_factory: Callable[..., RelayProcess]) -> None:
+def _bystander_served(relay: RelayProcess, bystander: Client, url: str) -> None:
+    """The other client is still open and receives its update promptly."""
+    user = bystander.connected["userId"]
+    notify(url, f"user_Usage_{user}", '{"bystander": true}')
+    assert bystander.expect("update", timeout=5)["data"] == {"bystander": True}
+    assert bystander.close_code is None
+    bystander.close()
+
+
+def test_token_expiring_then_4001_at_exp(relay_factory: Callable[..., RelayProcess],
+                                         postgres_url: str) -> None:
     relay = relay_factory({"RELAY_TOKEN_REFRESH_WINDOW": "2"})
+    bystander = relay.connect("exp1-by")
     client = relay.connect(token=relay.token("exp1", ttl=3))
     warning = client.expect("token_expiring", timeout=5)
     assert warning["expiresAt"] == client.connected["expiresAt"]
     code, reason = client.expect_close(timeout=10)
     assert code == 4001 and "expired" in reason
+    _bystander_served(relay, bystander, postgres_url)
 
 
 def test_refresh_extends_the_connection(relay_factory: Callable[..., RelayProcess]) -> None:
@@ -56,17 +68,19 @@ def test_refresh_extends_the_connection(relay_factory: Callable[..., RelayProces
 
 
 def test_refresh_with_another_users_token_is_refused(
-        relay_factory: Callable[..., RelayProcess]) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory()
+    bystander = relay.connect("exp3-by")
     client = relay.connect("exp3")
     client.send({"type": "refresh", "token": relay.token("someone-else")})
     assert client.expect_close()[0] == 4003
+    _bystander_served(relay, bystander, postgres_url)
 
 
 def _raw_client(relay: RelayProcess, user: str) -> socket.socket:
     """A client that authenticates and then never reads (its receive window fills)."""
     sock = socket.create_connection(("127.0.0.1", relay.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /ws?token={relay.token(user)} HTTP/1.1\r\nHost: x\r\n"
                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -120,33 +134,42 @@ def test_slow_consumer_is_closed_with_4009_and_delays_nobody(
     fast.close()
 
 
-def test_connections_per_user_cap_4008(relay_factory: Callable[..., RelayProcess]) -> None:
+def test_connections_per_user_cap_4008(relay_factory: Callable[..., RelayProcess],
+                                       postgres_url: str) -> None:
     relay = relay_factory({"RELAY_MAX_CONNECTIONS_PER_USER": "2"})
     first, second = relay.connect("capped"), relay.connect("capped")
     third = relay.connect("capped", expect_connected=False)
     assert third.expect_close()[0] == 4008
     other = relay.connect("not-capped")
+    notify(postgres_url, "user_Usage_capped", '{"n": 1}')
+    assert first.expect("update")["data"] == second.expect("update")["data"] == {"n": 1}
     first.close()
     wait_for(lambda: relay.health()[1]["totalConnections"] == 2, 5)
     relay.connect("capped").close()  # room again
-    for c in (second, other):
-        c.close()
+    second.close()
+    _bystander_served(relay, other, postgres_url)
 
 
 def test_connections_per_worker_cap_1013_and_health_still_answers(
-        relay_factory: Callable[..., RelayProcess]) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory({"RELAY_MAX_CONNECTIONS_PER_WORKER": "1"}, workers=1)
     first = relay.connect("w1")
     second = relay.connect("w2", expect_connected=False)
     assert second.expect_close()[0] == 1013
-    assert relay.health()[0] == 200
-    first.close()
+    status, body = relay.health()
+    assert status == 200 and body["totalConnections"] == 1
+    _bystander_served(relay, first, postgres_url)
 
 
-def test_auth_timeout_4010(relay_factory: Callable[..., RelayProcess]) -> None:
+def test_auth_timeout_4010(relay_factory: Callable[..., RelayProcess],
+                          postgres_url: str) -> None:
     relay = relay_factory({"RELAY_AUTH_TIMEOUT": "1"})
+    bystander = relay.connect("auth-by")
     client = relay.connect(authenticate=False, expect_connected=False)
+    started = time.monotonic()
     assert client.expect_close(timeout=10)[0] == 4010
+    assert time.monotonic() - started < 5
+    _bystander_served(relay, bystander, postgres_url)
 
 
 def test_message_over_the_limit_is_1009(relay_factory: Callable[..., RelayProcess],
@@ -156,6 +179,4 @@ def test_message_over_the_limit_is_1009(relay_factory: Callable[..., RelayProces
     bystander = relay.connect("by-in")
     client.send({"type": "pong", "pad": "x" * 2000})
     assert client.expect_close()[0] == 1009
-    notify(postgres_url, "user_Usage_by-in", "{}")
-    assert bystander.expect("update")["channel"] == "user_Usage_by-in"
-    bystander.close()
+    _bystander_served(relay, bystander, postgres_url)
