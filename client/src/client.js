@@ -46,6 +46,7 @@ export function createRealtimeClient(options = {}) {
   const resyncListeners = new Set();
   const errorListeners = new Set();
   const cursors = {};
+  let resumeSent = {}; // the resume map of the current connection's auth message
   let state = 'idle';
   let ws = null;
   let stopped = true;
@@ -138,7 +139,8 @@ export function createRealtimeClient(options = {}) {
     socket.onopen = () => {
       setState('authenticating');
       const auth = { type: 'auth', token };
-      if (Object.keys(cursors).length) auth.resume = { ...cursors };
+      resumeSent = { ...cursors };
+      if (Object.keys(resumeSent).length) auth.resume = resumeSent;
       socket.send(JSON.stringify(auth));
       armWatchdog();
     };
@@ -163,7 +165,12 @@ export function createRealtimeClient(options = {}) {
     switch (message.type) {
       case 'connected': {
         if (typeof message.pingInterval === 'number') pingIntervalMs = message.pingInterval * 1000;
-        Object.assign(cursors, message.cursors || {});
+        // The server's cursors are its heads, sent *before* the replay. A channel we asked to
+        // resume keeps our cursor until the replayed updates (or a resync) move it: jumping to
+        // the head now would lose the rest of the replay if the connection dropped during it.
+        for (const [channel, cursor] of Object.entries(message.cursors || {})) {
+          if (!(channel in resumeSent)) cursors[channel] = cursor;
+        }
         const missedSomething = everConnected && !message.resumed;
         everConnected = true;
         setState('connected');

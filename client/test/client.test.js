@@ -181,3 +181,34 @@ test('a failing token endpoint is retried with backoff', async () => {
   await ctx.clock.advance(1000);
   assert.equal(ctx.fakes.sockets.length, 1);
 });
+
+test('a connection lost during the replay resumes from the last replayed update, not the head', async () => {
+  const ctx = setup();
+  await connect(ctx);
+  ctx.fakes.last.serverSend({ type: 'update', channel: 'user_Usage_42', seq: 4, cursor: 'e-2:4',
+    table: 'usage', data: {} });
+  ctx.fakes.last.serverClose(1006);
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  // The server answers with its heads (e-2:9), then replays 5..9; the link dies after 5.
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: true,
+    cursors: { user_Subscription_42: 'e-1:0', user_Usage_42: 'e-2:9' } });
+  assert.equal(ctx.client.cursors.user_Usage_42, 'e-2:4', 'the head is not taken before the replay');
+  ctx.fakes.last.serverSend({ type: 'update', channel: 'user_Usage_42', seq: 5, cursor: 'e-2:5',
+    table: 'usage', data: {} });
+  ctx.fakes.last.serverClose(4009);
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  assert.deepEqual(ctx.fakes.last.sent[0].resume, { user_Subscription_42: 'e-1:0', user_Usage_42: 'e-2:5' });
+});
+
+test('channels that were not resumed take the cursors of connected', async () => {
+  const ctx = setup();
+  await connect(ctx, { ...CONNECTED, channels: ['user_Subscription_42'],
+    cursors: { user_Subscription_42: 'e-1:0' } });
+  ctx.fakes.last.serverClose(1012);
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: false });
+  assert.deepEqual(ctx.client.cursors, { user_Subscription_42: 'e-1:0', user_Usage_42: 'e-2:0' });
+});
