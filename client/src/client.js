@@ -56,6 +56,9 @@ export function createRealtimeClient(options = {}) {
   let watchdogTimer = null;
   let stableTimer = null;
   let lastClose = null;
+  // Bumped by every open() and by close(): an attempt whose token arrives after it was
+  // superseded must not open a second socket.
+  let attemptId = 0;
 
   function setState(next) {
     if (state === next) return;
@@ -116,17 +119,19 @@ export function createRealtimeClient(options = {}) {
   }
 
   async function open() {
+    const attempt = ++attemptId;
     clearTimers();
     setState(everConnected ? 'reconnecting' : 'connecting');
     let token;
     try {
       token = await getToken();
     } catch (error) {
+      if (attempt !== attemptId) return;
       reportError(error);
       scheduleReconnect({ code: 1006, reason: 'token fetch failed' });
       return;
     }
-    if (stopped) return;
+    if (stopped || attempt !== attemptId) return;
     let socket;
     try {
       socket = new WebSocketImpl(url);
@@ -254,6 +259,7 @@ export function createRealtimeClient(options = {}) {
     },
     close() {
       stopped = true;
+      attemptId += 1;
       clearTimers();
       const socket = ws;
       detach(socket);

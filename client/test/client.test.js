@@ -212,3 +212,14 @@ test('channels that were not resumed take the cursors of connected', async () =>
   ctx.fakes.last.serverSend({ ...CONNECTED, resumed: false });
   assert.deepEqual(ctx.client.cursors, { user_Subscription_42: 'e-1:0', user_Usage_42: 'e-2:0' });
 });
+
+test('close() then connect() during a slow token fetch opens one socket, not two', async () => {
+  const pending = [];
+  const ctx = setup({ getToken: () => new Promise((resolve) => pending.push(resolve)) });
+  ctx.client.connect();
+  ctx.client.close();
+  ctx.client.connect();
+  pending.forEach((resolve, i) => resolve(`t${i}`));
+  await flush();
+  assert.equal(ctx.fakes.sockets.length, 1);
+});
