@@ -34,7 +34,10 @@ export interface RealtimeClientOptions {
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (id: unknown) => void;
+  /** Where `online`/`offline` are heard (default: window). */
   eventTarget?: EventTarget;
+  /** Where `visibilitychange` is heard (default: document). */
+  document?: EventTarget & { visibilityState: string };
 }
 
 export interface RealtimeClient {

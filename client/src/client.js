@@ -36,6 +36,7 @@ export function createRealtimeClient(options = {}) {
     stableMs = 10000,
     heartbeatTimeoutMs,
     eventTarget = typeof window !== 'undefined' ? window : undefined,
+    document: page = typeof document !== 'undefined' ? document : undefined,
   } = options;
   if (!url) throw new Error('relay client: no url (set NEXT_PUBLIC_WEBSOCKET_URL or pass url)');
   if (!WebSocketImpl) throw new Error('relay client: no WebSocket implementation');
@@ -59,6 +60,10 @@ export function createRealtimeClient(options = {}) {
   // Bumped by every open() and by close(): an attempt whose token arrives after it was
   // superseded must not open a second socket.
   let attemptId = 0;
+  // The browser says the network is gone: attempts would only fail and grow the backoff.
+  let offline = Boolean(eventTarget && eventTarget.navigator && eventTarget.navigator.onLine === false);
+  let droppedOffline = false; // the network went away while this connection was up
+  let environmentWatched = false;
 
   function setState(next) {
     if (state === next) return;
@@ -221,6 +226,7 @@ export function createRealtimeClient(options = {}) {
     const policy = reconnectPolicy(close.code);
     if (policy === 'no') {
       stopped = true;
+      watchEnvironment(false);
       setState('closed');
       reportError(new Error(`relay closed the connection: ${close.code} ${close.reason || ''}`));
       return;
@@ -233,7 +239,9 @@ export function createRealtimeClient(options = {}) {
     clearTimers();
     lastClose = close;
     setState('reconnecting');
-    const delay = backoff.next();
+    // Offline, wait for the `online` event; the long timer is only a safety net for a
+    // browser that never sends it.
+    const delay = offline ? (backoffOptions.capMs ?? 30000) : backoff.next();
     reconnectTimer = setTimer(() => {
       reconnectTimer = null;
       open();
@@ -247,19 +255,69 @@ export function createRealtimeClient(options = {}) {
     open();
   }
 
-  if (eventTarget && typeof eventTarget.addEventListener === 'function') {
-    eventTarget.addEventListener('online', reconnectNow);
+  function onOnline() {
+    offline = false;
+    if (droppedOffline && ws && state === 'connected') {
+      // The socket looks open but its network went away: it is most likely dead, and
+      // waiting for the watchdog would leave the page stale for up to 2.5 heartbeats.
+      const socket = ws;
+      detach(socket);
+      try {
+        socket.close(4000, 'network changed');
+      } catch {
+        // already closing
+      }
+      open();
+    } else {
+      reconnectNow();
+    }
+    droppedOffline = false;
+  }
+
+  function onOffline() {
+    offline = true;
+    if (state === 'connected') droppedOffline = true;
+    if (reconnectTimer !== null) {
+      clearTimer(reconnectTimer);
+      reconnectTimer = setTimer(() => {
+        reconnectTimer = null;
+        open();
+      }, backoffOptions.capMs ?? 30000);
+    }
+  }
+
+  function onVisibilityChange() {
+    // Hidden tabs stay connected (see README). A user coming back to a tab that is waiting
+    // out a backoff expects current data now, not after up to capMs.
+    if (page.visibilityState === 'visible' && !offline) reconnectNow();
+  }
+
+  // Listeners go on when connect() is called and come off when the client stops, so that
+  // clients created and closed by the shared store do not pile up on window.
+  function watchEnvironment(on) {
+    if (on === environmentWatched) return;
+    environmentWatched = on;
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    if (eventTarget && typeof eventTarget[method] === 'function') {
+      eventTarget[method]('online', onOnline);
+      eventTarget[method]('offline', onOffline);
+    }
+    if (page && typeof page[method] === 'function') {
+      page[method]('visibilitychange', onVisibilityChange);
+    }
   }
 
   return {
     connect() {
       if (!stopped) return;
       stopped = false;
+      watchEnvironment(true);
       open();
     },
     close() {
       stopped = true;
       attemptId += 1;
+      watchEnvironment(false);
       clearTimers();
       const socket = ws;
       detach(socket);

@@ -223,3 +223,118 @@ test('close() then connect() during a slow token fetch opens one socket, not two
   await flush();
   assert.equal(ctx.fakes.sockets.length, 1);
 });
+
+function fakeWindow() {
+  const target = new EventTarget();
+  target.navigator = { onLine: true };
+  const added = new Map();
+  const add = target.addEventListener.bind(target);
+  const remove = target.removeEventListener.bind(target);
+  target.addEventListener = (type, fn) => { added.set(type, (added.get(type) || 0) + 1); add(type, fn); };
+  target.removeEventListener = (type, fn) => { added.set(type, added.get(type) - 1); remove(type, fn); };
+  target.listening = () => [...added.values()].reduce((a, b) => a + b, 0);
+  target.go = (type) => {
+    target.navigator.onLine = type === 'online';
+    target.dispatchEvent(new Event(type));
+  };
+  return target;
+}
+
+function fakeDocument() {
+  const doc = new EventTarget();
+  doc.visibilityState = 'visible';
+  doc.show = (visibility) => {
+    doc.visibilityState = visibility;
+    doc.dispatchEvent(new Event('visibilitychange'));
+  };
+  return doc;
+}
+
+test('online/offline listeners are added by connect() and removed by close()', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win });
+  assert.equal(win.listening(), 0, 'creating a client does not touch window');
+  await connect(ctx);
+  assert.ok(win.listening() > 0);
+  ctx.client.close();
+  assert.equal(win.listening(), 0);
+});
+
+test('a terminal close removes the listeners too', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win });
+  await connect(ctx);
+  ctx.fakes.last.serverClose(4003);
+  assert.equal(win.listening(), 0);
+});
+
+test('going online reconnects at once instead of waiting out the backoff', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win, random: () => 0.99 });
+  await connect(ctx);
+  ctx.fakes.last.serverClose(1006);
+  assert.equal(ctx.fakes.sockets.length, 1);
+  win.go('online');
+  await flush();
+  assert.equal(ctx.fakes.sockets.length, 2);
+});
+
+test('offline: no attempts that would only fail and grow the backoff; online resumes', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win });
+  await connect(ctx);
+  win.go('offline');
+  ctx.fakes.last.serverClose(1006);
+  await ctx.clock.advance(7999);
+  assert.equal(ctx.fakes.sockets.length, 1, 'no attempt while offline');
+  assert.equal(ctx.client.state, 'reconnecting');
+  win.go('online');
+  await flush();
+  assert.equal(ctx.fakes.sockets.length, 2);
+  ctx.fakes.last.serverOpen();
+  assert.ok(ctx.fakes.last.sent[0].resume, 'the new connection resumes');
+});
+
+test('a socket that lived through an offline spell is replaced when the network returns', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win });
+  await connect(ctx);
+  win.go('offline');
+  win.go('online');
+  await flush();
+  assert.equal(ctx.fakes.sockets[0].closedWith.code, 4000);
+  assert.equal(ctx.fakes.sockets.length, 2);
+  ctx.fakes.last.serverOpen();
+  assert.deepEqual(ctx.fakes.last.sent[0].resume, CONNECTED.cursors);
+});
+
+test('a hidden tab stays connected; coming back skips a pending backoff', async () => {
+  const page = fakeDocument();
+  const ctx = setup({ document: page, random: () => 0.99, backoff: { baseMs: 8000, capMs: 8000 } });
+  await connect(ctx);
+  page.show('hidden');
+  for (let i = 0; i < 30; i++) {
+    await ctx.clock.advance(20000);
+    ctx.fakes.last.serverSend({ type: 'ping' });
+  }
+  assert.equal(ctx.fakes.sockets.length, 1);
+  assert.equal(ctx.client.state, 'connected');
+  ctx.fakes.last.serverClose(1012);
+  await ctx.clock.advance(1000);
+  assert.equal(ctx.fakes.sockets.length, 1, 'still waiting out a ~7.9 s backoff');
+  page.show('visible');
+  await flush();
+  assert.equal(ctx.fakes.sockets.length, 2);
+});
+
+test('offline for longer than the cap: one safety-net attempt per cap, in case online never fires', async () => {
+  const win = fakeWindow();
+  const ctx = setup({ eventTarget: win });
+  await connect(ctx);
+  win.go('offline');
+  ctx.fakes.last.serverClose(1006);
+  await ctx.clock.advance(8000);
+  assert.equal(ctx.fakes.sockets.length, 2);
+  ctx.fakes.last.serverClose(1006);
+  assert.deepEqual(ctx.clock.pending, [8000], 'the backoff did not grow while offline');
+});
