@@ -23,8 +23,16 @@ export interface BackoffOptions {
 export interface RealtimeClientOptions {
   /** wss://host/ws — defaults to NEXT_PUBLIC_WEBSOCKET_URL + '/ws'. */
   url?: string;
-  /** Returns a fresh JWT; default: GET /api/auth/websocket-token → { token }. */
+  /**
+   * Returns a fresh JWT; default: GET `tokenUrl` → { token }, with credentials, no-store.
+   * An error with `status` 401 or 403 means "not signed in": the client stops (state
+   * `closed`, onError) instead of retrying; any other error is retried with backoff.
+   */
   getToken?: () => Promise<string>;
+  /** Token endpoint of the default getToken (default '/api/auth/websocket-token'). */
+  tokenUrl?: string;
+  /** fetch used by the default getToken (default: globalThis.fetch). */
+  fetchImpl?: typeof fetch;
   WebSocketImpl?: typeof WebSocket;
   backoff?: BackoffOptions;
   /** Backoff resets after a connection stayed up this long (default 10000). */

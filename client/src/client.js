@@ -17,17 +17,28 @@ function defaultUrl() {
   return base ? `${base.replace(/\/+$/, '')}/ws` : undefined;
 }
 
-async function defaultGetToken() {
-  const response = await fetch('/api/auth/websocket-token', { credentials: 'include' });
-  if (!response.ok) throw new Error(`token endpoint answered ${response.status}`);
-  const body = await response.json();
-  return body.token;
+// The app's token endpoint: same origin, with the session cookie, never from a cache.
+function tokenEndpoint(fetchImpl, tokenUrl) {
+  return async function getToken() {
+    const response = await fetchImpl(tokenUrl, {
+      credentials: 'include', cache: 'no-store', headers: { Accept: 'application/json' },
+    });
+    if (!response.ok) {
+      const error = new Error(`token endpoint answered ${response.status}`);
+      error.status = response.status;
+      throw error;
+    }
+    const body = await response.json();
+    return body.token;
+  };
 }
 
 export function createRealtimeClient(options = {}) {
   const {
     url = defaultUrl(),
-    getToken = defaultGetToken,
+    fetchImpl = (...args) => globalThis.fetch(...args),
+    tokenUrl = '/api/auth/websocket-token',
+    getToken = tokenEndpoint(fetchImpl, tokenUrl),
     WebSocketImpl = globalThis.WebSocket,
     setTimeout: setTimer = (fn, ms) => globalThis.setTimeout(fn, ms),
     clearTimeout: clearTimer = (id) => globalThis.clearTimeout(id),
@@ -132,6 +143,16 @@ export function createRealtimeClient(options = {}) {
       token = await getToken();
     } catch (error) {
       if (attempt !== attemptId) return;
+      if (error && (error.status === 401 || error.status === 403)) {
+        // Not signed in: retrying cannot help until the app signs the user in and calls
+        // connect() again; it would only poll the token endpoint every capMs.
+        stopped = true;
+        watchEnvironment(false);
+        lastClose = { code: error.status, reason: 'token endpoint refused: not signed in' };
+        setState('closed');
+        reportError(error);
+        return;
+      }
       reportError(error);
       scheduleReconnect({ code: 1006, reason: 'token fetch failed' });
       return;

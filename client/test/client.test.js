@@ -338,3 +338,46 @@ test('offline for longer than the cap: one safety-net attempt per cap, in case o
   ctx.fakes.last.serverClose(1006);
   assert.deepEqual(ctx.clock.pending, [8000], 'the backoff did not grow while offline');
 });
+
+function fakeFetch(answers) {
+  const calls = [];
+  const fetchImpl = async (url, init) => {
+    calls.push({ url, init });
+    const { status = 200, body = {} } = answers.shift();
+    return { ok: status >= 200 && status < 300, status, json: async () => body };
+  };
+  return { fetchImpl, calls };
+}
+
+test('default getToken: GET /api/auth/websocket-token with credentials, never cached', async () => {
+  const { fetchImpl, calls } = fakeFetch([{ body: { token: 'from-app' } }]);
+  const ctx = setup({ getToken: undefined, fetchImpl });
+  await connect(ctx);
+  assert.equal(calls[0].url, '/api/auth/websocket-token');
+  assert.equal(calls[0].init.credentials, 'include');
+  assert.equal(calls[0].init.cache, 'no-store');
+  assert.deepEqual(ctx.fakes.last.sent[0], { type: 'auth', token: 'from-app' });
+});
+
+test('token endpoint 401 (signed out) stops instead of polling it forever', async () => {
+  const { fetchImpl, calls } = fakeFetch([{ status: 401 }]);
+  const ctx = setup({ getToken: undefined, fetchImpl });
+  ctx.client.connect();
+  await flush();
+  await ctx.clock.advance(120000);
+  assert.equal(calls.length, 1);
+  assert.equal(ctx.client.state, 'closed');
+  assert.equal(ctx.errors[0].status, 401);
+  assert.equal(ctx.fakes.sockets.length, 0);
+});
+
+test('token endpoint 503 is retried with backoff', async () => {
+  const { fetchImpl, calls } = fakeFetch([{ status: 503 }, { body: { token: 'ok' } }]);
+  const ctx = setup({ getToken: undefined, fetchImpl });
+  ctx.client.connect();
+  await flush();
+  assert.equal(ctx.client.state, 'reconnecting');
+  await ctx.clock.advance(500);
+  assert.equal(calls.length, 2);
+  assert.equal(ctx.fakes.sockets.length, 1);
+});
