@@ -87,12 +87,19 @@ export function createRealtimeClient(options = {}) {
       try {
         listener(value);
       } catch (error) {
-        for (const onError of [...errorListeners]) onError(error);
+        // One broken subscriber must not keep the update from the others.
+        reportError(error);
       }
     }
   }
 
   function reportError(error) {
+    if (errorListeners.size === 0) {
+      // Nobody listens (the React hook does not): a subscriber's bug or a terminal close
+      // must still be visible somewhere.
+      console.error('relay client:', error);
+      return;
+    }
     for (const listener of [...errorListeners]) listener(error);
   }
 

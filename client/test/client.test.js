@@ -381,3 +381,26 @@ test('token endpoint 503 is retried with backoff', async () => {
   assert.equal(calls.length, 2);
   assert.equal(ctx.fakes.sockets.length, 1);
 });
+
+test('a throwing subscriber does not starve the others, and its error is not swallowed', async (t) => {
+  const logged = [];
+  t.mock.method(console, 'error', (...args) => logged.push(args));
+  const clock = createClock();
+  const fakes = createFakeSockets();
+  const client = createRealtimeClient({
+    url: 'ws://relay.test/ws', getToken: async () => 't', WebSocketImpl: fakes.FakeWebSocket,
+    setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout, eventTarget: null,
+  });
+  const seen = [];
+  client.subscribe(() => { throw new Error('component bug'); });
+  client.subscribe((u) => seen.push(u.seq));
+  client.connect();
+  await flush();
+  fakes.last.serverOpen();
+  fakes.last.serverSend(CONNECTED);
+  fakes.last.serverSend({ type: 'update', channel: 'user_Usage_42', seq: 1, cursor: 'e-2:1', table: 'usage', data: {} });
+  assert.deepEqual(seen, [1]);
+  assert.equal(logged.length, 1, 'with no onError listener it goes to console.error');
+  assert.match(String(logged[0][1]), /component bug/);
+  client.close();
+});
