@@ -258,7 +258,8 @@ class Connection:
             self.enqueue(text_frame(message.encode()))
         if resync:
             self.node.count("resync", len(resync))
-            self.send_json({"type": "resync", "reason": "history unavailable",
+            self.send_json({"type": "resync",
+                            "reason": str(reply.get("reason") or "history unavailable"),
                             "channels": resync, "cursors": {c: cursors.get(c) for c in resync}})
         log.info("user %s connected from %s (%d replayed, %d resync)",
                  self.user_id, self.peer, len(replay), len(resync),

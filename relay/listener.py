@@ -45,6 +45,10 @@ log = logging.getLogger("relay.listener")
 # A worker that does not read for this long (its queue over this many bytes) is dropped;
 # it reconnects and its clients resync. Workers are local and normally drain in microseconds.
 _WORKER_QUEUE_LIMIT = 64 << 20
+# Channels per LISTEN/UNLISTEN round trip: after a reconnect thousands of channels are
+# LISTENed again, and one round trip each would delay the resync by seconds over a WAN.
+_LISTEN_BATCH = 500
+_WS_HEADER_BYTES = 10  # the most a server text frame adds to a message
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    float("inf"))
 
@@ -138,6 +142,9 @@ class DatabaseLink:
         self.connected = gevent.event.Event()
         self.reconnects = 0
         self._synced_version = -1  # the listener's wanted_version at the last sync
+        # While re-LISTENing after a (re)connect, notifications wait here: they go out after
+        # the RESYNC, so that a client never sees an update of the new epoch before it.
+        self._held: list[tuple[str, str]] | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -200,32 +207,44 @@ class DatabaseLink:
         self.conn = None
         self.listening = set()
 
-    def _execute(self, statement: sql.Composable | str) -> None:
+    def _execute(self, statement: sql.Composable | str, drain: bool = True) -> None:
         assert self.conn is not None
         with gevent.Timeout(self.settings.db_check_timeout):
             with self.conn.cursor() as cur:
                 cur.execute(statement)
-        self._drain()  # trap 5: notifications arrive with any query result
+        if drain:
+            self._drain()  # trap 5: notifications arrive with any query result
 
     def _drain(self) -> None:
         assert self.conn is not None
         notifies = self.conn.notifies
         while notifies:
             note = notifies.pop(0)
-            if note.channel in self.listening:
+            if note.channel not in self.listening:
+                continue
+            if self._held is not None:
+                self._held.append((note.channel, note.payload))
+            else:
                 self.listener.on_notification(note.channel, note.payload)
 
     def _sync_channels(self) -> None:
         self._synced_version = self.listener.wanted_version
         wanted = self.listener.wanted_channels()
-        for channel in sorted(wanted - self.listening):
-            self._execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            self.listening.add(channel)
-            self.listener.on_listening(channel)
-        for channel in sorted(self.listening - wanted):
-            self._execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+        gone = sorted(self.listening - wanted)
+        # Out of `listening` before the UNLISTEN is sent: an attach that wants one of them
+        # again meanwhile waits for the next sync (which LISTENs it afresh) instead of being
+        # answered on a channel about to go deaf.
+        for channel in gone:
             self.listening.discard(channel)
             self.listener.on_unlistened(channel)
+        for batch in _batches(gone):
+            self._execute(_statements("UNLISTEN", batch))
+        for batch in _batches(sorted(wanted - self.listening)):
+            self._execute(_statements("LISTEN", batch), drain=False)
+            for channel in batch:
+                self.listening.add(channel)
+                self.listener.on_listening(channel)
+            self._drain()  # what arrived with the answer was committed after the LISTEN
 
     def _check_listen_works(self) -> None:
         """A NOTIFY to ourselves must come back: through a transaction-mode pooler it never
@@ -250,9 +269,16 @@ class DatabaseLink:
     def _serve(self) -> None:
         assert self.conn is not None
         self._check_listen_works()
-        self._sync_channels()
-        self.connected.set()
-        self.listener.on_channels_synced()
+        self._held = []
+        try:
+            self._sync_channels()
+            self.connected.set()
+            self.listener.on_channels_synced()  # answers waiting attaches, then the RESYNC
+        finally:
+            held, self._held = self._held, None
+        for channel, payload in held:
+            if channel in self.listening:
+                self.listener.on_notification(channel, payload)
         next_check = time.monotonic() + self.settings.db_check_interval
         fd = self.conn.fileno()
         while True:
@@ -275,6 +301,16 @@ class DatabaseLink:
             if time.monotonic() >= next_check:
                 self._execute("SELECT 1")  # trap 6: a dead TCP peer never wakes select()
                 next_check = time.monotonic() + self.settings.db_check_interval
+
+
+def _batches(channels: list[str]) -> list[list[str]]:
+    return [channels[i:i + _LISTEN_BATCH] for i in range(0, len(channels), _LISTEN_BATCH)]
+
+
+def _statements(command: str, channels: list[str]) -> sql.Composable:
+    """``LISTEN "a"; LISTEN "b"; …`` in one round trip, every name quoted (trap 4)."""
+    return sql.SQL("; ").join(
+        sql.SQL(command + " {}").format(sql.Identifier(channel)) for channel in channels)
 
 
 def _backoff(previous: float, cap: float) -> float:
@@ -478,19 +514,34 @@ class Listener:
         resume = request.get("resume") if isinstance(request.get("resume"), dict) else {}
         replay: list[str] = []
         resync: list[str] = []
+        reasons: list[str] = []
+        # The replay is queued to the client at once: more than its outbound queue could
+        # hold would close it 4009 and the same resume would overflow again, for ever.
+        budget_bytes = min(self.settings.queue_max_bytes, bus.MAX_FRAME_BYTES) // 2
+        budget_messages = self.settings.queue_max_messages // 2
         for channel in channels:
             if channel not in resume:
                 continue
             outcome = self.history.replay(channel, resume[channel])
+            size = sum(len(m) + _WS_HEADER_BYTES for m in outcome.messages)
             if outcome.resync:
                 resync.append(channel)
+                reasons.append(outcome.reason)
+            elif size > budget_bytes or len(outcome.messages) > budget_messages:
+                resync.append(channel)
+                reasons.append("too far behind")
             else:
+                budget_bytes -= size
+                budget_messages -= len(outcome.messages)
                 replay.extend(m.decode() for m in outcome.messages)
         cursors = {ch: self.history.get(ch).cursor for ch in channels
                    if self.history.get(ch) is not None}
-        peer.send(bus.encode(bus.ATTACHED, {
+        answer: dict[str, Any] = {
             "req": request.get("req"), "ok": True, "epoch": self.epoch, "cursors": cursors,
-            "replay": replay, "resync": resync}))
+            "replay": replay, "resync": resync}
+        if reasons:
+            answer["reason"] = reasons[0]
+        peer.send(bus.encode(bus.ATTACHED, answer))
 
     def _detach(self, peer: WorkerPeer, user: str, channels: list[str]) -> None:
         if peer.users.get(user, 0) <= 0:
