@@ -1,33 +1,39 @@
 // useWebSocketUpdates(callback) — the drop-in replacement for useRealtimeUpdates(callback).
 // Every component on the page shares one connection; the hook returns
 // { isConnected, subscriberCount } and calls `callback(update)` for each `update` message.
-import { useEffect, useRef, useState } from 'react';
+// All the logic is in store.js (tested without React); this file only wires it to React.
+import { useEffect, useRef, useSyncExternalStore } from 'react';
 
 import { createSharedStore } from './store.js';
 
 const pageStore = createSharedStore();
+// What the server renders (and what hydration starts from): no connection yet.
+const SERVER_SNAPSHOT = Object.freeze({ isConnected: false, subscriberCount: 0 });
+const serverSnapshot = () => SERVER_SNAPSHOT;
 
 export function useWebSocketUpdates(callback, options = {}) {
-  const callbackRef = useRef(callback);
-  callbackRef.current = callback;
-  const resyncRef = useRef(options.onResync);
-  resyncRef.current = options.onResync;
   const store = options.store || pageStore;
-  const [status, setStatus] = useState(() => store.snapshot());
+  const callbackRef = useRef(callback);
+  const resyncRef = useRef(options.onResync);
+  // The latest callbacks, without resubscribing; updated after commit, never during render
+  // (a render React throws away must not replace them).
+  useEffect(() => {
+    callbackRef.current = callback;
+    resyncRef.current = options.onResync;
+  });
+
+  const status = useSyncExternalStore(store.watch, store.snapshot, serverSnapshot);
 
   useEffect(() => {
-    const stopWatching = store.watch(setStatus);
     const client = store.acquire(options.client);
     const unsubscribe = client.subscribe((update) => callbackRef.current?.(update));
     const offResync = client.onResync((info) => resyncRef.current?.(info));
-    setStatus(store.snapshot());
     return () => {
       unsubscribe();
       offResync();
-      stopWatching();
       store.release();
     };
-    // One subscription per mounted component; the latest callback is read through a ref.
+    // One subscription per mounted component: options.client is read by the first one only.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [store]);
 

@@ -7,17 +7,27 @@ export function createSharedStore(factory = createRealtimeClient, { graceMs = 10
   let subscribers = 0;
   let closeTimer = null;
   const watchers = new Set();
+  let current = { isConnected: false, subscriberCount: 0 };
 
+  // The same object until something changes: useSyncExternalStore compares snapshots by
+  // identity and would re-render forever on a fresh object per call.
   function snapshot() {
-    return {
-      isConnected: client !== null && client.state === 'connected',
-      subscriberCount: subscribers,
-    };
+    const isConnected = client !== null && client.state === 'connected';
+    if (current.isConnected !== isConnected || current.subscriberCount !== subscribers) {
+      current = { isConnected, subscriberCount: subscribers };
+    }
+    return current;
   }
 
   function notify() {
     const value = snapshot();
     for (const watcher of [...watchers]) watcher(value);
+  }
+
+  // Stable function identities, so that React does not resubscribe on every render.
+  function watch(watcher) {
+    watchers.add(watcher);
+    return () => watchers.delete(watcher);
   }
 
   return {
@@ -50,10 +60,7 @@ export function createSharedStore(factory = createRealtimeClient, { graceMs = 10
         }, graceMs);
       }
     },
-    watch(watcher) {
-      watchers.add(watcher);
-      return () => watchers.delete(watcher);
-    },
+    watch,
     snapshot,
     get client() {
       return client;

@@ -46,3 +46,15 @@ test('a remount within the grace period keeps the connection', async () => {
   assert.equal(made.length, 1);
   assert.equal(made[0].closes, 0);
 });
+
+test('the snapshot keeps its identity until something changes (useSyncExternalStore needs that)', () => {
+  const store = createSharedStore(fakeClient, { graceMs: 10 });
+  const before = store.snapshot();
+  assert.equal(store.snapshot(), before);
+  store.acquire();
+  const after = store.snapshot();
+  assert.notEqual(after, before);
+  assert.equal(store.snapshot(), after);
+  assert.deepEqual(after, { isConnected: true, subscriberCount: 1 });
+  store.release();
+});
