@@ -40,6 +40,10 @@ export function createSharedStore(factory = createRealtimeClient, { graceMs = 10
         client = factory(options);
         client.onState(notify);
         client.connect();
+      } else if (client.state === 'closed') {
+        // Stopped by a terminal close (signed out, 4003): a component mounting later (after
+        // sign-in, say) gets one fresh attempt — one per mount, never a loop.
+        client.connect();
       }
       subscribers += 1;
       notify();

@@ -58,3 +58,15 @@ test('the snapshot keeps its identity until something changes (useSyncExternalSt
   assert.deepEqual(after, { isConnected: true, subscriberCount: 1 });
   store.release();
 });
+
+test('a client stopped by a terminal close gets one new attempt when a component mounts', () => {
+  const made = [];
+  const store = createSharedStore(() => { const c = fakeClient(); made.push(c); return c; });
+  store.acquire();
+  made[0].state = 'closed'; // e.g. the token endpoint said 401: signed out
+  store.acquire();
+  assert.equal(made.length, 1);
+  assert.equal(made[0].connects, 2);
+  store.release();
+  store.release();
+});
