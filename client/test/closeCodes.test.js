@@ -18,3 +18,29 @@ test('transient codes reconnect, 4001 fetches a new token', () => {
 test('every relay close code has a reason under 123 bytes', () => {
   for (const entry of CLOSE_CODES) assert.ok(new TextEncoder().encode(entry.reason).length < 123);
 });
+
+// docs/protocol.md is what app developers read; the Python suite pins closeCodes.js to the
+// Python table, this pins the table to the doc (skipped when the package is used on its own).
+test('the table says what docs/protocol.md says: same codes, same advice', async (t) => {
+  const { readFile } = await import('node:fs/promises');
+  let doc;
+  try {
+    doc = await readFile(new URL('../../docs/protocol.md', import.meta.url), 'utf8');
+  } catch {
+    t.skip('docs/protocol.md is not next to this package');
+    return;
+  }
+  const section = doc.split(/^## Close codes$/m)[1].split(/^## /m)[0];
+  const rows = [...section.matchAll(/^\| (\d{4}) \| [^|]+ \| ([^|]+) \|$/gm)]
+    .map(([, code, advice]) => [Number(code), advice.trim()]);
+  assert.ok(rows.length >= 10, 'found the close-code table');
+  const expected = (advice) => {
+    if (/new token/.test(advice)) return 'new-token';
+    if (/^(do not|not) reconnect|^fix the client/.test(advice)) return 'no';
+    return 'yes';
+  };
+  assert.deepEqual(rows.map(([code]) => code), CLOSE_CODES.map((entry) => entry.code));
+  for (const [code, advice] of rows) {
+    assert.equal(reconnectPolicy(code), expected(advice), `${code}: "${advice}"`);
+  }
+});
