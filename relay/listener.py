@@ -30,6 +30,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.select
+import orjson
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
@@ -58,7 +59,29 @@ def _reject_constant(name: str) -> Any:
 
 
 def encode_update(channel: str, payload: str, cursor_stream: str, seq: int) -> bytes:
-    """The client ``update`` message for one notification, as sent on the wire."""
+    """The client ``update`` message for one notification, as sent on the wire.
+
+    The payload is validated as JSON and spliced in, not re-serialised. orjson takes the
+    common case (a quarter of the standard library's time; bench burst); a payload it refuses
+    (NaN, lone surrogates, out-of-range numbers, not JSON) takes the standard library's path,
+    so what is accepted, and the bytes sent, are unchanged.
+    """
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _encode_update_stdlib(channel, payload, cursor_stream, seq)
+    table = data.get("table") if isinstance(data, dict) else None
+    head = orjson.dumps({
+        "type": "update",
+        "table": table if isinstance(table, str) and table else table_of(channel),
+        "channel": channel,
+        "seq": seq,
+        "cursor": f"{cursor_stream}:{seq}",
+    })
+    return b"".join((head[:-1], b',"data":', payload.strip().encode(), b"}"))
+
+
+def _encode_update_stdlib(channel: str, payload: str, cursor_stream: str, seq: int) -> bytes:
     table = None
     data_text: str
     try:
@@ -164,7 +187,7 @@ class DatabaseLink:
             try:
                 self._connect()
             except (Exception, gevent.Timeout) as exc:  # any failure means: retry later
-                delay = _backoff(delay, self.settings.reconnect_max_delay)
+                delay = next_backoff(delay, self.settings.reconnect_max_delay)
                 log.warning("database connect failed (%s); retrying in %.1fs",
                             _describe(exc), delay)
                 continue
@@ -178,7 +201,7 @@ class DatabaseLink:
             self._drop()
             self.reconnects += 1
             self.listener.on_database_down()
-            delay = _backoff(0.0, self.settings.reconnect_max_delay)
+            delay = next_backoff(0.0, self.settings.reconnect_max_delay)
 
     def _connect(self) -> None:
         with gevent.Timeout(self.settings.db_check_timeout + 5):
@@ -313,8 +336,9 @@ def _statements(command: str, channels: list[str]) -> sql.Composable:
         sql.SQL(command + " {}").format(sql.Identifier(channel)) for channel in channels)
 
 
-def _backoff(previous: float, cap: float) -> float:
-    """Capped exponential backoff with jitter: 0.1 s, 0.2 s, … up to ``cap``."""
+def next_backoff(previous: float, cap: float) -> float:
+    """The delay after ``previous``: doubling from 0.1 s up to ``cap``, each drawn at random
+    from the upper half of its step, so that many relays do not reconnect in step."""
     base = min(cap, max(0.1, previous * 2))
     return min(cap, random.uniform(base / 2, base))
 
