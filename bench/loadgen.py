@@ -64,6 +64,8 @@ class Received:
         self.seq_gaps = 0
         self.by_kind: Counter[str] = Counter()
         self.latencies = array("f")  # steady-phase commit→client latency, milliseconds
+        self.worst: dict[int, float] = {}  # tenth of a second → worst latency in it (ms)
+        self.burst_times = array("d")  # when each burst update arrived (epoch seconds)
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.closes: Counter[int] = Counter()
@@ -76,6 +78,8 @@ class Received:
             "byKind": dict(self.by_kind), "first": self.first, "last": self.last,
             "closes": {str(k): v for k, v in self.closes.items()}, "other": dict(self.other),
             "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
+            "worst": self.worst,
+            "burstTimes": base64.b64encode(self.burst_times.tobytes()).decode(),
         }
 
 
@@ -191,7 +195,13 @@ class LoadGenerator:
             got.seq_gaps += 1
         self.last_seq[channel] = seq
         if kind == "s":
-            got.latencies.append((now - float(data["ts"])) * 1000.0)
+            latency = (now - float(data["ts"])) * 1000.0
+            got.latencies.append(latency)
+            tenth = int(now * 10)
+            if latency > got.worst.get(tenth, 0.0):
+                got.worst[tenth] = latency
+        elif kind == "b":
+            got.burst_times.append(now)
         if kind not in got.first:
             got.first[kind] = now
         got.last[kind] = now

@@ -201,7 +201,7 @@ def run_server(name: str, config: Config, database: Database, workdir: Path) -> 
                 out["steady"] = steady(gens, server, database, config, min(config.users, opened))
             if "burst" in config.scenarios:
                 say(f"[{name}] burst")
-                out["burst"] = burst(gens, database, min(config.burst_users, opened))
+                out["burst"] = burst(gens, server, database, min(config.burst_users, opened))
             gens.all({"cmd": "close"})
             time.sleep(2.0)
         if "connect" in config.scenarios:
@@ -246,7 +246,7 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
     gens.all({"cmd": "reset"})
     server_cpu0, pg_cpu0, gen_cpu0 = (cpu_seconds(server.tree()),
                                       cpu_seconds(database.processes()), gens.cpu())
-    started = time.monotonic()
+    started, busy0 = time.monotonic(), machine_busy()
     written = run_writer("steady", "--dsn", database.url, "--rate", str(config.rate),
                          "--users", str(user_count), "--duration", str(config.duration),
                          "--warmup", str(config.warmup), "--per-tx", str(config.per_tx),
@@ -262,6 +262,10 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
     for reply in stats:
         latencies.frombytes(base64.b64decode(reply["latencies"]))
     ordered = sorted(latencies)
+    worst: dict[int, float] = {}
+    for reply in stats:
+        for tenth, latency in reply["worst"].items():
+            worst[int(tenth)] = max(worst.get(int(tenth), 0.0), latency)
     unique = sum(r["unique"] for r in stats)
     delivered = sum(r["updates"] for r in stats)
     measured = sum(r["byKind"].get("s", 0) for r in stats)
@@ -281,30 +285,43 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
         "serverCpuSeconds": server_cpu, "postgresCpuSeconds": pg_cpu,
         "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
         "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
-        "clientCpu": gen_cpu,
+        "clientCpu": gen_cpu, "machineBusy": busy_share(busy0),
+        # Worst latency of each 0.1 s, from the first measured commit: where spikes happen.
+        "worstByTenth": [[round(t / 10 - written["measuredStart"], 1), round(worst[t], 2)]
+                         for t in sorted(worst)],
     }
 
 
-def burst(gens: LoadGenerators, database: Database, user_count: int) -> dict[str, Any]:
+def burst(gens: LoadGenerators, server: Server, database: Database,
+          user_count: int) -> dict[str, Any]:
     gens.all({"cmd": "reset"})
+    server_cpu0, busy0 = cpu_seconds(server.tree()), machine_busy()
     written = run_writer("burst", "--dsn", database.url, "--users", str(user_count), timeout=120)
     wait_for_kinds(gens, ("b",), user_count)
+    server_cpu = cpu_seconds(server.tree()) - server_cpu0
     stats = gens.all({"cmd": "stats"})
     received = sum(r["byKind"].get("b", 0) for r in stats)
+    arrivals = array("d")
+    for reply in stats:
+        arrivals.frombytes(base64.b64decode(reply["burstTimes"]))
+    after = sorted(t - written["beforeCommit"] for t in arrivals)
     last = max((r["last"].get("b", 0.0) for r in stats), default=0.0)
     first = min((r["first"].get("b", float("inf")) for r in stats), default=0.0)
     return {"users": user_count, "received": received,
             "lost": user_count - sum(r["unique"] for r in stats),
             "commitSeconds": written["committed"] - written["beforeCommit"],
             "firstSeconds": first - written["beforeCommit"] if received else None,
-            "lastSeconds": last - written["beforeCommit"] if received else None}
+            "lastSeconds": last - written["beforeCommit"] if received else None,
+            "serverCpuSeconds": server_cpu, "machineBusy": busy_share(busy0),
+            "arrivalSeconds": {f"p{q}": after[min(len(after) - 1, len(after) * q // 100)]
+                               for q in (10, 50, 90, 99)} if after else {}}
 
 
 def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> dict[str, Any]:
     concurrency = max(1, config.connect_concurrency // len(gens))
     if isinstance(server, NodeServer) and server.name == "per-client-listen":
         concurrency = max(1, min(concurrency, config.per_client_max // (2 * len(gens))))
-    cpu0, server_cpu0 = gens.cpu(), cpu_seconds(server.tree())
+    cpu0, server_cpu0, busy0 = gens.cpu(), cpu_seconds(server.tree()), machine_busy()
     started = time.monotonic()
     replies = gens.each(split(users(1, max(pool, len(gens))), len(gens), cmd="churn",
                               concurrency=concurrency, duration=config.connect_seconds))
@@ -316,7 +333,7 @@ def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> 
             "failures": merge_counts(r["failures"] for r in replies),
             "handshakeP99Ms": p99, "inFlight": concurrency * len(gens),
             "serverCpuSeconds": cpu_seconds(server.tree()) - server_cpu0,
-            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds)}
+            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds), "machineBusy": busy_share(busy0)}
 
 
 def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,
@@ -342,6 +359,19 @@ def run_writer(*args: str, timeout: float) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"writer failed: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy CPU seconds over all cores, wall clock) now: diff two to get a phase's load."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0), time.monotonic()
+
+
+def busy_share(before: tuple[float, float]) -> float:
+    """Share of the machine's cores that were busy since ``before`` (everything, not only us):
+    the machine is shared, so a figure taken while others ran is marked by this."""
+    busy, now = machine_busy()
+    return (busy - before[0]) / ((now - before[1]) * (os.cpu_count() or 1))
 
 
 def client_cpu(before: list[float], after: list[float], seconds: float) -> dict[str, float]:
@@ -450,6 +480,7 @@ ROWS: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("burst: users", ("burst", "users"), "{:,.0f}", "10,000", "higher"),
     ("burst: s until the last has it", ("burst", "lastSeconds"), "{:,.3f}", "<= 0.5", "lower"),
     ("burst: lost", ("burst", "lost"), "{:,.0f}", "0", "lower"),
+    ("burst: server CPU s", ("burst", "serverCpuSeconds"), "{:,.2f}", "", "lower"),
     ("db: PostgreSQL connections", ("db", "connections"), "{:,.0f}", "1", "lower"),
     ("db: their backends' memory MB (USS)", ("db", "backendUss"), "mb", "", "lower"),
     ("db: their backends' memory MB (RSS)", ("db", "backendRss"), "mb", "", "lower"),
@@ -457,6 +488,8 @@ ROWS: list[tuple[str, tuple[str, ...], str, str, str]] = [
      "lower"),
     ("client CPU, busiest loadgen (connect)", ("connect", "clientCpu", "maxCoreShare"), "pct",
      "", "lower"),
+    ("machine busy, all processes (steady)", ("steady", "machineBusy"), "pct", "", "lower"),
+    ("machine busy, all processes (connect)", ("connect", "machineBusy"), "pct", "", "lower"),
 ]
 
 
