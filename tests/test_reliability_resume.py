@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from collections.abc import Callable
 
-from tests.support import RelayProcess, notify, wait_for
+from tests.support import RelayProcess, execute, notify, wait_for
 
 
 def _cursors(messages: list[dict], start: dict[str, str]) -> dict[str, str]:
@@ -104,3 +107,102 @@ def test_too_old_history_gets_resync(relay_factory: Callable[..., RelayProcess],
     assert back.expect("resync")["channels"] == ["user_Usage_res4"]
     keeper.close()
     back.close()
+
+
+def test_seq_increases_by_one_per_channel_in_commit_order_on_every_worker(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory()
+    # Four connections of one user: with two workers, both are (almost surely) involved, and
+    # every connection must see the same stream.
+    clients = [relay.connect("order1") for _ in range(4)]
+    execute(postgres_url, "SELECT pg_notify(CASE WHEN mod(g, 3) = 0 THEN 'user_Usage_order1' "
+                          "ELSE 'user_Subscription_order1' END, json_build_object('g', g)::text)"
+                          " FROM generate_series(1, 60) AS g")  # one transaction
+    for g in range(61, 81):  # and one transaction each
+        notify(postgres_url, "user_Subscription_order1", json.dumps({"g": g}))
+    expected_subs = [g for g in range(1, 81) if g > 60 or g % 3]
+    expected_usage = [g for g in range(1, 61) if g % 3 == 0]
+    streams = []
+    for client in clients:
+        updates = [client.expect("update") for _ in range(80)]
+        by_channel: dict[str, list[dict]] = {}
+        for update in updates:
+            by_channel.setdefault(update["channel"], []).append(update)
+        subs, usage = by_channel["user_Subscription_order1"], by_channel["user_Usage_order1"]
+        assert [m["data"]["g"] for m in subs] == expected_subs
+        assert [m["data"]["g"] for m in usage] == expected_usage
+        assert [m["seq"] for m in subs] == list(range(1, len(subs) + 1))
+        assert [m["seq"] for m in usage] == list(range(1, len(usage) + 1))
+        streams.append([m["cursor"] for m in updates])
+        assert client.nothing_within(0.2)
+    assert all(s == streams[0] for s in streams)  # the same cursors on every worker
+    for client in clients:
+        client.close()
+
+
+def test_resume_after_a_worker_restart_replays_exactly_what_was_missed(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory({"RELAY_DRAIN_SECONDS": "0"}, workers=1)
+    client = relay.connect("wr1")
+    notify(postgres_url, "user_Usage_wr1", '{"n": 1}')
+    cursors = _cursors([client.expect("update")], client.connected["cursors"])
+    (worker,) = relay.worker_pids()
+    os.kill(worker, signal.SIGTERM)  # gunicorn replaces it; the listener keeps the channel
+    assert client.expect_close()[0] == 1012
+    for n in (2, 3, 4):  # while the client is away
+        notify(postgres_url, "user_Usage_wr1", json.dumps({"n": n}))
+    wait_for(lambda: relay.worker_pids() not in ([], [worker]), 20,
+             message="the replacement worker")
+    relay.wait_healthy()
+    back = relay.connect("wr1", resume=cursors)
+    assert back.connected["resumed"] is True
+    assert [back.expect("update")["data"]["n"] for _ in range(3)] == [2, 3, 4]
+    notify(postgres_url, "user_Usage_wr1", '{"n": 5}')
+    live = back.expect("update")
+    assert live["data"] == {"n": 5} and live["seq"] == 5
+    back.close()
+
+
+def test_cursor_from_before_a_listener_restart_gets_resync(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory()
+    client = relay.connect("ep1")
+    notify(postgres_url, "user_Usage_ep1", "{}")
+    cursors = _cursors([client.expect("update")], client.connected["cursors"])
+    client.close()
+    epoch = relay.health()[1]["listener"]["epoch"]
+    (listener,) = relay.listener_pids()
+    os.kill(listener, signal.SIGKILL)
+    wait_for(lambda: relay.health()[1].get("listener", {}).get("epoch") not in (None, epoch),
+             10, message="a new listener")
+    back = relay.connect("ep1", resume=cursors)
+    assert back.connected["resumed"] is False
+    resync = back.expect("resync")
+    assert set(resync["channels"]) == set(cursors)
+    assert all(c.endswith(":0") for c in resync["cursors"].values())
+    notify(postgres_url, "user_Usage_ep1", '{"after": 1}')
+    assert back.expect("update")["cursor"] == resync["cursors"]["user_Usage_ep1"][:-1] + "1"
+    back.close()
+
+
+def test_resume_bigger_than_the_outbound_queue_is_a_resync(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """Replaying more than half the client's queue would close it 4009, and the same
+    resume would overflow again: the client is told to resync instead."""
+    relay = relay_factory({"RELAY_QUEUE_MAX_MESSAGES": "20", "RELAY_HISTORY_SIZE": "100"})
+    keeper = relay.connect("big1")
+    start = keeper.connected["cursors"]
+    execute(postgres_url, "SELECT pg_notify('user_Usage_big1', json_build_object('i', i)::text)"
+                          " FROM generate_series(1, 30) AS i")
+    for _ in range(30):
+        keeper.expect("update")
+    far = relay.connect("big1", resume={"user_Usage_big1": start["user_Usage_big1"]})
+    resync = far.expect("resync")
+    assert resync["reason"] == "too far behind" and resync["channels"] == ["user_Usage_big1"]
+    assert resync["cursors"]["user_Usage_big1"].endswith(":30")
+    near = relay.connect("big1", resume={"user_Usage_big1": start["user_Usage_big1"][:-1]
+                                         + "25"})
+    assert [near.expect("update")["data"]["i"] for _ in range(5)] == [26, 27, 28, 29, 30]
+    for client in (keeper, far, near):
+        assert client.close_code is None
+        client.close()
