@@ -20,7 +20,9 @@ class RelayWorker(GeventPyWSGIWorker):
     wsgi_handler = RelayHandler
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        node = getattr(self.wsgi, "relay_node", None)
+        # A worker still booting has no ``wsgi`` yet: an AttributeError here would exit it with
+        # WORKER_BOOT_ERROR, and gunicorn halts the whole server on that (two quick HUPs did).
+        node = getattr(getattr(self, "wsgi", None), "relay_node", None)
         if node is not None and not node.draining:
             gevent.spawn(node.drain)
         super().handle_exit(sig, frame)

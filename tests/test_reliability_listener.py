@@ -9,7 +9,21 @@ import signal
 import time
 from collections.abc import Callable
 
+import websocket
+
 from tests.support import Client, RelayProcess, database_connections, notify, wait_for
+
+
+def _connect_to_a_serving_worker(relay: RelayProcess, user: str) -> Client:
+    """A worker that is stopping answers 1012 at once: a client then simply retries."""
+    def connected() -> Client | None:
+        candidate = relay.connect(user, expect_connected=False)
+        message = candidate.recv()
+        if message is not None and message["type"] == "connected":
+            return candidate
+        assert candidate.close_code == 1012, candidate.close_code
+        return None
+    return wait_for(connected, 15, 0.2, "a connection to a serving worker")
 
 
 def test_kill_9_listener_clients_resync_and_updates_flow(
@@ -74,9 +88,11 @@ def test_hup_reload_keeps_one_listener_and_one_db_connection(
     assert relay.proc is not None
     listeners, supervisors = relay.listener_pids(), relay.supervisor_pids()
     old_workers = set(relay.worker_pids())
-    for _ in range(2):
+    # Quick successive reloads: a generation is told to stop while its workers still boot
+    # (that once made a worker exit with WORKER_BOOT_ERROR and gunicorn halt the server).
+    for _ in range(3):
         relay.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        time.sleep(0.25)
     wait_for(lambda: len(relay.worker_pids()) == 2
              and not old_workers & set(relay.worker_pids()), 20,
              message="the reload to replace every worker")
@@ -84,17 +100,43 @@ def test_hup_reload_keeps_one_listener_and_one_db_connection(
     assert relay.listener_pids() == listeners
     assert relay.supervisor_pids() == supervisors
     assert database_connections(postgres_url) == 1
-
-    def connected() -> Client | None:
-        # A worker of the old generation may still be draining: it answers 1012 at once.
-        candidate = relay.connect("after-hup", expect_connected=False)
-        message = candidate.recv()
-        if message is not None and message["type"] == "connected":
-            return candidate
-        assert candidate.close_code == 1012, candidate.close_code
-        return None
-    client = wait_for(connected, 15, 0.2, "a connection to a worker of the new generation")
+    client = _connect_to_a_serving_worker(relay, "after-hup")
     notify(postgres_url, "user_Usage_after-hup", '{"n": 1}')
     assert client.expect("update")["data"] == {"n": 1}
     assert database_connections(postgres_url) == 1
     client.close()
+
+
+def test_worker_stopped_while_booting_does_not_halt_the_server(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    relay = relay_factory()
+    assert relay.proc is not None
+    bystander = relay.connect("boot-by")
+    listeners = relay.listener_pids()
+    for delay in (0.05, 0.15, 0.3):  # somewhere inside the app's import
+        workers = set(relay.worker_pids())
+        victim = max(workers)  # the newest worker: not necessarily the bystander's
+        os.kill(victim, signal.SIGKILL)
+        fresh = wait_for(lambda w=workers: set(relay.worker_pids()) - w, 10, 0.005,
+                         "gunicorn to spawn a replacement")
+        time.sleep(delay)
+        os.kill(next(iter(fresh)), signal.SIGTERM)  # still booting
+        time.sleep(0.5)
+        assert relay.proc.poll() is None, f"gunicorn halted:\n{relay.logs()[-3000:]}"
+    wait_for(lambda: len(relay.worker_pids()) == 2, 20, message="two workers again")
+    relay.wait_healthy()
+    assert relay.proc.poll() is None
+    assert relay.listener_pids() == listeners
+    assert database_connections(postgres_url) == 1
+    client = _connect_to_a_serving_worker(relay, "after-boot")
+    notify(postgres_url, "user_Usage_after-boot", '{"n": 1}')
+    assert client.expect("update")["data"] == {"n": 1}
+    # The bystander's worker either survived (it still receives) or was the one killed -9.
+    notify(postgres_url, "user_Usage_boot-by", '{"n": 2}')
+    try:
+        message = bystander.recv()
+        assert message is None or message["data"] == {"n": 2}
+    except (websocket.WebSocketException, OSError):
+        pass
+    for c in (client, bystander):
+        c.close()
