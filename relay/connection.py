@@ -332,8 +332,11 @@ class Connection:
         self.send_json({"type": "token_refreshed", "expiresAt": self.expires_at})
 
     def tick(self, now: float, wall: float) -> None:
-        """Heartbeat and token expiry; called by the worker's housekeeping about once a second."""
-        if self.closing is not None or not self.attached:
+        """Heartbeat and token expiry; called by the worker's housekeeping about once a second.
+
+        Also while the listener is away (the connection waits to be attached again): a
+        connection never outlives its token, and pings keep the client's watchdog quiet."""
+        if self.closing is not None or not self.user_id or not self.live.is_set():
             return
         if wall >= self.expires_at:
             self.node.count_auth_failure("token expired")
