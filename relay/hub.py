@@ -18,30 +18,24 @@ if TYPE_CHECKING:
 
 class Hub:
     def __init__(self) -> None:
-        self.by_channel: dict[str, set[Connection]] = {}
-        self.by_user: dict[str, set[Connection]] = {}
+        # Routes hold tuples: a channel or a user almost always has one connection, and a
+        # 1-tuple costs a quarter of a 1-element set (bench idle: 0.5 KB per connection).
+        self.by_channel: dict[str, tuple[Connection, ...]] = {}
+        self.by_user: dict[str, tuple[Connection, ...]] = {}
         self.connections: set[Connection] = set()  # every open WebSocket, attached or not
         self.published = 0
         self.delivered = 0
 
     def add(self, conn: Connection) -> None:
         for channel in conn.channels:
-            self.by_channel.setdefault(channel, set()).add(conn)
-        self.by_user.setdefault(conn.user_id, set()).add(conn)
+            _route(self.by_channel, channel, conn)
+        _route(self.by_user, conn.user_id, conn)
 
     def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
         for channel in conn.channels:
-            members = self.by_channel.get(channel)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del self.by_channel[channel]
-        users = self.by_user.get(conn.user_id)
-        if users is not None:
-            users.discard(conn)
-            if not users:
-                del self.by_user[conn.user_id]
+            _unroute(self.by_channel, channel, conn)
+        _unroute(self.by_user, conn.user_id, conn)
 
     def publish(self, channel: str, message: bytes) -> None:
         members = self.by_channel.get(channel)
@@ -49,7 +43,7 @@ class Hub:
         if not members:
             return
         frame = text_frame(message)  # encoded once for every recipient
-        for conn in tuple(members):
+        for conn in members:  # a tuple: enqueue may change the routes, not this snapshot
             conn.enqueue(frame)
         self.delivered += len(members)
 
@@ -65,3 +59,20 @@ class Hub:
         for members in self.by_user.values():
             seen.update(members)
         return seen
+
+
+def _route(routes: dict[str, tuple[Connection, ...]], key: str, conn: Connection) -> None:
+    members = routes.get(key, ())
+    if conn not in members:
+        routes[key] = (*members, conn)
+
+
+def _unroute(routes: dict[str, tuple[Connection, ...]], key: str, conn: Connection) -> None:
+    members = routes.get(key)
+    if members is None:
+        return
+    remaining = tuple(c for c in members if c is not conn)
+    if remaining:
+        routes[key] = remaining
+    else:
+        del routes[key]
