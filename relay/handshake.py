@@ -24,6 +24,11 @@ from relay.config import Settings
 
 HANDSHAKE_TIMEOUT = 10.0
 _READ_SIZE = 4096  # a socket read after the handshake: client messages are small
+# What a served WebSocket keeps of its environ: the query and the peer (the connection), the
+# request line, client and user agent (gunicorn's access-log atoms).
+_KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
+                 "REMOTE_ADDR", "REMOTE_PORT", "HTTP_FLY_CLIENT_IP", "HTTP_USER_AGENT",
+                 "HTTP_REFERER")
 
 
 def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
@@ -144,11 +149,25 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         serve = getattr(self.application, "relay_serve_websocket", None)
         try:
             if serve is not None:
-                serve(self.environ, self.socket, SocketReader.take_over(self.socket, self.rfile))
+                reader = SocketReader.take_over(self.socket, self.rfile)
+                self._release_handshake()
+                serve(self.environ, self.socket, reader)
             else:
                 list(self.application(self.environ, lambda s, h, e=None: []))
         finally:
             self.websocket = None
+
+    def _release_handshake(self) -> None:
+        """Keep of the handshake only what the connection and its access-log line read.
+
+        The parsed headers, the full environ and gevent-websocket's WebSocket object would
+        otherwise live as long as the socket. pywsgi reads ``headers`` once more when the
+        WebSocket ends, to decide on keep-alive: a closed WebSocket is never kept alive.
+        """
+        environ = self.environ
+        self.environ = {key: environ[key] for key in _KEPT_ENVIRON if key in environ}
+        self.headers = {"Connection": "close"}  # type: ignore[assignment]
+        self.websocket = None
 
     def log_request(self) -> None:
         environ = getattr(self, "environ", None)
