@@ -16,7 +16,6 @@ import json
 import logging
 import socket
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -67,7 +66,9 @@ class Connection:
         self.next_ping = 0.0
         self.awaiting_pong_since: float | None = None
         self.expiry_warned = False
-        self._queue: deque[bytes] = deque()
+        # A list, not a deque: it is only appended to and emptied whole, and an empty deque
+        # costs 770 bytes against 64 (bench idle, per connection).
+        self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._head_partial = False  # the queue's first item is the rest of a begun frame
         self._writer: gevent.Greenlet | None = None
