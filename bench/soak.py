@@ -1,12 +1,15 @@
 """Soak: many clients, a steady stream of updates, and faults injected while it runs.
 
-``python -m bench.soak --quick`` (about a minute) or ``python -m bench.soak`` (the issue's
-run: 2,000 clients, 300 updates/s, 5 minutes). It starts its own embedded PostgreSQL and a
-real relay (``gunicorn -c gunicorn.conf.py wsgi:app``), client processes (gevent +
-websocket-client, one user and one channel per client), and a writer. While it runs it
-kill -9s the listener, restarts PostgreSQL, and makes random clients reconnect with their
-resume cursors. It prints updates sent, delivered, **lost without resync** (must be 0),
-duplicates (must be 0), resyncs, and the workers' memory at start and end.
+``python -m bench.soak --quick`` (200 clients, 100 updates/s for 30 s) or
+``python -m bench.soak`` (the issue's run: 2,000 clients, 300 updates/s, 5 minutes);
+``--clients``, ``--rate`` and ``--seconds`` override either (the faults keep their place in
+the run: the listener at a quarter, PostgreSQL a little after half). It starts its own
+embedded PostgreSQL and a real relay (``gunicorn -c gunicorn.conf.py wsgi:app``), client
+processes (gevent + websocket-client, one user and one channel per client), and a writer.
+While it runs it kill -9s the listener, restarts PostgreSQL, and makes random clients
+reconnect with their resume cursors. It prints updates sent, delivered, **lost without
+resync** (must be 0), duplicates (must be 0), resyncs, and the workers' memory at start and
+end.
 
 How loss is counted without trusting relay: the writer bumps a per-user counter ``k`` in a
 table and NOTIFYs it in the same statement, so the committed ``k`` of a user has no gaps.
@@ -29,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +55,8 @@ class Plan:
     settle: float  # seconds after the writer stops before the final count
 
 
-QUICK = Plan(clients=200, processes=4, rate=100, duration=40, kill_listener_at=10,
-             restart_db_at=22, reconnect_rate=0.02, settle=6)
+QUICK = Plan(clients=200, processes=4, rate=100, duration=30, kill_listener_at=7.5,
+             restart_db_at=16.5, reconnect_rate=0.02, settle=6)
 FULL = Plan(clients=2000, processes=8, rate=300, duration=300, kill_listener_at=60,
             restart_db_at=150, reconnect_rate=0.002, settle=10)
 
@@ -73,8 +76,8 @@ def _client_main(args: argparse.Namespace) -> None:
 
     psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
     users = [f"soak{i}" for i in range(args.first, args.first + args.count)]
-    totals = {"delivered": 0, "lost": 0, "duplicates": 0, "resyncs": 0, "reconnects": 0,
-              "replayed": 0, "closes": {}, "lostAtEnd": 0}
+    totals: dict[str, Any] = {"received": 0, "delivered": 0, "lost": 0, "duplicates": 0,
+                              "resyncs": 0, "reconnects": 0, "closes": {}, "lostAtEnd": 0}
     last: dict[str, int] = dict.fromkeys(users, 0)
     seen: dict[str, set[int]] = {u: set() for u in users}
 
@@ -100,6 +103,9 @@ def _client_main(args: argparse.Namespace) -> None:
         kind = message.get("type")
         if kind == "update":
             k = int(message["data"]["k"])
+            totals["received"] += 1
+            if args.drop_every and totals["received"] % args.drop_every == 0:
+                return  # --self-check: pretend this one never arrived
             if k in seen[user]:
                 totals["duplicates"] += 1
                 return
@@ -253,7 +259,7 @@ class Writer(threading.Thread):
                 next_at = time.monotonic()
 
 
-def soak(plan: Plan, workers: int) -> dict[str, Any]:
+def soak(plan: Plan, workers: int, drop_every: int = 0) -> dict[str, Any]:
     import psutil
     import psycopg2
 
@@ -303,7 +309,8 @@ def soak(plan: Plan, workers: int) -> dict[str, Any]:
                 [sys.executable, "-c", _CLIENT_BOOT, "--client", "--first", str(index * per),
                  "--count", str(count), "--url", f"ws://127.0.0.1:{port}/ws",
                  "--dsn", pg.url, "--stop-file", str(stop_file),
-                 "--reconnect-rate", repr(plan.reconnect_rate)],
+                 "--reconnect-rate", repr(plan.reconnect_rate),
+                 "--drop-every", str(drop_every)],
                 cwd=ROOT, stdout=subprocess.PIPE))
         _wait(lambda: _health(port)[1].get("totalConnections", 0) >= plan.clients, 60,
               "every client to connect")
@@ -376,8 +383,14 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split(
         "\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="about a minute, 200 clients")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 clients, 100 updates/s for 30 s (instead of the issue's run)")
+    parser.add_argument("--clients", type=int, help="WebSocket clients (one user each)")
+    parser.add_argument("--rate", type=float, help="updates per second over all users")
+    parser.add_argument("--seconds", type=float, help="how long the writer runs")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--self-check", action="store_true",
+                        help="clients drop every 25th update: the run must report losses")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -385,16 +398,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default="", help=argparse.SUPPRESS)
     parser.add_argument("--stop-file", default="", help=argparse.SUPPRESS)
     parser.add_argument("--reconnect-rate", type=float, default=0.01, help=argparse.SUPPRESS)
+    parser.add_argument("--drop-every", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         _client_main(args)
         return 0
     plan = QUICK if args.quick else FULL
-    summary = soak(plan, args.workers)
+    if args.clients:
+        plan = replace(plan, clients=args.clients,
+                       processes=max(1, min(16, (args.clients + 249) // 250)))
+    if args.rate:
+        plan = replace(plan, rate=args.rate)
+    if args.seconds:
+        plan = replace(plan, duration=args.seconds, kill_listener_at=args.seconds * 0.25,
+                       restart_db_at=args.seconds * 0.55)
+    summary = soak(plan, args.workers, 25 if args.self_check else 0)
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
     ok = summary["lost"] == 0 and summary["lostAtEnd"] == 0 and summary["duplicates"] == 0
+    if args.self_check:
+        caught = summary["lost"] + summary["lostAtEnd"] > 0
+        print("self-check OK: the dropped updates were counted as lost" if caught
+              else "self-check FAILED: dropped updates went unnoticed")
+        return 0 if caught else 1
     print("OK: no update lost without resync, no duplicate" if ok else "FAILED")
     return 0 if ok else 1
 
