@@ -1,0 +1,36 @@
+"""The JS client's contract with the relay: the close-code table is generated from the Python
+one, and a token signed by Node's real jsonwebtoken is accepted."""
+
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, SECRET, RelayProcess
+
+CLIENT = ROOT / "client"
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium")
+needs_node = pytest.mark.skipif(
+    NODE is None or not (CLIENT / "node_modules").exists(),
+    reason="node or client/node_modules missing (make test runs npm ci first)")
+
+
+def test_js_close_codes_are_generated_from_the_python_table() -> None:
+    generated = subprocess.run([sys.executable, "-m", "relay", "close-codes", "--js"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert (CLIENT / "src" / "closeCodes.js").read_text() == generated
+
+
+@needs_node
+def test_token_signed_by_node_jsonwebtoken_is_accepted(relay: RelayProcess) -> None:
+    token = subprocess.run(
+        [NODE, "test-support/sign-token.mjs", "--user-id", "node-42", "--secret", SECRET],
+        cwd=CLIENT, capture_output=True, text=True, check=True).stdout.strip()
+    client = relay.connect(token=token)
+    assert client.connected["userId"] == "node-42"
+    client.close()
