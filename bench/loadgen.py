@@ -65,6 +65,7 @@ class Received:
         self.by_kind: Counter[str] = Counter()
         self.latencies = array("f")  # steady-phase commit→client latency, milliseconds
         self.worst: dict[int, float] = {}  # tenth of a second → worst latency in it (ms)
+        self.arrived: Counter[int] = Counter()  # tenth of a second → steady updates in it
         self.burst_times = array("d")  # when each burst update arrived (epoch seconds)
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
@@ -78,7 +79,7 @@ class Received:
             "byKind": dict(self.by_kind), "first": self.first, "last": self.last,
             "closes": {str(k): v for k, v in self.closes.items()}, "other": dict(self.other),
             "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
-            "worst": self.worst,
+            "worst": self.worst, "arrived": dict(self.arrived),
             "burstTimes": base64.b64encode(self.burst_times.tobytes()).decode(),
         }
 
@@ -198,6 +199,7 @@ class LoadGenerator:
             latency = (now - float(data["ts"])) * 1000.0
             got.latencies.append(latency)
             tenth = int(now * 10)
+            got.arrived[tenth] += 1
             if latency > got.worst.get(tenth, 0.0):
                 got.worst[tenth] = latency
         elif kind == "b":
