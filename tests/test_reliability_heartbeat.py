@@ -60,13 +60,13 @@ def test_server_pings_at_the_interval_it_announces(
     assert client.connected["pingInterval"] == 0.5
     pings = 0
     started = time.monotonic()
-    while time.monotonic() - started < 4:
+    while time.monotonic() - started < 2.5:
         message = client.recv()
         assert message is not None and message["type"] == "ping", message
         client.send({"type": "pong"})  # answered by hand, so that each one is counted
         pings += 1
-    # Loosely (the housekeeping tick is coarse): about 8 in 4 s, never a silence of 2.5
+    # Loosely (the housekeeping tick is coarse): about 5 in 2.5 s, never a silence of 2.5
     # intervals that a client's watchdog would take for a dead server.
-    assert pings >= 4
+    assert pings >= 3
     assert client.close_code is None
     client.close()

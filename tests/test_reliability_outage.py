@@ -1,7 +1,8 @@
-"""A listener that stays away (its supervisor frozen after the listener was killed): the
-workers keep every connection alive and bounded meanwhile — heartbeats go on, tokens still
-expire, /health says 503, a newcomer waits — and when a listener is back everyone is
-attached again and told to resync."""
+"""The listener gone: killed -9 under a steady stream of updates (no silent gap for the
+client), and away for a while (its supervisor frozen after the kill): the workers keep every
+connection alive and bounded meanwhile — heartbeats go on, tokens still expire, /health says
+503, a newcomer waits — and when a listener is back everyone is attached again and told to
+resync."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import Client, RelayProcess, database_connections, notify, wait_for
 
 
@@ -77,3 +79,29 @@ def test_listener_away_connections_keep_heartbeat_and_token_limits_then_resync(
              message="one database connection")
     for client in (steady, newcomer):
         client.close()
+
+
+def test_kill_9_listener_under_steady_writes_never_skips_silently(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """While notifications flow: the old listener's stream without gaps, one resync ('listener
+    restarted'), the new listener's stream without gaps; what is missing was sent before the
+    client saw the resync; nothing twice; the client never disconnected."""
+    channel = "user_Usage_kw1"
+    relay = relay_factory()
+    client = relay.connect("kw1")
+    writer, reader = NotifyWriter(postgres_url, channel), MessageReader(client)
+    with running(writer, reader):
+        wait_for(lambda: len(writer.committed) >= 50, 10, message="the writer")
+        (listener,) = relay.listener_pids()
+        os.kill(listener, signal.SIGKILL)
+        wait_for(lambda: any(m["type"] == "resync" for _, m in reader.received), 15,
+                 message="the resync")
+        sent_after = len(writer.committed)
+        wait_for(lambda: len(writer.committed) >= sent_after + 50, 10,
+                 message="the writer after the resync")
+    assert client.close_code is None
+    counts = check_no_silent_gap(reader.received, channel, writer)
+    assert counts["resyncs"] == 1 and counts["delivered"] >= 100
+    (resync,) = [m for _, m in reader.received if m["type"] == "resync"]
+    assert resync["reason"] == "listener restarted"
+    client.close()

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import RelayProcess, execute, notify, wait_for
 
 
@@ -206,3 +207,32 @@ def test_resume_bigger_than_the_outbound_queue_is_a_resync(
     for client in (keeper, far, near):
         assert client.close_code is None
         client.close()
+
+
+def _more_updates(writer: NotifyWriter, count: int = 40) -> None:
+    target = len(writer.committed) + count
+    wait_for(lambda: len(writer.committed) >= target, 10, message="more updates")
+
+
+def test_reconnects_with_cursors_under_steady_writes_lose_nothing(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """A client that drops and comes back with its cursors five times while updates flow
+    gets every one of them, in order, once, with no resync (replay and live meet exactly)."""
+    channel = "user_Usage_rc1"
+    relay = relay_factory()
+    keeper = relay.connect("rc1")  # another tab of the user; also keeps the channel
+    reader = MessageReader(relay.connect("rc1"))
+    writer = NotifyWriter(postgres_url, channel, interval=0.003)
+    with running(writer, reader):
+        for _ in range(5):
+            _more_updates(writer)
+            with reader.paused():
+                reader.client.close()
+                back = relay.connect("rc1", resume=reader.cursors())
+                assert back.connected["resumed"] is True
+                reader.swap(back)
+        _more_updates(writer)
+    counts = check_no_silent_gap(reader.received, channel, writer)
+    assert counts == {"delivered": len(writer.committed), "excused": 0, "resyncs": 0}
+    reader.client.close()
+    keeper.close()
