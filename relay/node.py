@@ -23,6 +23,10 @@ from relay.link import ListenerLink
 
 log = logging.getLogger("relay.node")
 
+# Ticking 5,000 connections in one go held every delivery of the worker for tens of ms once a
+# second: the bench's steady p99. Ticks are cheap; a slice of 500 takes about a millisecond.
+_TICKS_BETWEEN_YIELDS = 500
+
 
 class Node:
     def __init__(self, settings: Settings) -> None:
@@ -56,8 +60,10 @@ class Node:
             gevent.sleep(tick)
             now = time.monotonic()
             wall = time.time()
-            for conn in tuple(self.hub.connections):
+            for index, conn in enumerate(tuple(self.hub.connections), 1):
                 conn.tick(now, wall)
+                if index % _TICKS_BETWEEN_YIELDS == 0:
+                    gevent.sleep(0)  # let deliveries through between slices
             if now >= next_push:
                 next_push = now + 1.0
                 self.link.push_counters(self.snapshot())
