@@ -1,12 +1,18 @@
 """gunicorn configuration for relay: `gunicorn -c gunicorn.conf.py wsgi:app`.
 
-Every value comes from relay's validated settings (the environment); see the README's
-configuration table. This file is executed again on SIGHUP, so it has no side effects at
-load time: the listener's supervisor is started from the `on_starting` hook, which gunicorn
-runs once per master.
+Every knob comes from the environment through relay's validated ``Settings`` (defaults in
+relay/config.py and the README's configuration table); nothing here needs editing for a
+deployment. gunicorn executes this file again on SIGHUP, in the same master with the same
+environment, so it has no side effects at load time: the listener's supervisor is started
+from the ``on_starting`` hook, which gunicorn runs once per master.
+
+Do not override these with ``GUNICORN_CMD_ARGS`` (gunicorn would apply it over this file):
+fly.toml's connection limits are derived from the values below.
 """
 
+import math
 import os
+import resource
 import sys
 
 from relay.config import ConfigError, Settings
@@ -19,28 +25,71 @@ except ConfigError as exc:
     print(f"relay: configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
 
+# PORT (3000). Fly's proxy connects to it (fly.toml internal_port).
 bind = [f"0.0.0.0:{_settings.port}"]
+# WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
 worker_class = "relay.worker.RelayWorker"
-# The gevent pool size: every WebSocket holds one slot (trap 8). relay refuses WebSockets
-# with 1013 a little below it, so that /health always finds a free slot.
+# RELAY_WORKER_CONNECTIONS (10000): the gevent pool of a worker. Every WebSocket holds one
+# slot for its whole life (trap 8).
 worker_connections = _settings.worker_connections
-# Workers must outlive the drain (RELAY_DRAIN_SECONDS) plus the last close handshakes.
-graceful_timeout = int(_settings.drain_seconds) + 10
-timeout = 30
-keepalive = 5
-# Access log lines never include the query string (tokens may travel in it).
+# RELAY_WORKER_TIMEOUT (30 s): a worker whose event loop has not run for this long (it
+# heartbeats every second) is killed and replaced; its clients reconnect and resume.
+timeout = math.ceil(_settings.worker_timeout)
+# RELAY_DRAIN_SECONDS (10 s) + 10: on SIGTERM or HUP a worker closes its clients with 1012
+# spread over the drain, then waits up to 3 s for their close handshakes; gunicorn kills it
+# after graceful_timeout. fly.toml's kill_timeout must be longer still.
+graceful_timeout = math.ceil(_settings.drain_seconds) + 10
+# Never recycle workers after N requests: each recycle would drop every WebSocket it holds.
+max_requests = 0
+# Each worker builds its own app and Node after the fork (and a HUP loads new code).
+preload_app = False
+# No gunicorn control socket (gunicornc): relay is operated with signals (HUP, TERM). Its
+# default path, $HOME/.gunicorn/gunicorn.ctl, is not writable in the image and is shared by
+# every instance on a host, and it can change the worker count behind fly.toml's limits.
+control_socket_disable = True
+# Access lines carry the path, never the query string (tokens may travel in it); idle HTTP
+# keep-alive is bounded by RELAY_HANDSHAKE_TIMEOUT in relay's handler. FORWARDED_ALLOW_IPS is
+# read by gunicorn itself; relay takes the client address from Fly's Fly-Client-IP header.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 logconfig_dict = gunicorn_logconfig(_settings)
 proc_name = "relay"
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# ----- derived values: fly.toml and docs/operations.md are computed from these -----
+# WebSockets one worker accepts before closing new ones with 1013 (slots kept for /health).
+relay_websockets_per_worker = _settings.worker_connection_limit
+# What one machine can hold: fly.toml's hard_limit must stay below it.
+relay_websockets_per_machine = workers * relay_websockets_per_worker
+# Open files one worker needs: a socket per pool slot, plus its own (listener link, logs,
+# gevent's pipes, the listen socket).
+relay_open_files_per_worker = worker_connections + 64
+
+
+def _raise_open_files_limit(server) -> None:
+    """Raise the soft RLIMIT_NOFILE to what a worker needs (workers inherit it), as far as
+    the hard limit allows; warn if even that is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = relay_open_files_per_worker
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < need:
+        server.log.warning(
+            "open files limit %d is below RELAY_WORKER_CONNECTIONS + 64 = %d: a worker will "
+            "fail to accept connections before its pool is full; raise the hard limit "
+            "(ulimit -Hn) or lower RELAY_WORKER_CONNECTIONS", soft, need)
 
 
 def on_starting(server):
-    """Once per master (not on reload): one supervisor, which keeps one listener alive."""
+    """Once per master (not on reload): file limit, then one supervisor, which keeps one
+    listener alive."""
     from relay.supervisor import spawn_supervisor
 
+    _raise_open_files_limit(server)
+    # The supervisor, the listener and the workers must agree on the socket path.
     os.environ["RELAY_SOCKET_PATH"] = _settings.socket_path
     server.relay_supervisor = spawn_supervisor()
     server.log.info("relay listener supervisor started (pid %s, socket %s)",

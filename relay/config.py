@@ -48,6 +48,7 @@ class Settings:
     history_ttl: float = 300.0
     history_max_bytes: int = 64 << 20
     drain_seconds: float = 10.0
+    worker_timeout: float = 30.0  # gunicorn kills a worker whose loop stalls this long
     # A silent database is noticed within interval + timeout (8 s; issue 3 asks for 10).
     db_check_interval: float = 4.0
     db_check_timeout: float = 4.0
@@ -100,6 +101,7 @@ class Settings:
             history_ttl=reader.number("RELAY_HISTORY_TTL", 300.0, 0, 86400),
             history_max_bytes=reader.integer("RELAY_HISTORY_MAX_BYTES", 64 << 20, 0, 1 << 40),
             drain_seconds=reader.number("RELAY_DRAIN_SECONDS", 10.0, 0, 3600),
+            worker_timeout=reader.number("RELAY_WORKER_TIMEOUT", 30.0, 2, 3600),
             db_check_interval=reader.number("RELAY_DB_CHECK_INTERVAL", 4.0, 0.1, 3600),
             db_check_timeout=reader.number("RELAY_DB_CHECK_TIMEOUT", 4.0, 0.1, 3600),
             reconnect_max_delay=reader.number("RELAY_RECONNECT_MAX_DELAY", 10.0, 0.1, 3600),

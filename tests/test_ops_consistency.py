@@ -1,0 +1,121 @@
+"""fly.toml, gunicorn.conf.py, the README and docs/operations.md tell the same story: port,
+health check path, connection limits, kill timeout, and every gunicorn knob's default.
+
+gunicorn.conf.py is executed in a subprocess with a controlled environment, exactly as
+gunicorn would load it, and its values (including the derived ``relay_*`` ones) compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+from tests.support import ROOT, SECRET
+
+_VALUES = ("bind", "workers", "worker_connections", "timeout", "graceful_timeout",
+           "max_requests", "preload_app", "control_socket_disable", "relay_websockets_per_worker",
+           "relay_websockets_per_machine", "relay_open_files_per_worker")
+
+
+def gunicorn_values(env: dict[str, str]) -> dict[str, Any]:
+    """The settings gunicorn.conf.py gives gunicorn under ``env`` (and nothing else)."""
+    script = ("import json, runpy; v = runpy.run_path('gunicorn.conf.py'); "
+              f"print(json.dumps({{k: v[k] for k in {_VALUES!r}}}))")
+    clean = {"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://u@db.internal/app",
+             "WEBSOCKET_JWT_SECRET": SECRET, **env}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=clean, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def _fly() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "fly.toml").read_text())
+
+
+def _mentions_number(text: str, number: int) -> bool:
+    """``16000`` written as 16000, 16,000 or 16 000."""
+    spelled = {str(number), f"{number:,}", f"{number:,}".replace(",", " ")}
+    return any(re.search(rf"(?<!\d)(?<!\d,){re.escape(s)}(?!\d|,\d)", text)
+               for s in spelled)
+
+
+def test_gunicorn_knobs_have_their_documented_defaults() -> None:
+    values = gunicorn_values({})
+    assert values["bind"] == ["0.0.0.0:3000"]
+    assert values["workers"] == (os.cpu_count() or 1)
+    assert values["worker_connections"] == 10000
+    assert values["timeout"] == 30
+    assert values["graceful_timeout"] == 10 + 10  # RELAY_DRAIN_SECONDS + 10
+    assert values["max_requests"] == 0  # a recycled worker would drop every WebSocket
+    assert values["preload_app"] is False
+    assert values["control_socket_disable"] is True  # operated by signals, not gunicornc
+    assert values["relay_websockets_per_worker"] == 9900
+    assert values["relay_websockets_per_machine"] == values["workers"] * 9900
+    assert values["relay_open_files_per_worker"] == 10000 + 64
+
+
+def test_gunicorn_knobs_follow_the_environment() -> None:
+    values = gunicorn_values({"PORT": "8080", "WEB_CONCURRENCY": "3",
+                              "RELAY_WORKER_CONNECTIONS": "500", "RELAY_WORKER_TIMEOUT": "45",
+                              "RELAY_DRAIN_SECONDS": "2.5"})
+    assert values["bind"] == ["0.0.0.0:8080"]
+    assert values["workers"] == 3
+    assert values["worker_connections"] == 500
+    assert values["timeout"] == 45
+    assert values["graceful_timeout"] == 3 + 10
+    assert values["relay_websockets_per_worker"] == 490  # 1 %, at least 10, kept for /health
+    assert values["relay_websockets_per_machine"] == 3 * 490
+
+
+def test_fly_toml_agrees_with_gunicorn_conf() -> None:
+    fly = _fly()
+    env = fly["env"]
+    values = gunicorn_values({k: str(v) for k, v in env.items()})
+    service = fly["http_service"]
+    assert service["internal_port"] == int(env["PORT"])
+    assert values["bind"] == [f"0.0.0.0:{env['PORT']}"]
+    assert [c["path"] for c in service["checks"]] == ["/health"]
+    assert all(c.get("method", "GET") == "GET" for c in service["checks"])
+    concurrency = service["concurrency"]
+    assert concurrency["type"] == "connections"
+    # The proxy must stop sending a machine WebSockets before relay itself refuses them.
+    assert concurrency["soft_limit"] < concurrency["hard_limit"]
+    assert concurrency["hard_limit"] <= values["relay_websockets_per_machine"]
+    assert fly["kill_signal"] == "SIGTERM"
+    assert fly["kill_timeout"] > values["graceful_timeout"]
+    assert service["auto_stop_machines"] in ("off", False)
+    assert service["min_machines_running"] >= 1
+    # One worker per vCPU of the machine size (shared-cpu-2x, performance-4x, …).
+    size = fly["vm"][0]["size"]
+    assert values["workers"] == int(re.search(r"(\d+)x$", size).group(1))  # type: ignore[union-attr]
+
+
+def test_readme_states_the_fly_numbers() -> None:
+    fly = _fly()
+    readme = (ROOT / "README.md").read_text()
+    assert "fly secrets set" in readme
+    assert "DATABASE_URL" in readme and "WEBSOCKET_JWT_SECRET" in readme
+    assert re.search(r"`PORT`[^\n]*`3000`", readme)
+    assert "/health" in readme
+    concurrency = fly["http_service"]["concurrency"]
+    for number in (concurrency["soft_limit"], concurrency["hard_limit"], fly["kill_timeout"]):
+        assert _mentions_number(readme, number), f"README does not mention {number}"
+
+
+def test_operations_doc_lists_every_gunicorn_knob_with_its_default() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    fly = _fly()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
+            if line.startswith("| `")}
+    for knob, default in (("WEB_CONCURRENCY", "CPU count"), ("RELAY_WORKER_CONNECTIONS", "10000"),
+                          ("RELAY_WORKER_TIMEOUT", "30"), ("RELAY_DRAIN_SECONDS", "10")):
+        row = rows.get(f"`{knob}`")
+        assert row is not None, f"docs/operations.md has no row for {knob}"
+        assert default in row, f"{knob}'s row does not give its default {default}"
+    concurrency = fly["http_service"]["concurrency"]
+    for number in (concurrency["soft_limit"], concurrency["hard_limit"], fly["kill_timeout"]):
+        assert _mentions_number(doc, number), f"docs/operations.md does not mention {number}"
