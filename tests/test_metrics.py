@@ -1,35 +1,55 @@
-"""/metrics: Prometheus text for the whole instance (all workers + listener), optional auth,
-and no secret in /health or /metrics."""
+"""/metrics: Prometheus text for the whole instance (all workers + the listener), counters
+that survive a worker's exit, optional bearer token; and neither /health nor /metrics
+reveals a secret, while every HTTP answer carries the security headers."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from email.message import Message
 
+import psutil
+import websocket
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg2.extensions import make_dsn
 
-from tests.support import SECRET, RelayProcess, execute, wait_for
+from tests.support import ROOT, SECRET, Client, RelayProcess, execute, wait_for
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, Message]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode(), response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), exc.headers
 
 
 def _scrape(relay: RelayProcess, token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(relay.http_url + "/metrics")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, body, _ = _get(relay.http_url + "/metrics", headers)
+    return status, body
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(text: str) -> Samples:
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
+
+
+def _documented_metrics() -> set[str]:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    section = doc.split("## /metrics", 1)[1].split("\n## ", 1)[0]
+    # The parser names a counter's family without its _total suffix.
+    return {name.removesuffix("_total") for name in re.findall(r"`(relay_[a-z_]+)", section)}
 
 
 def test_metrics_aggregate_all_workers_and_the_listener(
@@ -44,7 +64,7 @@ def test_metrics_aggregate_all_workers_and_the_listener(
     for client in clients:
         assert client.expect("update")["table"] == "usage"
 
-    def scraped() -> dict | None:
+    def scraped() -> Samples | None:
         status, text = _scrape(relay)
         assert status == 200
         samples = _samples(text)
@@ -53,35 +73,107 @@ def test_metrics_aggregate_all_workers_and_the_listener(
         return samples if ready else None
 
     samples = wait_for(scraped, 10, 0.2, "worker counters to reach the listener")
+    assert samples[("relay_listener_up", ())] == 1
+    assert samples[("relay_database_up", ())] == 1
+    assert samples[("relay_workers", ())] == 2
     assert samples[("relay_connections", ())] == 6
     assert samples[("relay_users", ())] == 6
     assert samples[("relay_channels_listened", ())] == 12
     assert samples[("relay_notifications_total", ())] >= 6
     assert samples[("relay_closes_total", (("code", "4001"),))] >= 1
-    assert samples[("relay_database_up", ())] == 1
+    # The trigger's "ts": every notification observed, each well under a minute.
     assert samples[("relay_commit_to_listener_seconds_count", ())] >= 6
+    assert samples[("relay_commit_to_listener_seconds_bucket", (("le", "+Inf"),))] >= 6
+    assert samples[("relay_commit_to_listener_seconds_sum", ())] < 60
+    # Every metric the operations guide lists is exposed, and none it does not list (but the
+    # one exposed only while the listener is unreachable).
+    _, text = _scrape(relay)
+    exposed = {family.name for family in text_string_to_metric_families(text)}
+    assert exposed == _documented_metrics() - {"relay_worker_connections"}
+    for client in clients:
+        client.close()
+
+
+def _worker_holding(relay: RelayProcess, client: Client) -> int:
+    port = client.ws.sock.getsockname()[1]
+    for pid in relay.worker_pids():
+        if any(c.raddr and c.raddr.port == port for c in psutil.Process(pid).net_connections()):
+            return pid
+    raise AssertionError("no worker holds the client's connection")
+
+
+def _close_code(client: Client, timeout: float) -> int | None:
+    try:
+        message = client.recv(timeout)
+    except websocket.WebSocketTimeoutException:
+        return None
+    return client.close_code if message is None else None
+
+
+def test_counters_survive_a_worker_exit(relay_factory: Callable[..., RelayProcess],
+                                        postgres_url: str) -> None:
+    relay = relay_factory()
+    clients = [relay.connect(f"w{i}") for i in range(4)]
+    for i in range(4):
+        execute(postgres_url, "INSERT INTO usage (user_id, metric, amount) VALUES (%s, 'x', 1)",
+                (f"w{i}",))
+    for client in clients:
+        client.expect("update")
+    before = wait_for(lambda: (s := _samples(_scrape(relay)[1])).get(
+        ("relay_deliveries_total", ()), 0) >= 4 and s, 10, 0.2, "deliveries counted")
+    # Stop the worker holding the first client (gunicorn starts another); its clients are
+    # closed with 1012 and its counters leave with it, except that the listener keeps them.
+    victim = _worker_holding(relay, clients[0])
+    os.kill(victim, signal.SIGTERM)
+    wait_for(lambda: victim not in relay.worker_pids() and len(relay.worker_pids()) == 2, 20,
+             0.1, "the worker to be replaced")
+    relay.wait_healthy()
+    closed = [_close_code(client, 0.5) for client in clients]
+    assert closed[0] == 1012 and set(closed) <= {1012, None}
+    after = wait_for(lambda: (s := _samples(_scrape(relay)[1])).get(
+        ("relay_closes_total", (("code", "1012"),)), 0) >= closed.count(1012) and s, 10, 0.2,
+        "the exited worker's closes to be counted")
+    assert after[("relay_deliveries_total", ())] >= before[("relay_deliveries_total", ())]
+    assert after[("relay_connections", ())] == closed.count(None)
     for client in clients:
         client.close()
 
 
 def test_metrics_token_is_required_when_set(relay_factory: Callable[..., RelayProcess]) -> None:
     relay = relay_factory({"RELAY_METRICS_TOKEN": "scrape-me-please"})
-    assert _scrape(relay)[0] == 401
+    status, body = _scrape(relay)
+    assert status == 401 and "relay_" not in body
     assert _scrape(relay, "wrong")[0] == 401
-    assert _scrape(relay, "scrape-me-please")[0] == 200
+    status, body = _scrape(relay, "scrape-me-please")
+    assert status == 200 and "relay_connections" in body
+    assert _get(relay.http_url + "/health")[0] == 200  # the health check needs no token
 
 
-def test_health_and_metrics_reveal_no_secret(relay_factory: Callable[..., RelayProcess],
-                                             postgres_url: str) -> None:
-    relay = relay_factory()
-    _, metrics = _scrape(relay)
-    with urllib.request.urlopen(relay.http_url + "/health", timeout=5) as response:
-        health = response.read().decode()
-        headers = response.headers
-    for text in (metrics, health):
-        assert SECRET not in text
-        assert postgres_url not in text
-        assert not re.search(r"postgres(ql)?://", text)
-    assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Cache-Control"] == "no-store"
-    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+def test_health_and_metrics_reveal_no_secret_and_carry_security_headers(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    password = "dsn-password-must-not-leak"  # the test server trusts local connections
+    relay = relay_factory({"DATABASE_URL": make_dsn(postgres_url, password=password),
+                           "RELAY_METRICS_TOKEN": "metrics-token-must-not-leak"})
+    relay.connect("headers").close()
+    origin = {"Origin": "https://evil.example.com"}
+    answers = {
+        "/health": _get(relay.http_url + "/health", origin),
+        "/metrics": _get(relay.http_url + "/metrics",
+                         {**origin, "Authorization": "Bearer metrics-token-must-not-leak"}),
+        "/metrics unauthorized": _get(relay.http_url + "/metrics", origin),
+        "/nowhere": _get(relay.http_url + "/nowhere", origin),
+    }
+    assert [status for status, _, _ in answers.values()] == [200, 200, 401, 404]
+    for name, (_, body, headers) in answers.items():
+        for secret in (SECRET, password, "metrics-token-must-not-leak", postgres_url):
+            assert secret not in body, f"{name} reveals a secret"
+        assert not re.search(r"postgres(ql)?://|password|dbname=", body), name
+        assert headers["X-Content-Type-Options"] == "nosniff", name
+        assert headers["X-Frame-Options"] == "DENY", name
+        assert headers["Referrer-Policy"] == "no-referrer", name
+        assert headers["Cache-Control"] == "no-store", name
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], name
+        # No CORS: another origin's page cannot read /health or /metrics.
+        assert "Access-Control-Allow-Origin" not in headers, name
+    relay.stop()
+    assert password not in relay.logs() and SECRET not in relay.logs()
