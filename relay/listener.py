@@ -46,6 +46,7 @@ log = logging.getLogger("relay.listener")
 # A worker that does not read for this long (its queue over this many bytes) is dropped;
 # it reconnects and its clients resync. Workers are local and normally drain in microseconds.
 _WORKER_QUEUE_LIMIT = 64 << 20
+_COALESCE_SECONDS = 0.001
 # Channels per LISTEN/UNLISTEN round trip: after a reconnect thousands of channels are
 # LISTENed again, and one round trip each would delay the resync by seconds over a WAN.
 _LISTEN_BATCH = 500
@@ -132,10 +133,16 @@ class WorkerPeer:
         self._wakeup.set()
 
     def writer(self) -> None:
+        last_flush = 0.0
         try:
             while not self.closed:
                 self._wakeup.wait()
+                if time.monotonic() - last_flush < _COALESCE_SECONDS:
+                    # Busy: let a little more gather, so that a flood of small transactions
+                    # costs the worker one wake-up per millisecond, not one per transaction.
+                    gevent.sleep(_COALESCE_SECONDS)
                 self._wakeup.clear()
+                last_flush = time.monotonic()
                 while self._queue:
                     batch = b"".join(self._queue)
                     self._queue.clear()
