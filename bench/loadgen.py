@@ -67,6 +67,7 @@ class Received:
         self.worst: dict[int, float] = {}  # tenth of a second → worst latency in it (ms)
         self.arrived: Counter[int] = Counter()  # tenth of a second → steady updates in it
         self.burst_times = array("d")  # when each burst update arrived (epoch seconds)
+        self.lag = array("f")  # how late a 5 ms sleep woke up (ms): the client's own delay
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.closes: Counter[int] = Counter()
@@ -81,6 +82,7 @@ class Received:
             "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
             "worst": self.worst, "arrived": dict(self.arrived),
             "burstTimes": base64.b64encode(self.burst_times.tobytes()).decode(),
+            "lagMs": _summary(self.lag),
         }
 
 
@@ -207,6 +209,13 @@ class LoadGenerator:
         if kind not in got.first:
             got.first[kind] = now
         got.last[kind] = now
+
+    def monitor_lag(self) -> None:
+        """Sleep 5 ms again and again; lateness is time every client of this process lost."""
+        while True:
+            started = time.monotonic()
+            gevent.sleep(0.005)
+            self.received.lag.append((time.monotonic() - started - 0.005) * 1000.0)
 
     # ----- commands -----
 
@@ -348,6 +357,7 @@ def main() -> None:
     args = parser.parse_args()
     secret = os.environ["BENCH_JWT_SECRET"].encode()
     generator = LoadGenerator(args.host, args.port, args.source, secret)
+    gevent.spawn(generator.monitor_lag)
     stdin = gevent.fileobject.FileObjectPosix(sys.stdin.fileno(), "r")
     for line in stdin:
         if not line.strip():

@@ -291,6 +291,8 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
         "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
         "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
         "clientCpu": gen_cpu, "machineBusy": busy_share(busy0),
+        "clientLagMs": {"p99": max((r["lagMs"].get("p99", 0.0) for r in stats), default=0.0),
+                        "max": max((r["lagMs"].get("max", 0.0) for r in stats), default=0.0)},
         # Worst latency of each 0.1 s, from the first measured commit: where spikes happen.
         "worstByTenth": [[round(t / 10 - written["measuredStart"], 1), round(worst[t], 2)]
                          for t in sorted(worst)],
@@ -493,6 +495,8 @@ ROWS: list[tuple[str, tuple[str, ...], str, str, str]] = [
      "lower"),
     ("client CPU, busiest loadgen (connect)", ("connect", "clientCpu", "maxCoreShare"), "pct",
      "", "lower"),
+    ("client loop lag p99 ms (steady)", ("steady", "clientLagMs", "p99"), "{:,.1f}", "",
+     "lower"),
     ("machine busy, all processes (steady)", ("steady", "machineBusy"), "pct", "", "lower"),
     ("machine busy, all processes (connect)", ("connect", "machineBusy"), "pct", "", "lower"),
 ]
