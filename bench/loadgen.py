@@ -65,7 +65,7 @@ class Received:
         self.by_kind: Counter[str] = Counter()
         self.latencies = array("f")  # steady-phase commit→client latency, milliseconds
         self.worst: dict[int, float] = {}  # tenth of a second → worst latency in it (ms)
-        self.arrived: Counter[int] = Counter()  # tenth of a second → steady updates in it
+        self.arrived: Counter[int] = Counter()  # tenth of a second → updates that arrived
         self.burst_times = array("d")  # when each burst update arrived (epoch seconds)
         self.lag = array("f")  # how late a 5 ms sleep woke up (ms): the client's own delay
         self.first: dict[str, float] = {}
@@ -197,11 +197,11 @@ class LoadGenerator:
         if last is not None and seq != last + 1:
             got.seq_gaps += 1
         self.last_seq[channel] = seq
+        tenth = int(now * 10)
+        got.arrived[tenth] += 1
         if kind == "s":
             latency = (now - float(data["ts"])) * 1000.0
             got.latencies.append(latency)
-            tenth = int(now * 10)
-            got.arrived[tenth] += 1
             if latency > got.worst.get(tenth, 0.0):
                 got.worst[tenth] = latency
         elif kind == "b":

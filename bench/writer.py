@@ -67,6 +67,7 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
             conn.close()
 
     workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    start_wall = time.time() + (start - time.monotonic())
     for worker in workers:
         worker.start()
     measured_start_wall = time.time() + (start - time.monotonic()) + warmup_tx * interval
@@ -75,7 +76,8 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
     elapsed = time.monotonic() - start
     return {"committed": sum(committed), "measured": sum(measured), "seconds": elapsed,
             "rate": sum(committed) / elapsed if elapsed > 0 else 0.0,
-            "measuredStart": measured_start_wall, "worstLagS": max(worst_lag),
+            "start": start_wall, "measuredStart": measured_start_wall,
+            "worstLagS": max(worst_lag),
             "errors": errors}
 
 
