@@ -36,9 +36,10 @@ test-python: $(STAMP) client/node_modules/.package-lock.json
 test-client: client/node_modules/.package-lock.json
 	cd client && npm test
 
-## bench: the performance benchmark (prints a table, writes bench/results/)
+## bench: the performance benchmark (prints a table, writes bench/results/); options, e.g.
+##        make bench BENCH_ARGS="--quick" (see .venv/bin/python -m bench.run --help)
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 token: $(STAMP)
 	@$(PY) -m relay token --user-id $${USER_ID:-42}
