@@ -289,6 +289,7 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
         "seqGaps": sum(r["seqGaps"] for r in stats),
         "closes": merge_counts(r["closes"] for r in stats),
         "serverCpuSeconds": server_cpu, "postgresCpuSeconds": pg_cpu,
+        "writerCpuSeconds": written["cpuSeconds"],
         "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
         "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
         "clientCpu": gen_cpu, "machineBusy": busy_share(busy0),
@@ -362,11 +363,15 @@ def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,
 
 
 def run_writer(*args: str, timeout: float) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-m", "bench.writer", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"writer failed: {done.stderr.strip()[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["cpuSeconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
 
 
 def machine_busy() -> tuple[float, float]:
