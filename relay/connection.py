@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.connection")
 
 CLOSE_HANDSHAKE_TIMEOUT = 3.0
+LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
 ATTACH_TIMEOUT = 10.0
 _PING = text_frame(b'{"type":"ping"}')
 
@@ -51,7 +52,9 @@ class Connection:
         self.settings = node.settings
         self.sock = sock
         self.peer = peer
-        self.reader = FrameReader(rfile.read, self.settings.max_message_bytes)
+        # Every frame counts toward the rate limit, checked before its payload is read.
+        self.reader = FrameReader(rfile.read, self.settings.max_message_bytes,
+                                  on_frame=self._rate_limit)
         self.user_id = ""
         self.channels: tuple[str, ...] = ()
         self.expires_at = 0
@@ -185,7 +188,7 @@ class Connection:
             if query_resume:
                 try:
                     resume = json.loads(query_resume)
-                except ValueError:
+                except (ValueError, RecursionError):  # deep nesting fits in a request line
                     resume = None
         else:
             try:
@@ -284,7 +287,6 @@ class Connection:
         while True:
             event = self.reader.next_event()
             if event.kind == "text":
-                self._rate_limit()
                 if self.closing is not None:
                     continue
                 return _parse(event.text)
@@ -366,7 +368,20 @@ class Connection:
             while True:
                 if self.reader.next_event().kind == "close":
                     return
-        except (ProtocolViolation, ConnectionEnded, OSError):
+        except ProtocolViolation:
+            # Frames no more, but bytes (a bounded amount) until the client ends the stream:
+            # closing with unread input sends a reset at once, which destroys our close frame
+            # if it has not left yet (seen behind the answers to a ping flood).
+            left = LINGER_DRAIN_BYTES
+            try:
+                while left > 0:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        break
+                    left -= len(data)
+            except OSError:
+                pass
+        except (ConnectionEnded, OSError):
             return
 
     def _finish(self) -> None:

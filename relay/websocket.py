@@ -9,7 +9,11 @@ greenlet calls it. This module:
 * reads client frames strictly: masked only, no reserved bits or opcodes, control frames
   unfragmented and ≤ 125 bytes, continuation rules, UTF-8 validated incrementally across
   fragments, and a message-size limit checked from the frame header *before* the payload
-  is read.
+  is read;
+* reports every frame but a close to an ``on_frame`` hook at its header, also before the
+  payload is read: the connection's rate limit counts frames, not only whole messages, so
+  a flood of pings or of empty fragments costs the client its connection instead of
+  costing the worker its CPU.
 
 It never writes: a ``FrameReader`` returns pings and closes as events, and the connection's
 single writer sends the answers (trap 3).
@@ -96,26 +100,33 @@ def is_valid_close_code(code: int) -> bool:
 class FrameReader:
     """Reads client frames from a blocking ``read(n)`` (gevent-cooperative) and yields events."""
 
-    def __init__(self, read: Callable[[int], bytes], max_message_bytes: int) -> None:
+    def __init__(self, read: Callable[[int], bytes], max_message_bytes: int,
+                 on_frame: Callable[[], None] | None = None) -> None:
         self._read = read
         self._max = max_message_bytes
-        self._fragments: list[bytes] = []
+        self._on_frame = on_frame  # may raise ProtocolViolation to refuse the frame
+        self._fragments: list[str] = []
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def _exact(self, n: int) -> bytes:
-        data = self._read(n)
-        if len(data) == n:
-            return data
-        chunks = [data]
-        got = len(data)
-        while got < n:
-            if not data:
-                raise ConnectionEnded("EOF")
-            data = self._read(n - got)
-            chunks.append(data)
-            got += len(data)
+        # A reset can come in the middle of a frame as well as between frames: either way
+        # the stream has ended, which is not an error of relay's.
+        try:
+            data = self._read(n)
+            if len(data) == n:
+                return data
+            chunks = [data]
+            got = len(data)
+            while got < n:
+                if not data:
+                    raise ConnectionEnded("EOF")
+                data = self._read(n - got)
+                chunks.append(data)
+                got += len(data)
+        except OSError as exc:
+            raise ConnectionEnded(str(exc)) from None
         return b"".join(chunks)
 
     def next_event(self) -> Event:
@@ -125,11 +136,7 @@ class FrameReader:
                 return event
 
     def _next_frame(self) -> Event | None:
-        try:
-            head = self._exact(2)
-        except OSError as exc:
-            raise ConnectionEnded(str(exc)) from None
-        first, second = head[0], head[1]
+        first, second = self._exact(2)
         fin = bool(first & 0x80)
         opcode = first & 0x0F
         if first & 0x70:
@@ -157,27 +164,33 @@ class FrameReader:
                 raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "continuation without start")
         elif opcode in _DATA_OPCODES and self._fragment_opcode is not None:
             raise ProtocolViolation(closecodes.PROTOCOL_ERROR, "message inside a fragmented one")
-        if opcode in _DATA_OPCODES or opcode == OP_CONTINUATION:
+        if opcode == OP_BINARY:  # relay speaks JSON text only: refused before its payload
+            raise ProtocolViolation(closecodes.UNSUPPORTED_DATA, "binary frame")
+        if opcode == OP_TEXT or opcode == OP_CONTINUATION:
             # Checked from the header, before reading a byte of the payload (trap 2).
             if self._fragment_size + length > self._max:
                 raise ProtocolViolation(
                     closecodes.MESSAGE_TOO_BIG, f"message over {self._max} bytes"
                 )
+        if self._on_frame is not None and opcode != OP_CLOSE:
+            self._on_frame()
         mask = self._exact(4)
         payload = _unmask(self._exact(length), mask) if length else b""
         if opcode in _CONTROL_OPCODES:
             return self._control(opcode, payload)
-        if opcode == OP_BINARY:
-            raise ProtocolViolation(closecodes.UNSUPPORTED_DATA, "binary frame")
         if opcode == OP_TEXT:
             self._fragment_opcode = opcode
             self._decoder = codecs.getincrementaldecoder("utf-8")()
         assert self._decoder is not None
         self._fragment_size += length
         try:
-            self._fragments.append(self._decoder.decode(payload, final=fin))
+            text = self._decoder.decode(payload, final=fin)
         except UnicodeDecodeError:
             raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
+        if text:
+            # Empty fragments add nothing to the size limit: kept, they would grow this list
+            # by 8 bytes each, without bound (6 bytes on the wire per fragment).
+            self._fragments.append(text)
         if not fin:
             return None
         text = "".join(self._fragments)

@@ -36,12 +36,14 @@ def header_only(opcode: int, claimed_length: int) -> bytes:
 
 
 class RawClient:
-    def __init__(self, port: int, path: str) -> None:
+    """One WebSocket on a plain socket; ``pipelined`` bytes go in the handshake's own write."""
+
+    def __init__(self, port: int, path: str, pipelined: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode() + pipelined)
         self.buffer = b""
         while b"\r\n\r\n" not in self.buffer:
             chunk = self.sock.recv(4096)
@@ -89,4 +91,9 @@ class RawClient:
         return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
     def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        """Abort with a TCP RST (SO_LINGER 0) instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
