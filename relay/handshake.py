@@ -6,7 +6,13 @@ the ``Origin`` (403 unless allowed), ``Sec-WebSocket-Version: 13`` (426 otherwis
 valid ``Sec-WebSocket-Key`` (400). After the 101 it hands the raw socket to the Flask view
 and never lets gevent-websocket write a frame of its own (trap 2).
 
-Access-log lines are written with the query string removed: a token passed as
+Every request (``/health`` too) gets ``RELAY_HANDSHAKE_TIMEOUT`` to arrive whole (408 once
+its request line is in, a silent close before), and its header lines together at most
+``MAX_HEADER_BYTES`` and ``MAX_HEADER_LINES`` (431 beyond): gevent alone would buffer 100
+lines of 64 KiB each, 6 MB per connection, before any check.
+
+Access-log lines, and gevent's own complaints about a malformed request (which quote the
+request line), are written with every query string removed: a token passed as
 ``?token=`` must never reach a log.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import gevent
@@ -23,6 +30,16 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from relay.config import Settings
 
 HANDSHAKE_TIMEOUT = 10.0
+# All header lines of a request together; a browser's WebSocket handshake is under 2 KB, and
+# nginx's default (4 buffers of 8 KB) is in the same range.
+MAX_HEADER_BYTES = 32 * 1024
+# A browser sends about 15. Under http.client's own limit of 100, whose error is not a
+# ValueError and so would reach the log as a traceback.
+MAX_HEADER_LINES = 64
+_HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                      b"Content-Length: 0\r\n\r\n")
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_QUERY_STRING = re.compile(r"\?\S*")  # to the next space: all of it, even inside a repr()
 _READ_SIZE = 4096  # a socket read after the handshake: client messages are small
 # What a served WebSocket keeps of its environ: the query and the peer (the connection), the
 # request line, client and user agent (gunicorn's access-log atoms).
@@ -36,6 +53,37 @@ def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
     if origin is None:
         return True
     return origin.strip().rstrip("/").lower() in allowed
+
+
+class HeadersTooLarge(ValueError):
+    """The request's header lines are over the budget (answered 431)."""
+
+
+class HeadersTimedOut(ValueError):
+    """The request's header lines did not all arrive within the timeout (answered 408)."""
+
+
+class _HeaderBudget:
+    """The request's file as ``http.client.parse_headers`` reads it: line by line, refused
+    as soon as the lines add up to more than the budget, before they are all buffered."""
+
+    __slots__ = ("_rfile", "_bytes", "_lines")
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._bytes = MAX_HEADER_BYTES
+        self._lines = MAX_HEADER_LINES + 1  # and the empty line that ends them
+
+    def readline(self, limit: int = -1) -> bytes:
+        self._lines -= 1
+        if self._lines < 0:
+            raise HeadersTooLarge(f"more than {MAX_HEADER_LINES} header lines")
+        wanted = self._bytes + 1 if limit < 0 else min(limit, self._bytes + 1)
+        line: bytes = self._rfile.readline(wanted)
+        self._bytes -= len(line)
+        if self._bytes < 0:
+            raise HeadersTooLarge(f"header lines over {MAX_HEADER_BYTES} bytes")
+        return line
 
 
 class SocketReader:
@@ -94,9 +142,19 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            raise ValueError("request headers not received in time") from None
+            raise HeadersTimedOut("request headers not received in time") from None
         finally:
             timer.close()
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (gevent's name)
+        return super().MessageClass(_HeaderBudget(fp), *args)
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, (HeadersTooLarge, HeadersTimedOut)):
+            self.log_error("(from %s) %s", self.client_address, ex)
+            return ("431", _HEADERS_TOO_LARGE) if isinstance(ex, HeadersTooLarge) else (
+                "408", _TIMED_OUT)
+        return super()._handle_client_error(ex)
 
     def _settings(self) -> Settings:
         settings = getattr(self.application, "relay_settings", None)
@@ -180,6 +238,14 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
             PyWSGIHandler.log_request(self)
         finally:
             environ.update(saved)
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        # e.g. "Invalid http version: 'GET /ws?token=… HTTP/9'" for a malformed request line.
+        try:
+            message = msg % args if args else msg
+        except (TypeError, ValueError):
+            message = f"{msg!r} {args!r}"
+        super().log_error(_QUERY_STRING.sub("?[query removed]", message))
 
     def format_request(self) -> str:
         # gevent's own error lines include the request line: drop the query string there too.
