@@ -3,10 +3,20 @@
 Called by ``connection`` on auth and refresh, and by ``cli`` to mint development tokens.
 Reasons in ``AuthError`` are short, safe to log and to put in a close frame: they never
 contain the token.
+
+Strict on purpose: the one algorithm (no ``none``, no public-key algorithm whose key could
+be confused with the secret), a header's ``kid``/``jku``/``x5u`` never consulted (nothing is
+ever fetched), any ``crit`` refused, ``aud`` exactly the string ``papr-realtime`` — a list,
+even one containing it, is refused: the app's endpoint signs a single audience, and a token
+minted for several services is not one for relay alone. ``exp`` is exact; ``iat`` and
+``nbf`` tolerate ``CLOCK_SKEW`` seconds, because the app's clock, not relay's, wrote them.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,6 +25,7 @@ import jwt
 ISSUER = "papr-app"
 AUDIENCE = "papr-realtime"
 ALGORITHM = "HS256"
+CLOCK_SKEW = 60  # seconds an iat or nbf may lie ahead of relay's clock
 
 
 class AuthError(Exception):
@@ -41,10 +52,9 @@ def verify_token(token: object, secret: bytes, max_bytes: int = 8192) -> Claims:
         raise AuthError("missing token")
     if len(token) > max_bytes:
         raise AuthError("token too large")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise AuthError("malformed token") from None
+    if not token.isascii():  # a JWT is base64url and dots; this also makes len() its bytes
+        raise AuthError("malformed token")
+    header = _header(token)
     if header.get("alg") != ALGORITHM:
         raise AuthError("algorithm not allowed")
     if "crit" in header:
@@ -57,19 +67,25 @@ def verify_token(token: object, secret: bytes, max_bytes: int = 8192) -> Claims:
             algorithms=[ALGORITHM],
             issuer=ISSUER,
             audience=AUDIENCE,
-            options={"require": ["exp", "iss", "aud"], "strict_aud": True},
+            # iat and nbf are checked below, with the skew that PyJWT's one leeway (which
+            # would also extend exp) cannot give them alone.
+            options={"require": ["exp", "iss", "aud"], "strict_aud": True,
+                     "verify_iat": False, "verify_nbf": False},
             leeway=0,
         )
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"missing claim {exc.claim}") from None
     except jwt.PyJWTError as exc:
         raise AuthError(_reason(exc)) from None
-    iat = claims.get("iat")
-    if isinstance(iat, (int, float)) and iat > time.time() + 60:
+    now = time.time()
+    expires_at = _time_claim(claims, "exp")  # PyJWT takes "123", a string, as well
+    if _time_claim(claims, "iat") > now + CLOCK_SKEW:
         raise AuthError("issued in the future")
+    if _time_claim(claims, "nbf") > now + CLOCK_SKEW:
+        raise AuthError("token not yet valid")
     if "userId" not in claims:
         raise AuthError("missing claim userId")
-    return Claims(user_id=_user_id(claims["userId"]), expires_at=int(claims["exp"]))
+    return Claims(user_id=_user_id(claims["userId"]), expires_at=int(expires_at))
 
 
 # Most specific first: several of these subclass one another.
@@ -78,9 +94,35 @@ _REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
     (jwt.InvalidSignatureError, "bad signature"),
     (jwt.InvalidIssuerError, "wrong issuer"),
     (jwt.InvalidAudienceError, "wrong audience"),
-    (jwt.ImmatureSignatureError, "token not yet valid"),
-    (jwt.InvalidIssuedAtError, "issued in the future"),
+    (jwt.DecodeError, "malformed token"),  # after InvalidSignatureError, its subclass
 )
+
+
+def _header(token: str) -> dict[str, object]:
+    """The JOSE header, read by relay itself: PyJWT would refuse a ``crit`` it does not
+    know as a malformed token, which hides the reason."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.b64decode(segment + "=" * (-len(segment) % 4),
+                                             altchars=b"-_", validate=True))
+    except (ValueError, RecursionError):  # binascii.Error and JSONDecodeError are both
+        raise AuthError("malformed token") from None
+    if not isinstance(header, dict):
+        raise AuthError("malformed token")
+    return header
+
+
+def _time_claim(claims: dict[str, object], name: str) -> float:
+    """A NumericDate claim, or -inf when absent; anything but a finite number is refused."""
+    if name not in claims:
+        return -math.inf
+    value = claims[name]
+    # bool is an int in Python; NaN and the infinities are what json accepts beyond JSON.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise AuthError(f"invalid {name}")
+    # An int beyond a float's range still compares exactly with a float: keep it an int.
+    return value
 
 
 def _reason(exc: jwt.PyJWTError) -> str:
