@@ -489,7 +489,8 @@ class Listener:
                     break
                 for kind, body in reader.feed(data):
                     self._handle(peer, kind, body)
-        except (bus.BusProtocolError, ValueError, TypeError) as exc:
+        except (bus.BusProtocolError, ValueError, TypeError, OverflowError) as exc:
+            # OverflowError: int() of a JSON 1e999 (infinity), e.g. as a HELLO pid.
             log.error("worker %s sent garbage (%s); dropping it", peer.pid, exc)
         except OSError:
             pass
