@@ -175,6 +175,16 @@ def test_auth_message_without_a_string_token_is_4001(tok_relay: RelayProcess,
     assert client.expect_close() == (4001, "missing token")
 
 
+@pytest.mark.parametrize("raw", ['"\\ud800"', '"a.b\\udfff.c"', '"\\u0000"'])
+def test_token_with_a_lone_surrogate_or_nul_is_malformed(tok_relay: RelayProcess,
+                                                         raw: str) -> None:
+    """JSON can escape a lone surrogate, which Python cannot encode to UTF-8: PyJWT raised
+    UnicodeEncodeError on it, and the connection ended 1011 with a traceback."""
+    client = tok_relay.connect(authenticate=False, expect_connected=False)
+    client.send('{"type": "auth", "token": ' + raw + '}')
+    assert client.expect_close() == (4001, "malformed token")
+
+
 @pytest.mark.parametrize("name", ["alg none", "expired", "HS256 with another key",
                                   "aud as a list of ours only"])
 def test_refresh_with_an_attack_token_is_4001(tok_relay: RelayProcess, name: str) -> None:
