@@ -181,4 +181,6 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
         if proc is not None:
             proc.terminate()
             proc.wait(60)
+            # The image leaves RELAY_SOCKET_PATH at its default, in the shared /tmp.
+            Path(tempfile.gettempdir(), f"relay-{proc.pid}.sock").unlink(missing_ok=True)
         shutil.rmtree(root, ignore_errors=True)
