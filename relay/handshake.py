@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from typing import Any
 
 import gevent
@@ -124,9 +125,11 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
     SUPPORTED_VERSIONS = ("13",)
 
     def read_requestline(self) -> Any:
-        # Slowloris: a client gets a bounded time to send each request (and idle keep-alive
-        # connections are closed after it).
-        with gevent.Timeout(self._handshake_timeout(), False):
+        # Slowloris: a client gets a bounded time to send each request, its request line and
+        # headers together (and idle keep-alive connections are closed after it).
+        timeout = self._handshake_timeout()
+        self._request_deadline = time.monotonic() + timeout
+        with gevent.Timeout(timeout, False):
             return super().read_requestline()
         return None
 
@@ -135,7 +138,9 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         return settings.handshake_timeout if settings is not None else HANDSHAKE_TIMEOUT
 
     def read_request(self, raw_requestline: str) -> Any:
-        timer = gevent.Timeout(self._handshake_timeout())
+        deadline = getattr(self, "_request_deadline", None)
+        remaining = self._handshake_timeout() if deadline is None else deadline - time.monotonic()
+        timer = gevent.Timeout(max(remaining, 0.001))
         timer.start()
         try:
             return super().read_request(raw_requestline)
