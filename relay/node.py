@@ -34,7 +34,7 @@ class Node:
         self.hub = Hub()
         self.link = ListenerLink(settings.socket_path, self.hub)
         self.counters: Counter[str] = Counter()
-        self.closes: Counter[int] = Counter()
+        self.closes: Counter[int | str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.draining = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -47,7 +47,9 @@ class Node:
         self.counters[name] += n
 
     def closed_with(self, code: CloseCode) -> None:
-        self.closes[code.code] += 1
+        # A client's own code (any of 3000-4999) is echoed but counted as "other": one label
+        # value per code would let a client mint thousands of metric series.
+        self.closes[code.code if code.code in closecodes.BY_CODE else "other"] += 1
 
     def count_auth_failure(self, reason: str) -> None:
         self.auth_failures[reason] += 1

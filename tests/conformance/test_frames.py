@@ -8,7 +8,9 @@ docs/conformance.md when the module's relay stops, after a complete run only.
 from __future__ import annotations
 
 import json
+import re
 import struct
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from relay.auth import issue_token
+from relay.closecodes import BY_CODE
 from tests.conformance.wire import RawClient, frame, header_only
 from tests.support import ROOT, SECRET, Client, RelayProcess, notify, wait_for
 
@@ -355,3 +358,22 @@ def _write_table() -> None:
 
 def _cell(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def test_client_close_codes_do_not_mint_metric_series(conformance_relay: RelayProcess) -> None:
+    """Each is echoed on the wire, but counted as one label value, "other"."""
+    for code in range(3100, 3120):
+        client = RawClient(conformance_relay.port,
+                           f"/ws?token={conformance_relay.token('raw-codes')}")
+        client.read_until(TEXT)
+        client.send(frame(CLOSE, close_payload(code)))
+        assert client.close_code() == code
+        client.close()
+
+    def metric_codes() -> set[str]:
+        with urllib.request.urlopen(conformance_relay.http_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return set(re.findall(r'relay_closes_total\{code="([^"]+)"\}', text))
+    codes = wait_for(lambda: "other" in metric_codes() and metric_codes(), 15,
+                     message="the echoed closes to reach /metrics")
+    assert codes <= {str(c) for c in BY_CODE} | {"other"}, codes
