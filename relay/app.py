@@ -8,6 +8,7 @@ live in ``handshake`` and run before Flask sees the request.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import time
 from datetime import UTC, datetime
@@ -35,6 +36,15 @@ def iso_now() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+def client_address(environ: dict[str, Any]) -> str:
+    """The client's IP for log lines: Fly's proxy sets ``Fly-Client-IP``, but any client can
+    send the header too, so only an IP address in it is believed (and logged)."""
+    try:
+        return str(ipaddress.ip_address(environ.get("HTTP_FLY_CLIENT_IP", "").strip()))
+    except ValueError:
+        return environ.get("REMOTE_ADDR") or "-"
+
+
 def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("relay")
@@ -46,7 +56,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any) -> None:
         """Run one upgraded WebSocket to its end (called once the 101 has been sent)."""
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        peer = environ.get("HTTP_FLY_CLIENT_IP") or environ.get("REMOTE_ADDR") or "-"
+        peer = client_address(environ)
         conn = Connection(node, sock, rfile, peer)
         conn.serve(query.get("token", [None])[0], query.get("resume", [None])[0])
 

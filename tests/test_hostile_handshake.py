@@ -200,3 +200,26 @@ def test_slow_handshake_is_cut_after_the_handshake_timeout(
 def test_plain_get_on_ws_is_refused_without_upgrade(hs_relay: RelayProcess) -> None:
     status, _ = _request(hs_relay, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status in (400, 426)
+
+
+@pytest.mark.parametrize(("claimed", "logged"), [
+    ("203.0.113.7", "203.0.113.7"),  # what Fly's proxy sends
+    ("2001:db8::1", "2001:db8::1"),
+    ("203.0.113.7 <script>\x1b[31m forged=1", "127.0.0.1"),
+    ("x" * 3000, "127.0.0.1"),
+])
+def test_fly_client_ip_is_logged_only_when_it_is_an_address(hs_relay: RelayProcess,
+                                                            claimed: str, logged: str) -> None:
+    user = f"fly-{abs(hash(claimed)) % 10**6}"
+    token = hs_relay.token(user)
+    raw = _upgrade(path=f"/ws?token={token}", Fly_Client_IP=claimed)
+    with socket.create_connection(("127.0.0.1", hs_relay.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while b'"connected"' not in data:
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+    line = wait_for(lambda: next((entry for entry in hs_relay.logs().splitlines()
+                                  if f"user {user} connected" in entry), None), 5)
+    assert f"connected from {logged} " in line
