@@ -9,7 +9,8 @@ and never lets gevent-websocket write a frame of its own (trap 2).
 Every request (``/health`` too) gets ``RELAY_HANDSHAKE_TIMEOUT`` to arrive whole (408 once
 its request line is in, a silent close before), and its header lines together at most
 ``MAX_HEADER_BYTES`` and ``MAX_HEADER_LINES`` (431 beyond): gevent alone would buffer 100
-lines of 64 KiB each, 6 MB per connection, before any check.
+lines of 64 KiB each, 6 MB per connection, before any check. A request that announces a body
+gets 413: no endpoint takes one, and gevent would read it after the answer with no timeout.
 
 Access-log lines, and gevent's own complaints about a malformed request (which quote the
 request line), are written with every query string removed: a token passed as
@@ -37,9 +38,6 @@ MAX_HEADER_BYTES = 32 * 1024
 # A browser sends about 15. Under http.client's own limit of 100, whose error is not a
 # ValueError and so would reach the log as a traceback.
 MAX_HEADER_LINES = 64
-_HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-                      b"Content-Length: 0\r\n\r\n")
-_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _QUERY_STRING = re.compile(r"\?\S*")  # to the next space: all of it, even inside a repr()
 _READ_SIZE = 4096  # a socket read after the handshake: client messages are small
 # What a served WebSocket keeps of its environ: the query and the peer (the connection), the
@@ -56,12 +54,37 @@ def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
     return origin.strip().rstrip("/").lower() in allowed
 
 
-class HeadersTooLarge(ValueError):
-    """The request's header lines are over the budget (answered 431)."""
+class RequestRefused(ValueError):
+    """A request refused before it reaches the app: answered ``status`` and closed.
+
+    A ``ValueError``, as gevent expects of a client's mistake (no traceback in the log).
+    """
+
+    status = "400 Bad Request"
+
+    def answer(self) -> tuple[str, bytes]:
+        """What ``handle_one_request`` returns: gevent sends it and closes the connection."""
+        return (self.status.split()[0],
+                f"HTTP/1.1 {self.status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                .encode())
 
 
-class HeadersTimedOut(ValueError):
-    """The request's header lines did not all arrive within the timeout (answered 408)."""
+class HeadersTooLarge(RequestRefused):
+    """The request's header lines are over the budget."""
+
+    status = "431 Request Header Fields Too Large"
+
+
+class HeadersTimedOut(RequestRefused):
+    """The request's header lines did not all arrive within the timeout."""
+
+    status = "408 Request Timeout"
+
+
+class BodyRefused(RequestRefused):
+    """The request announced a body, which no relay endpoint takes."""
+
+    status = "413 Content Too Large"
 
 
 class _HeaderBudget:
@@ -143,22 +166,26 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         timer = gevent.Timeout(max(remaining, 0.001))
         timer.start()
         try:
-            return super().read_request(raw_requestline)
+            parsed = super().read_request(raw_requestline)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
             raise HeadersTimedOut("request headers not received in time") from None
         finally:
             timer.close()
+        if self.content_length or "chunked" in self.headers.get("transfer-encoding", "").lower():
+            # No relay endpoint reads a body, and gevent would read one to its announced end
+            # after the answer, with no timeout: a body trickled byte by byte held the slot.
+            raise BodyRefused("relay accepts no request body")
+        return parsed
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (gevent's name)
         return super().MessageClass(_HeaderBudget(fp), *args)
 
     def _handle_client_error(self, ex: Exception) -> Any:
-        if isinstance(ex, (HeadersTooLarge, HeadersTimedOut)):
+        if isinstance(ex, RequestRefused):
             self.log_error("(from %s) %s", self.client_address, ex)
-            return ("431", _HEADERS_TOO_LARGE) if isinstance(ex, HeadersTooLarge) else (
-                "408", _TIMED_OUT)
+            return ex.answer()
         return super()._handle_client_error(ex)
 
     def _settings(self) -> Settings:
