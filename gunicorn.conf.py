@@ -96,6 +96,13 @@ def on_starting(server):
                     server.relay_supervisor.pid, _settings.socket_path)
 
 
+def post_worker_init(worker):
+    """In each worker: a greenlet's unhandled error is logged as one line, not raw stderr."""
+    from relay.logs import route_gevent_errors
+
+    route_gevent_errors()
+
+
 def on_exit(server):
     """Clean halt: stop the supervisor (a kill -9'd master is handled by PDEATHSIG)."""
     from relay.supervisor import stop_supervisor

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from types import TracebackType
 from typing import Any
 
 from relay.config import Settings
@@ -50,6 +52,27 @@ def configure(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    if "gevent" in sys.modules:  # the listener; the supervisor does not use gevent
+        route_gevent_errors()
+
+
+def route_gevent_errors() -> None:
+    """Log a greenlet's unhandled error as one line instead of gevent's raw traceback.
+
+    gevent's hub writes a failed greenlet's traceback straight to stderr, several lines and
+    outside any format. Only the error and its traceback are logged, not the greenlet's repr,
+    which would show the arguments it was spawned with. Called in each gevent process (the
+    workers via gunicorn.conf.py's ``post_worker_init``, the listener via ``configure``).
+    """
+    import gevent
+
+    log = logging.getLogger("relay.gevent")
+
+    def print_exception(context: object, kind: type[BaseException], value: BaseException,
+                        tb: TracebackType | None) -> None:
+        log.error("unhandled %s in a greenlet", kind.__name__, exc_info=(kind, value, tb))
+
+    gevent.get_hub().print_exception = print_exception
 
 
 def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:

@@ -8,15 +8,28 @@ themselves (trap 8): this worker starts the node's drain, which closes every cli
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gevent
-from gunicorn.workers.ggevent import GeventPyWSGIWorker
+from gevent.pywsgi import LoggingLogAdapter
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
 from relay.handshake import RelayHandler
 
 
+class RelayServer(PyWSGIServer):
+    """gevent's complaints about a malformed request go to logging (one formatted line, at
+    warning level), not raw to stderr as its ``error_log`` default would write them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("error_log",
+                          LoggingLogAdapter(logging.getLogger("relay.http"), logging.WARNING))
+        super().__init__(*args, **kwargs)
+
+
 class RelayWorker(GeventPyWSGIWorker):
+    server_class = RelayServer
     wsgi_handler = RelayHandler
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -4,12 +4,17 @@ a token or a query string, whatever way the token came and however it was refuse
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import gevent
+import pytest
 import websocket
 
+from relay.logs import JsonFormatter, route_gevent_errors
 from tests.support import RelayProcess, wait_for
 
 
@@ -68,12 +73,30 @@ def test_no_token_or_query_string_reaches_any_log_line(
     assert "refused WebSocket from origin" in logs
 
 
+def _send_raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        try:
+            return sock.recv(200)
+        except OSError:
+            return b""
+
+
 def test_every_line_is_json_with_level_pid_and_the_user(
         relay_factory: Callable[..., RelayProcess]) -> None:
     relay = relay_factory()
     relay.connect("json-user").close()
     relay.connect(token="not-a-jwt", expect_connected=False).expect_close()
+    # Requests gevent itself complains about (it would write them raw to stderr), one of
+    # them with a token in a malformed request line.
+    token = relay.token("raw-user")
+    for request in (b"GARBAGE\r\n\r\n",
+                    f"GET /ws?token={token} HTTP/9.9\r\n\r\n".encode(),
+                    f"GET /ws?token={token} HTTP/1.1 extra\r\n\r\n".encode(),
+                    b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n"):
+        _send_raw(relay.port, request)
     relay.stop()
+    assert token.split(".")[2] not in relay.logs()
     lines = [line for line in relay.logs().splitlines() if line.strip()]
     assert lines
     parsed = [json.loads(line) for line in lines]  # every single line, every process
@@ -96,3 +119,23 @@ def test_text_logs_in_development_mode(relay_factory: Callable[..., RelayProcess
     lines = relay.logs().splitlines()
     assert lines and not any(line.startswith("{") for line in lines)
     assert any(" INFO " in line and "text-user" in line for line in lines)
+
+
+def test_a_greenlet_error_is_one_log_record_without_the_greenlet_arguments(
+        caplog: pytest.LogCaptureFixture) -> None:
+    hub = gevent.get_hub()
+    route_gevent_errors()
+    try:
+        def fail(token: str) -> None:
+            raise RuntimeError("boom")
+
+        with caplog.at_level(logging.ERROR, logger="relay.gevent"):
+            gevent.spawn(fail, "secret-token-argument").join()
+    finally:
+        del hub.print_exception  # back to gevent's own
+    [record] = [r for r in caplog.records if r.name == "relay.gevent"]
+    assert record.getMessage() == "unhandled RuntimeError in a greenlet"
+    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "secret-token-argument" not in line
+    assert json.loads(line)["level"] == "error"
