@@ -280,14 +280,19 @@ class Client:
 
 
 def database_connections(database_url: str, application_name: str = "relay-listener") -> int:
+    """Live connections with that application_name: a backend whose client process is gone
+    (a relay stopped by the previous test, while PostgreSQL is still reaping it) does not
+    count — only backends whose client socket is still held by a process on this machine."""
     import psycopg2
 
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+        cur.execute("SELECT client_port FROM pg_stat_activity WHERE application_name = %s",
                     (application_name,))
-        (count,) = cur.fetchone()
+        rows = cur.fetchall()
     conn.close()
-    return int(count)
+    held = {c.laddr.port for c in psutil.net_connections(kind="tcp")
+            if c.pid is not None and c.laddr and c.status == psutil.CONN_ESTABLISHED}
+    return sum(1 for (port,) in rows if port is None or port in held)
 
 
 def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
