@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> Config:
         prog="python -m bench.run", description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes, short phases (about two minutes)")
+                        help="small sizes, short phases (about a minute)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--servers", default=",".join(SERVERS),
