@@ -262,6 +262,9 @@ def node_binary() -> str:
 
 def install_peers() -> None:
     """``npm ci`` in each peer directory whose node_modules is missing or stale."""
+    if shutil.which("npm") is None:
+        raise SystemExit("bench: the node-ws and per-client-listen peers need Node.js 18+ and "
+                         "npm on PATH (or run only relay: --servers relay)")
     for peer in ("node-ws", "per-client-listen"):
         directory = PEERS / peer
         stamp = directory / "node_modules" / ".package-lock.json"
