@@ -1,10 +1,11 @@
 """The HTTP side of a WebSocket: who may upgrade, and what the access log may say.
 
 ``RelayHandler`` is the gevent-websocket handler gunicorn's worker uses. Before any
-upgrade it checks, in order: the path is ``/ws`` (anything else goes to Flask), HTTP/1.1,
-the ``Origin`` (403 unless allowed), ``Sec-WebSocket-Version: 13`` (426 otherwise) and a
-valid ``Sec-WebSocket-Key`` (400). After the 101 it hands the raw socket to the Flask view
-and never lets gevent-websocket write a frame of its own (trap 2).
+upgrade it checks, in order: the path is ``/ws`` (anything else goes to Flask), HTTP/1.1
+with a ``Host`` header (400), the ``Origin`` (403 unless allowed),
+``Sec-WebSocket-Version: 13`` (426 otherwise) and a valid ``Sec-WebSocket-Key`` (400).
+After the 101 it hands the raw socket to the Flask view and never lets gevent-websocket
+write a frame of its own (trap 2).
 
 Every request (``/health`` too) gets ``RELAY_HANDSHAKE_TIMEOUT`` to arrive whole (408 once
 its request line is in, a silent close before), and its header lines together at most
@@ -215,6 +216,9 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
             return self._refuse("400 Bad Request", "Connection header must contain Upgrade")
         if self.request_version != "HTTP/1.1":
             return self._refuse("400 Bad Request", "WebSocket needs HTTP/1.1")
+        if not environ.get("HTTP_HOST", "").strip():
+            # RFC 6455 4.2.1 (2) and RFC 9112 3.2: an HTTP/1.1 request without Host is 400.
+            return self._refuse("400 Bad Request", "Host header required")
         settings = self._settings()
         if not origin_allowed(environ.get("HTTP_ORIGIN"), settings.allowed_origins):
             self.server.log.warning("refused WebSocket from origin %r (not in ALLOWED_ORIGINS)",

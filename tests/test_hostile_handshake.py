@@ -86,6 +86,8 @@ HANDSHAKES = [
     ("HTTP/2.0", _upgrade(version="HTTP/2.0"), 400),
     ("HTTP/0.9 style request line", b"GET /ws\r\n\r\n", 400),
     ("Connection without Upgrade", _upgrade(Connection="keep-alive"), 400),
+    ("no Host", _upgrade(Host=""), 400),
+    ("empty Host", _upgrade(extra=b"Host: \r\n").replace(b"Host: 127.0.0.1\r\n", b""), 400),
     ("Origin null", _upgrade(Origin="null"), 403),
     ("look-alike origin", _upgrade(Origin="https://app.example.com.evil.com"), 403),
     ("origin with a trailing dot", _upgrade(Origin="https://app.example.com."), 403),
