@@ -30,6 +30,17 @@ def channels_for(user_id: str, templates: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+def valid_channel(name: str) -> bool:
+    """Whether PostgreSQL can LISTEN to ``name`` as a quoted identifier, exactly as written:
+    not empty (a syntax error that ends the session), no NUL, at most 63 bytes (longer is
+    truncated, and the notifications would come under another name)."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate, from JSON's \ud800
+        return False
+    return 0 < size <= MAX_IDENTIFIER_BYTES and "\x00" not in name
+
+
 def table_of(channel: str) -> str:
     """``user_Subscription_42`` → ``subscription``: the part between the first two underscores."""
     parts = channel.split("_", 2)

@@ -37,7 +37,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from relay import bus
-from relay.channels import table_of
+from relay.channels import table_of, valid_channel
 from relay.config import Settings
 from relay.history import History
 
@@ -518,6 +518,10 @@ class Listener:
         channels = _str_list(request.get("channels"))
         if not user or not channels:
             raise bus.BusProtocolError("attach without user or channels")
+        if not all(valid_channel(channel) for channel in channels):
+            # A worker only sends channels_for()'s names; an empty one would make every LISTEN
+            # a syntax error, and the database link reconnect for ever.
+            raise bus.BusProtocolError("attach with an invalid channel name")
         if self.user_refs[user] >= self.settings.max_connections_per_user:
             peer.send(bus.encode(bus.ATTACHED, {
                 "req": request.get("req"), "ok": False, "code": 4008,

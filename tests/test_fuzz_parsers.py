@@ -357,13 +357,26 @@ def test_garbage_on_the_listener_socket_does_not_hurt_it(relay: RelayProcess,
                struct.pack("!IB", 20, bus.DETACH) + b"{not json",
                struct.pack("!IB", 2001, bus.ATTACH) + b"[" * 2000,
                b"\xff" * 1000, os.urandom(4096)]
+    # Well-formed attaches whose channels PostgreSQL cannot LISTEN to as written: the empty
+    # one made every LISTEN a syntax error and the database link reconnect for ever.
+    for channel in ("", "a\x00b", "x" * 64, "é" * 32):
+        garbage.append(bus.encode(bus.ATTACH, {"req": "x", "user": "evil", "channels": [channel]}))
+    lone_surrogate = b'{"req":"x","user":"evil","channels":["\\ud800"]}'
+    garbage.append(struct.pack("!IB", len(lone_surrogate), bus.ATTACH) + lone_surrogate)
+    reconnects = relay.health()[1]["listener"]["databaseReconnects"]
     for data in garbage:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(relay.socket_path)
             sock.sendall(data)
-    notify(postgres_url, "user_Usage_fuzz-bystander", '{"ok": 1}')
-    assert client.expect("update")["data"] == {"ok": 1}
+    # A user connecting afterwards needs a LISTEN round trip after all of the garbage.
+    late = relay.connect("fuzz-late")
+    for user, c in (("fuzz-bystander", client), ("fuzz-late", late)):
+        notify(postgres_url, f"user_Usage_{user}", '{"ok": 1}')
+        assert c.expect("update")["data"] == {"ok": 1}
+    late.close()
     assert relay.listener_pids() == listener_before
-    assert relay.health()[0] == 200
+    status, health = relay.health()
+    assert status == 200
+    assert health["listener"]["databaseReconnects"] == reconnects
     assert "Traceback" not in relay.logs()
     client.close()
