@@ -53,12 +53,15 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     app.relay_node = node  # type: ignore[attr-defined]  # drained by the worker on SIGTERM
     worker_started = time.time()
 
-    def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any) -> None:
-        """Run one upgraded WebSocket to its end (called once the 101 has been sent)."""
+    def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any, owned: bool) -> None:
+        """Start one upgraded WebSocket (called once the 101 has been sent). ``owned``: the
+        socket is the connection's to keep, so this returns once the connection is attached;
+        otherwise this runs the connection to its end."""
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         peer = client_address(environ)
         conn = Connection(node, sock, rfile, peer)
-        conn.serve(query.get("token", [None])[0], query.get("resume", [None])[0])
+        start = conn.serve if owned else conn.run
+        start(query.get("token", [None])[0], query.get("resume", [None])[0])
 
     # The handshake handler calls this directly, so a connection that lives for hours holds
     # neither a Flask request context nor Flask's frames on its greenlet's stack.
@@ -71,7 +74,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
         if ws is None:  # a plain GET that Werkzeug still matched
             return Response("WebSocket upgrade required\n", status=426,
                             headers={"Upgrade": "websocket"})
-        serve_websocket(request.environ, ws.handler.socket, ws.handler.rfile)
+        serve_websocket(request.environ, ws.handler.socket, ws.handler.rfile, False)
         return Response(b"")
 
     @app.get("/health")

@@ -1,13 +1,17 @@
 """One client's WebSocket, as a small state machine: auth → attach → live → closing.
 
-The handler greenlet that gevent gave the request runs ``serve()``: it authenticates,
-asks the listener link for the user's channels, then reads client messages until the
-socket ends. Everything sent to the client goes through one bounded queue drained by one
-writer greenlet, spawned only while there is something to write (trap 3); when nothing is
-queued, a frame is first tried with one non-blocking send, and only what the socket did not
-take is queued. A client that lets the queue overflow is closed with 4009. Heartbeats and
-token expiry are checked by the worker's ``Node`` housekeeping, not by a timer per
-connection.
+The handshake's greenlet runs ``serve()``: it authenticates, asks the listener link for the
+user's channels, then *parks* the connection and returns. A parked connection holds no
+greenlet, only a read watcher on its socket: when the client sends something, a short-lived
+greenlet reads and handles every frame that has arrived, and parks the connection again
+(``_read_buffered``). A greenlet per idle connection was most of relay's memory per
+connection (bench idle), and an idle connection is what relay holds most of.
+
+Everything sent to the client goes through one bounded queue drained by one writer
+greenlet, spawned only while there is something to write (trap 3); when nothing is queued,
+a frame is first tried with one non-blocking send, and only what the socket did not take
+is queued. A client that lets the queue overflow is closed with 4009. Heartbeats and token
+expiry are checked by the worker's ``Node`` housekeeping, not by a timer per connection.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -28,6 +33,7 @@ from relay.closecodes import CloseCode
 from relay.websocket import (
     OP_PONG,
     ConnectionEnded,
+    Event,
     FrameReader,
     ProtocolViolation,
     close_frame,
@@ -48,13 +54,19 @@ _PING = text_frame(b'{"type":"ping"}')
 
 class Connection:
     def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str) -> None:
+        """``rfile`` has ``read(n)``; a ``pending`` attribute (bytes read from the socket but
+        not consumed yet) lets the connection park, which it does only if it owns ``sock``."""
         self.node = node
         self.settings = node.settings
         self.sock = sock
         self.peer = peer
+        self._input = rfile
         # Every frame counts toward the rate limit, checked before its payload is read.
         self.reader = FrameReader(rfile.read, self.settings.max_message_bytes,
                                   on_frame=self._rate_limit)
+        self._watcher: Any = None  # the read watcher of a parked connection
+        self._can_park = True  # False: the caller's greenlet reads to the end (``run``)
+        self._finished: gevent.event.Event | None = None  # for a caller that waits (``run``)
         self.user_id = ""
         self.channels: tuple[str, ...] = ()
         self.expires_at = 0
@@ -159,16 +171,24 @@ class Connection:
     # ----- life cycle -----
 
     def serve(self, query_token: str | None, query_resume: str | None) -> None:
-        hub = self.node.hub
-        hub.connections.add(self)
+        """Authenticate and attach, then park the connection and return (it lives on)."""
+        self.node.hub.connections.add(self)
+        self._drive(self._start, query_token, query_resume)
+
+    def run(self, query_token: str | None, query_resume: str | None) -> None:
+        """``serve``, then wait until the connection is finished: for a caller that cannot
+        hand its socket over (the socket is closed when the caller returns)."""
+        self._finished = gevent.event.Event()
+        self._can_park = False
+        self.serve(query_token, query_resume)
+        self._finished.wait()
+
+    def _drive(self, step: Callable[..., bool], *args: Any) -> None:
+        """Run one step of the connection on the current greenlet; finish the connection
+        unless the step parked it."""
+        parked = False
         try:
-            if self.node.draining:  # accepted in the moment before the worker stopped listening
-                self.close(closecodes.SERVICE_RESTART, "server restarting")
-            elif len(hub.connections) > self.settings.worker_connection_limit:
-                self.close(closecodes.TRY_AGAIN_LATER, "worker at capacity")
-            else:
-                self._authenticate(query_token, query_resume)
-            self._read_loop()
+            parked = step(*args)
         except ProtocolViolation as exc:
             self.close(exc.code, exc.detail)
             self._linger()
@@ -179,9 +199,44 @@ class Connection:
             self.close(closecodes.INTERNAL_ERROR)
             self._linger()
         finally:
-            self._finish()
+            if not parked:
+                self._finish()
 
-    def _authenticate(self, query_token: str | None, query_resume: str | None) -> None:
+    def _start(self, query_token: str | None, query_resume: str | None) -> bool:
+        if self.node.draining:  # accepted in the moment before the worker stopped listening
+            self.close(closecodes.SERVICE_RESTART, "server restarting")
+        elif len(self.node.hub.connections) > self.settings.worker_connection_limit:
+            self.close(closecodes.TRY_AGAIN_LATER, "worker at capacity")
+        elif not self._authenticate(query_token, query_resume):
+            return False
+        return self._read_buffered(readable=False)
+
+    def _read_buffered(self, readable: bool) -> bool:
+        """Handle every frame the client has sent so far, then park; ``False`` once the
+        closing handshake is complete.
+
+        ``readable``: the socket has news (its watcher fired), so read at least once. A frame
+        that has only partly arrived is read to its end on this greenlet, so that the reader
+        parks only at a frame boundary."""
+        while readable or not self._can_park or self._input.pending:
+            readable = False
+            if not self._read_frame():
+                return False
+        self._park()
+        return True
+
+    def _park(self) -> None:
+        if self._watcher is None:
+            self._watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        self._watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        """The parked connection's socket is readable: runs in the hub, so only spawns."""
+        self._watcher.stop()
+        gevent.spawn(self._drive, self._read_buffered, True)
+
+    def _authenticate(self, query_token: str | None, query_resume: str | None) -> bool:
+        """``False`` if the client ended the stream (its close handshake) meanwhile."""
         resume: object = None
         if query_token is not None:
             token: object = query_token
@@ -197,13 +252,13 @@ class Connection:
             except gevent.Timeout:
                 self.node.count_auth_failure("auth timeout")
                 self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
-                return
+                return True
             if message is None:
-                return
+                return False
             if message.get("type") != "auth":
                 self.node.count_auth_failure("no auth message")
                 self.close(closecodes.UNAUTHORIZED, "expected an auth message")
-                return
+                return True
             token = message.get("token")
             resume = message.get("resume")
         try:
@@ -211,13 +266,13 @@ class Connection:
             channels = channels_for(claims.user_id, self.settings.channel_templates)
         except InvalidUserId as exc:
             self._refuse(closecodes.FORBIDDEN, exc.reason)
-            return
+            return True
         except InvalidChannel as exc:
             self._refuse(closecodes.FORBIDDEN, str(exc))
-            return
+            return True
         except AuthError as exc:
             self._refuse(closecodes.UNAUTHORIZED, exc.reason)
-            return
+            return True
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
@@ -228,6 +283,7 @@ class Connection:
         self.node.link.attach(self, cursors)
         if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
             self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
+        return True
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
         self.node.count_auth_failure(reason)
@@ -275,12 +331,16 @@ class Connection:
         self.send_json({"type": "resync", "reason": reason, "channels": list(self.channels),
                         "cursors": cursors})
 
-    def _read_loop(self) -> None:
-        while True:
-            message = self._next_message()
-            if message is None:
-                return
-            self._handle(message)
+    def _read_frame(self) -> bool:
+        """Read and handle one frame; ``False`` once the closing handshake is complete."""
+        event = self.reader.next_frame()
+        if event is None:  # a fragment: its message is not complete yet
+            return True
+        if event.kind == "text":
+            if self.closing is None:
+                self._handle(_parse(event.text))
+            return True
+        return self._control(event)
 
     def _next_message(self) -> dict[str, Any] | None:
         """The next client JSON message; ``None`` once the closing handshake is done."""
@@ -290,18 +350,24 @@ class Connection:
                 if self.closing is not None:
                     continue
                 return _parse(event.text)
-            if event.kind == "ping":
-                self.enqueue(encode_frame(OP_PONG, event.payload))
-            elif event.kind == "pong":
-                self.awaiting_pong_since = None
-            elif event.kind == "close":
-                if self.closing is None:
-                    # Echo the client's (validated) code, as RFC 6455 5.5.1 suggests.
-                    code = event.close_code or 1000
-                    echo = closecodes.BY_CODE.get(code) or closecodes.CloseCode(
-                        code, f"CLIENT_{code}", "client closed", "no")
-                    self.close(echo, "client closed")
+            if not self._control(event):
                 return None
+
+    def _control(self, event: Event) -> bool:
+        """Answer a control frame; ``False`` for the close that completes the handshake."""
+        if event.kind == "ping":
+            self.enqueue(encode_frame(OP_PONG, event.payload))
+        elif event.kind == "pong":
+            self.awaiting_pong_since = None
+        elif event.kind == "close":
+            if self.closing is None:
+                # Echo the client's (validated) code, as RFC 6455 5.5.1 suggests.
+                code = event.close_code or 1000
+                echo = closecodes.BY_CODE.get(code) or closecodes.CloseCode(
+                    code, f"CLIENT_{code}", "client closed", "no")
+                self.close(echo, "client closed")
+            return False
+        return True
 
     def _rate_limit(self) -> None:
         now = time.monotonic()
@@ -385,6 +451,9 @@ class Connection:
             return
 
     def _finish(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         writer = self._writer
         if writer is not None:
             writer.join(timeout=CLOSE_HANDSHAKE_TIMEOUT)
@@ -403,6 +472,8 @@ class Connection:
         log.info("closed user=%s peer=%s code=%s reason=%s", self.user_id or "-", self.peer,
                  code, self.close_detail or "connection lost",
                  extra={"user": self.user_id or None, "event": "closed", "code": code})
+        if self._finished is not None:
+            self._finished.set()
 
 
 def _parse(text: str) -> dict[str, Any]:

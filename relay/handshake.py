@@ -4,8 +4,9 @@
 upgrade it checks, in order: the path is ``/ws`` (anything else goes to Flask), HTTP/1.1
 with a ``Host`` header (400), the ``Origin`` (403 unless allowed),
 ``Sec-WebSocket-Version: 13`` (426 otherwise) and a valid ``Sec-WebSocket-Key`` (400).
-After the 101 it hands the raw socket to the Flask view and never lets gevent-websocket
-write a frame of its own (trap 2).
+After the 101 it hands the socket over to relay's connection, which outlives the
+handshake's greenlet (see ``connection``), and never lets gevent-websocket write a frame of
+its own (trap 2). The access-log line of a WebSocket is written when its 101 is sent.
 
 Every request (``/health`` too) gets ``RELAY_HANDSHAKE_TIMEOUT`` to arrive whole (408 once
 its request line is in, a silent close before), and its header lines together at most
@@ -126,8 +127,12 @@ class SocketReader:
         self._pending = pending
 
     @classmethod
-    def take_over(cls, sock: Any, rfile: Any) -> SocketReader:
-        """Take what ``rfile`` read ahead of the handshake (never waiting), then close it."""
+    def take_over(cls, sock: Any, rfile: Any) -> tuple[Any, SocketReader]:
+        """Adopt the handshake's socket: a new socket object on the same descriptor, and a
+        reader that starts with what ``rfile`` read ahead of the handshake (never waiting).
+
+        The server closes the socket object it accepted once the handshake's greenlet
+        returns; the connection outlives that greenlet (it parks), so it keeps its own."""
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
         try:
@@ -137,7 +142,15 @@ class SocketReader:
         finally:
             sock.settimeout(timeout)
         rfile.close()  # frees its buffer; the socket stays open
-        return cls(sock, pending)
+        family, kind, proto = sock.family, sock.type, sock.proto
+        adopted = type(sock)(family, kind, proto, fileno=sock.detach())
+        adopted.settimeout(timeout)
+        return adopted, cls(adopted, pending)
+
+    @property
+    def pending(self) -> bytes:
+        """What was read from the socket and not consumed yet."""
+        return self._pending
 
     def read(self, n: int) -> bytes:
         data = self._pending or self._sock.recv(max(n, _READ_SIZE))
@@ -243,9 +256,10 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         serve = getattr(self.application, "relay_serve_websocket", None)
         try:
             if serve is not None:
-                reader = SocketReader.take_over(self.socket, self.rfile)
+                sock, reader = SocketReader.take_over(self.socket, self.rfile)
+                self.socket = None  # the connection's now: pywsgi must neither read nor close it
                 self._release_handshake()
-                serve(self.environ, self.socket, reader)
+                serve(self.environ, sock, reader, True)
             else:
                 list(self.application(self.environ, lambda s, h, e=None: []))
         finally:

@@ -131,11 +131,15 @@ class FrameReader:
 
     def next_event(self) -> Event:
         while True:
-            event = self._next_frame()
+            event = self.next_frame()
             if event is not None:
                 return event
 
-    def _next_frame(self) -> Event | None:
+    def next_frame(self) -> Event | None:
+        """Read one frame: its event, or ``None`` for a fragment that does not end a message.
+
+        Between two calls the reader is always at a frame boundary, which lets a connection
+        give up its greenlet there (``Connection._read_buffered``)."""
         first, second = self._exact(2)
         fin = bool(first & 0x80)
         opcode = first & 0x0F

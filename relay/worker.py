@@ -3,12 +3,15 @@
 Use it as ``worker_class = "relay.worker.RelayWorker"`` (gunicorn.conf.py does). gunicorn's
 gevent worker waits for its pool to empty on SIGTERM, which WebSockets never do by
 themselves (trap 8): this worker starts the node's drain, which closes every client with
-1012 over ``RELAY_DRAIN_SECONDS``, well inside ``graceful_timeout``.
+1012 over ``RELAY_DRAIN_SECONDS``, well inside ``graceful_timeout``. A live WebSocket holds
+no greenlet of the pool (it is parked, see ``connection``), so once the pool is empty the
+worker also waits for the node's connections to end before it exits.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
@@ -39,3 +42,15 @@ class RelayWorker(GeventPyWSGIWorker):
         if node is not None and not node.draining:
             gevent.spawn(node.drain)
         super().handle_exit(sig, frame)
+
+    def run(self) -> None:
+        super().run()  # returns once the server is closed and the pool is empty
+        node = getattr(getattr(self, "wsgi", None), "relay_node", None)
+        if node is None:
+            return
+        if not node.draining:  # stopped without SIGTERM (e.g. its parent went away)
+            gevent.spawn(node.drain)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while node.hub.connections and time.monotonic() < deadline:
+            self.notify()
+            gevent.sleep(0.1)
