@@ -50,6 +50,9 @@ _COALESCE_SECONDS = 0.001
 # Channels per LISTEN/UNLISTEN round trip: after a reconnect thousands of channels are
 # LISTENed again, and one round trip each would delay the resync by seconds over a WAN.
 _LISTEN_BATCH = 500
+# The least a database connection must have lived for its loss to reset the reconnect
+# backoff (see DatabaseLink.run).
+_HEALTHY_SECONDS = 5.0
 _WS_HEADER_BYTES = 10  # the most a server text frame adds to a message
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    float("inf"))
@@ -198,7 +201,7 @@ class DatabaseLink:
                 log.warning("database connect failed (%s); retrying in %.1fs",
                             _describe(exc), delay)
                 continue
-            delay = 0.0
+            connected_at = time.monotonic()
             self.listener.on_database_up(first)
             first = False
             try:
@@ -208,7 +211,15 @@ class DatabaseLink:
             self._drop()
             self.reconnects += 1
             self.listener.on_database_down()
-            delay = next_backoff(0.0, self.settings.reconnect_max_delay)
+            # Only the loss of a connection that stayed up is retried at once. One that the
+            # server closes, or whose LISTEN fails, right after connecting keeps backing off:
+            # it used to be retried about ten times a second, for ever. "Stayed up" is long
+            # enough for its first health query to have been answered, and a few seconds.
+            healthy_for = max(_HEALTHY_SECONDS,
+                              self.settings.db_check_interval + self.settings.db_check_timeout)
+            if time.monotonic() - connected_at >= healthy_for:
+                delay = 0.0
+            delay = next_backoff(delay, self.settings.reconnect_max_delay)
 
     def _connect(self) -> None:
         with gevent.Timeout(self.settings.db_check_timeout + 5):

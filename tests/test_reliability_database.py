@@ -181,6 +181,33 @@ def test_frozen_postgresql_is_503_within_10_s_and_recovers(
         client.close()
 
 
+def test_a_connection_that_dies_right_after_connecting_is_retried_with_backoff(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """Connecting succeeds, then the server closes the session at once (a 20 ms
+    idle_session_timeout on the listener's connection alone): each such cycle must back off
+    further, not start again from 0.1 s (about 10 reconnects a second, 30 in this window)."""
+    conn = psycopg2.connect(postgres_url)
+    version = conn.server_version
+    conn.close()
+    if version < 140000:
+        pytest.skip("idle_session_timeout needs PostgreSQL 14")
+    separator = "&" if "?" in postgres_url else "?"
+    url = f"{postgres_url}{separator}options=-c%20idle_session_timeout%3D20"
+    relay = relay_factory({**FAST, "DATABASE_URL": url}, workers=1, wait=False)
+
+    def reconnects() -> int:
+        return int(relay.health()[1].get("listener", {}).get("databaseReconnects", 0))
+
+    wait_for(lambda: reconnects() >= 1, 15, message="the listener's first lost connection")
+    time.sleep(2.0)  # the backoff climbs towards its 1 s cap meanwhile
+    before = reconnects()
+    time.sleep(3.0)
+    lost = reconnects() - before
+    # Each retry waits at most the cap and at least half of it (jitter): 2 to 7 fit in 3 s.
+    # At least 2 also shows that the connection still comes up and dies each time.
+    assert 2 <= lost <= 8, lost
+
+
 def test_default_settings_detect_a_silent_database_within_10_seconds() -> None:
     settings = Settings.from_env({"DATABASE_URL": "postgresql://db/x",
                                   "WEBSOCKET_JWT_SECRET": "k" * 32})
