@@ -30,8 +30,9 @@ bind = [f"0.0.0.0:{_settings.port}"]
 # WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
 worker_class = "relay.worker.RelayWorker"
-# RELAY_WORKER_CONNECTIONS (10000): the gevent pool of a worker. Every WebSocket holds one
-# slot for its whole life (trap 8).
+# RELAY_WORKER_CONNECTIONS (10000): the gevent pool of a worker, which a WebSocket holds only
+# during its handshake (then it parks, see relay/connection.py), and the base of the number
+# of WebSockets the worker keeps (Settings.worker_connection_limit).
 worker_connections = _settings.worker_connections
 # RELAY_WORKER_TIMEOUT (30 s): a worker whose event loop has not run for this long (it
 # heartbeats every second) is killed and replaced; its clients reconnect and resume.
@@ -61,7 +62,7 @@ proc_name = "relay"
 relay_websockets_per_worker = _settings.worker_connection_limit
 # What one machine can hold: fly.toml's hard_limit must stay below it.
 relay_websockets_per_machine = workers * relay_websockets_per_worker
-# Open files one worker needs: a socket per pool slot, plus its own (listener link, logs,
+# Open files one worker needs: a socket per connection, plus its own (listener link, logs,
 # gevent's pipes, the listen socket).
 relay_open_files_per_worker = worker_connections + 64
 
@@ -79,8 +80,8 @@ def _raise_open_files_limit(server) -> None:
     if soft != resource.RLIM_INFINITY and soft < need:
         server.log.warning(
             "open files limit %d is below RELAY_WORKER_CONNECTIONS + 64 = %d: a worker will "
-            "fail to accept connections before its pool is full; raise the hard limit "
-            "(ulimit -Hn) or lower RELAY_WORKER_CONNECTIONS", soft, need)
+            "fail to accept connections before it reaches its connection limit; raise the "
+            "hard limit (ulimit -Hn) or lower RELAY_WORKER_CONNECTIONS", soft, need)
 
 
 def on_starting(server):
