@@ -40,6 +40,7 @@ from relay import bus
 from relay.channels import table_of, valid_channel
 from relay.config import Settings
 from relay.history import History
+from relay.resolve import libpq_address
 
 log = logging.getLogger("relay.listener")
 
@@ -223,8 +224,10 @@ class DatabaseLink:
 
     def _connect(self) -> None:
         with gevent.Timeout(self.settings.db_check_timeout + 5):
+            address = libpq_address(self.settings.database_url)  # DNS off the loop
             conn = psycopg2.connect(
                 self.settings.database_url,
+                **address,
                 application_name="relay-listener",
                 connect_timeout=max(2, int(self.settings.db_check_timeout)),
                 keepalives=1,
