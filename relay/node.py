@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import Counter
 
 import gevent
@@ -28,8 +29,19 @@ log = logging.getLogger("relay.node")
 _TICK_SLICE = 500
 
 
+# Every node of this process, for the worker's drain: it must find the node even when the
+# app gunicorn loaded is a middleware around relay's Flask app.
+_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def nodes() -> list[Node]:
+    """The nodes of this process (one per worker in production)."""
+    return list(_nodes)
+
+
 class Node:
     def __init__(self, settings: Settings) -> None:
+        _nodes.add(self)
         self.settings = settings
         self.hub = Hub()
         self.link = ListenerLink(settings.socket_path, self.hub)

@@ -19,6 +19,7 @@ from gevent.pywsgi import LoggingLogAdapter
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
 from relay.handshake import RelayHandler
+from relay.node import nodes
 
 
 class RelayServer(PyWSGIServer):
@@ -36,21 +37,21 @@ class RelayWorker(GeventPyWSGIWorker):
     wsgi_handler = RelayHandler
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        # A worker still booting has no ``wsgi`` yet: an AttributeError here would exit it with
-        # WORKER_BOOT_ERROR, and gunicorn halts the whole server on that (two quick HUPs did).
-        node = getattr(getattr(self, "wsgi", None), "relay_node", None)
-        if node is not None and not node.draining:
-            gevent.spawn(node.drain)
+        # A worker still booting may have no node yet (nothing to drain); it must not fail
+        # here: an exit with WORKER_BOOT_ERROR halts the whole server (two quick HUPs did).
+        # The nodes come from relay.node's registry, not from ``self.wsgi``, which may be a
+        # middleware around relay's app.
+        for node in nodes():
+            if not node.draining:
+                gevent.spawn(node.drain)
         super().handle_exit(sig, frame)
 
     def run(self) -> None:
         super().run()  # returns once the server is closed and the pool is empty
-        node = getattr(getattr(self, "wsgi", None), "relay_node", None)
-        if node is None:
-            return
-        if not node.draining:  # stopped without SIGTERM (e.g. its parent went away)
-            gevent.spawn(node.drain)
+        for node in nodes():
+            if not node.draining:  # stopped without SIGTERM (e.g. its parent went away)
+                gevent.spawn(node.drain)
         deadline = time.monotonic() + self.cfg.graceful_timeout
-        while node.hub.connections and time.monotonic() < deadline:
+        while any(node.hub.connections for node in nodes()) and time.monotonic() < deadline:
             self.notify()
             gevent.sleep(0.1)

@@ -60,7 +60,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 class RelayProcess:
     def __init__(self, database_url: str, workdir: Path, workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, app: str = "wsgi:app") -> None:
+        self.app = app  # gunicorn's APP_MODULE
         self.port = int((env or {}).get("PORT") or free_port())
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ class RelayProcess:
 
     def start(self, wait: bool = True) -> RelayProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app],
             cwd=ROOT, env=self.env,
             stdout=self.stdout_path.open("ab"), stderr=self.stderr_path.open("ab"),
         )
