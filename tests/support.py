@@ -26,6 +26,7 @@ import psutil
 import websocket
 
 from relay.auth import issue_token
+from tests.conformance.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "s" * 40
@@ -310,3 +311,10 @@ def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> 
 
 def notify(database_url: str, channel: str, payload: str) -> None:
     execute(database_url, "SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def raw_connected(relay: RelayProcess, user: str) -> RawClient:
+    """A raw-socket WebSocket of ``user`` (``?token=``), once its ``connected`` arrived."""
+    client = RawClient(relay.port, f"/ws?token={relay.token(user)}")
+    assert json.loads(client.read_until(0x1) or b"{}").get("type") == "connected"
+    return client

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.conformance.wire import RawClient, frame
-from tests.support import RelayProcess, notify, wait_for
+from tests.conformance.wire import frame
+from tests.support import RelayProcess, notify, raw_connected, wait_for
 
 TEXT, CLOSE, PING, PONG, CONT = 0x1, 0x8, 0x9, 0xA, 0x0
 PAUSE = 0.3  # long enough for the connection to park between two writes
@@ -33,14 +33,8 @@ def one_worker(postgres_url: str, schema_installed: list[str],
     relay.stop()
 
 
-def connected(relay: RelayProcess, user: str) -> RawClient:
-    client = RawClient(relay.port, f"/ws?token={relay.token(user)}")
-    assert json.loads(client.read_until(TEXT) or b"{}").get("type") == "connected"
-    return client
-
-
 def test_a_frame_split_over_pauses_is_read_whole(one_worker: RelayProcess) -> None:
-    client = connected(one_worker, "park-split")
+    client = raw_connected(one_worker, "park-split")
     try:
         ping = frame(PING, b"split")
         for part in (ping[:1], ping[1:3], ping[3:]):  # header byte, length, mask + payload
@@ -52,7 +46,7 @@ def test_a_frame_split_over_pauses_is_read_whole(one_worker: RelayProcess) -> No
 
 
 def test_a_message_fragmented_over_pauses_is_one_message(one_worker: RelayProcess) -> None:
-    client = connected(one_worker, "park-fragments")
+    client = raw_connected(one_worker, "park-fragments")
     try:
         token = one_worker.token("park-fragments")
         message = json.dumps({"type": "refresh", "token": token}).encode()
@@ -71,7 +65,7 @@ def test_a_message_fragmented_over_pauses_is_one_message(one_worker: RelayProces
 
 
 def test_frames_in_one_write_are_all_answered(one_worker: RelayProcess) -> None:
-    client = connected(one_worker, "park-pipelined")
+    client = raw_connected(one_worker, "park-pipelined")
     try:
         time.sleep(PAUSE)
         client.send(b"".join(frame(PING, b"%d" % n) for n in range(5)))
@@ -82,7 +76,7 @@ def test_frames_in_one_write_are_all_answered(one_worker: RelayProcess) -> None:
 
 def test_a_parked_connection_is_served_and_closes_cleanly(one_worker: RelayProcess,
                                                           postgres_url: str) -> None:
-    client = connected(one_worker, "park-close")
+    client = raw_connected(one_worker, "park-close")
     time.sleep(PAUSE)
     notify(postgres_url, "user_Usage_park-close", '{"n": 1}')
     assert json.loads(client.read_until(TEXT) or b"{}")["data"] == {"n": 1}
@@ -97,7 +91,7 @@ def test_a_parked_connection_is_served_and_closes_cleanly(one_worker: RelayProce
 
 def test_a_reset_parked_connection_is_gone(one_worker: RelayProcess) -> None:
     before = one_worker.health()[1]["totalConnections"]
-    client = connected(one_worker, "park-reset")
+    client = raw_connected(one_worker, "park-reset")
     wait_for(lambda: one_worker.health()[1]["totalConnections"] == before + 1, 10)
     time.sleep(PAUSE)
     client.reset()
@@ -113,12 +107,12 @@ def _worker_rss(relay: RelayProcess) -> int:
 def test_an_idle_connection_costs_no_greenlet(one_worker: RelayProcess) -> None:
     """With a greenlet each, 1,000 idle connections cost a worker about 17 KB apiece
     (measured); parked, about 5 KB. The bound sits between the two."""
-    warm = [connected(one_worker, f"park-warm-{n}") for n in range(50)]  # first-use allocations
+    warm = [raw_connected(one_worker, f"park-warm-{n}") for n in range(50)]  # first-use allocations
     for client in warm:
         client.close()
     wait_for(lambda: one_worker.health()[1]["totalConnections"] == 0, 10)
     before = _worker_rss(one_worker)
-    clients = [connected(one_worker, f"park-idle-{n}") for n in range(IDLE_CONNECTIONS)]
+    clients = [raw_connected(one_worker, f"park-idle-{n}") for n in range(IDLE_CONNECTIONS)]
     try:
         wait_for(lambda: one_worker.health()[1]["totalConnections"] == IDLE_CONNECTIONS, 20)
         per_connection = (_worker_rss(one_worker) - before) / IDLE_CONNECTIONS

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.wire import RawClient, frame
-from tests.support import RelayProcess, notify, wait_for
+from tests.conformance.wire import frame
+from tests.support import RelayProcess, notify, raw_connected, wait_for
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
@@ -26,14 +26,8 @@ def wrapped(postgres_url: str, schema_installed: list[str], tmp_path: Path
     relay.stop()
 
 
-def connected(relay: RelayProcess, user: str) -> RawClient:
-    client = RawClient(relay.port, f"/ws?token={relay.token(user)}")
-    assert json.loads(client.read_until(TEXT) or b"{}").get("type") == "connected"
-    return client
-
-
 def test_a_wrapped_app_serves_websockets(wrapped: RelayProcess, postgres_url: str) -> None:
-    client = connected(wrapped, "wrapped-1")
+    client = raw_connected(wrapped, "wrapped-1")
     notify(postgres_url, "user_Usage_wrapped-1", '{"n": 1}')
     assert json.loads(client.read_until(TEXT) or b"{}")["data"] == {"n": 1}
     client.send(frame(PING, b"hi"))
@@ -48,6 +42,6 @@ def test_a_wrapped_app_serves_websockets(wrapped: RelayProcess, postgres_url: st
 
 
 def test_a_wrapped_app_drains_on_sigterm(wrapped: RelayProcess) -> None:
-    clients = [connected(wrapped, f"wrapped-drain-{n}") for n in range(3)]
+    clients = [raw_connected(wrapped, f"wrapped-drain-{n}") for n in range(3)]
     wrapped.stop()
     assert [client.close_code() for client in clients] == [1012, 1012, 1012]
