@@ -86,15 +86,18 @@ def _raise_open_files_limit(server) -> None:
 
 def on_starting(server):
     """Once per master (not on reload): file limit, then one supervisor, which keeps one
-    listener alive."""
-    from relay.supervisor import spawn_supervisor
+    listener alive and is itself started again by the master's main loop if it dies."""
+    from relay.supervisor import SupervisorProcess, watch_from_arbiter
 
     _raise_open_files_limit(server)
     # The supervisor, the listener and the workers must agree on the socket path.
     os.environ["RELAY_SOCKET_PATH"] = _settings.socket_path
-    server.relay_supervisor = spawn_supervisor()
+    server.relay_supervisor = SupervisorProcess()
+    server.relay_supervisor.start()
+    # gunicorn reaps a dead supervisor without a hook (trap 7): watch it from the main loop.
+    watch_from_arbiter(server, server.relay_supervisor)
     server.log.info("relay listener supervisor started (pid %s, socket %s)",
-                    server.relay_supervisor.pid, _settings.socket_path)
+                    server.relay_supervisor.proc.pid, _settings.socket_path)
 
 
 def post_worker_init(worker):
@@ -105,9 +108,8 @@ def post_worker_init(worker):
 
 
 def on_exit(server):
-    """Clean halt: stop the supervisor (a kill -9'd master is handled by PDEATHSIG)."""
-    from relay.supervisor import stop_supervisor
-
-    proc = getattr(server, "relay_supervisor", None)
-    if proc is not None:
-        stop_supervisor(proc)
+    """Clean halt: no more supervisor restarts, stop the current one (a kill -9'd master is
+    handled by PDEATHSIG)."""
+    supervisor = getattr(server, "relay_supervisor", None)
+    if supervisor is not None:
+        supervisor.stop()

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instance-started-at", type=float, default=None)
     p = sub.add_parser("supervise", help="keep one listener alive (started by gunicorn)")
     p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--instance-started-at", type=float, default=None)
 
     p = sub.add_parser("token", help="print a token with the claims the app's endpoint issues")
     p.add_argument("--user-id", required=True)
@@ -91,7 +92,7 @@ def _supervise(args: argparse.Namespace) -> int:
     from relay.supervisor import run_supervisor
 
     logs.configure(Settings.from_env())
-    return run_supervisor(args.parent_pid)
+    return run_supervisor(args.parent_pid, args.instance_started_at)
 
 
 def _dev_secret() -> bytes | None:
