@@ -469,9 +469,13 @@ class Connection:
         except OSError:
             pass
         code = self.closing.code if self.closing else 1006
-        log.info("closed user=%s peer=%s code=%s reason=%s", self.user_id or "-", self.peer,
-                 code, self.close_detail or "connection lost",
-                 extra={"user": self.user_id or None, "event": "closed", "code": code})
+        # The access line of a WebSocket is written at its 101; this one carries how long it
+        # lived, for the operator who wants session lengths.
+        seconds = round(time.monotonic() - self.opened_at, 3)
+        log.info("closed user=%s peer=%s code=%s reason=%s after %.1fs", self.user_id or "-",
+                 self.peer, code, self.close_detail or "connection lost", seconds,
+                 extra={"user": self.user_id or None, "event": "closed", "code": code,
+                        "seconds": seconds})
         if self._finished is not None:
             self._finished.set()
 

@@ -108,6 +108,8 @@ def test_every_line_is_json_with_level_pid_and_the_user(
     closed = [e for e in parsed if e.get("event") == "closed"]
     assert [e["user"] for e in connected] == ["json-user"]
     assert any(e.get("user") == "json-user" for e in closed)
+    # how long each WebSocket lived: its access line is written at the 101
+    assert all(isinstance(e["seconds"], float) and e["seconds"] >= 0 for e in closed)
     pids = {e["pid"] for e in parsed}
     assert len(pids) >= 4  # master, supervisor, listener, workers: each says who it is
 
