@@ -41,6 +41,19 @@ test-client: client/node_modules/.package-lock.json
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+## bench-sweep: latency against load for relay and node-ws (table, bench/results/, and the chart
+##              docs/perf-latency-vs-load.png); e.g. make bench-sweep SWEEP_ARGS="-C 2000 --rates 1000,5000"
+##              (see .venv/bin/python -m bench.sweep --help)
+.PHONY: bench-sweep
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench-sweep: $(BENCH_STAMP)
+	$(PY) -m bench.sweep $(SWEEP_ARGS)
+
 token: $(STAMP)
 	@$(PY) -m relay token --user-id $${USER_ID:-42}
 

@@ -565,12 +565,15 @@ def render_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict[str, Any], table: str) -> Path:
+def write_results(results: dict[str, Any], table: str, kind: str = "bench") -> Path:
+    """bench/results/<kind>-<start time>.json, copied to latest.json (<kind>-latest.json for
+    another command than this one's, e.g. ``bench.sweep``)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results["started"]))
-    path = RESULTS / f"bench-{stamp}.json"
+    path = RESULTS / f"{kind}-{stamp}.json"
     path.write_text(json.dumps({**results, "table": table}, indent=2))
-    (RESULTS / "latest.json").write_text(path.read_text())
+    latest = "latest.json" if kind == "bench" else f"{kind}-latest.json"
+    (RESULTS / latest).write_text(path.read_text())
     return path
 
 

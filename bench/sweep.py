@@ -1,0 +1,300 @@
+"""``make bench-sweep`` (``python -m bench.sweep``): latency against load, relay and node-ws.
+
+For each server in turn, started as ``bench.run`` starts it (same embedded PostgreSQL, same
+load-generator processes, same writer process): hold C connections, then run bench.run's
+``steady`` scenario at a rising series of rates, a short measured window each. Per rate:
+committed/s, delivered/s, commit→client latency p50/p99/max, lost, server CPU per 10k
+deliveries (and the clients' CPU and the machine's busy share, to read them by).
+
+A server's sweep stops at the first rate it cannot keep up with (delivered/s under 90% of
+committed/s, or anything lost): past that its queues only grow, and its latency says how long
+it ran rather than how fast it is. Prints a table, writes JSON to bench/results/
+(``sweep-*.json``) and draws docs/perf-latency-vs-load.png (matplotlib, from
+bench/requirements.txt: ``make bench-sweep`` installs it; ``--replot`` redraws a saved sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import run
+from bench.servers import ROOT, Database, LoadGenerators, install_peers
+
+SERVERS = ("relay", "node-ws")
+RATES = (1_000, 2_500, 5_000, 10_000, 15_000, 20_000)
+CHART = ROOT / "docs" / "perf-latency-vs-load.png"
+KEEP_UP = 0.9  # delivered/s at least this share of committed/s, and nothing lost
+
+
+def parse_args(argv: list[str] | None) -> tuple[run.Config, tuple[float, ...], argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sweep", description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated subset of {', '.join(SERVERS)}")
+    parser.add_argument("--rates", default=",".join(str(r) for r in RATES),
+                        help="notifications/s to commit, comma-separated, swept in rising order")
+    parser.add_argument("-C", "--connections", type=int, default=10_000,
+                        help="connections held during the sweep")
+    parser.add_argument("-U", "--users", type=int, default=1_000,
+                        help="users the steady load targets")
+    parser.add_argument("--duration", type=float, default=8.0,
+                        help="measured seconds at each rate")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="warm-up seconds at each rate (not measured)")
+    parser.add_argument("--pause", type=float, default=1.0,
+                        help="seconds of quiet between two rates")
+    parser.add_argument("--workers", type=int, default=2, help="relay's gunicorn workers")
+    parser.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--per-tx", type=int, default=5, help="notifications per transaction")
+    parser.add_argument("--writer-threads", type=int, default=4,
+                        help="writer connections committing in parallel")
+    parser.add_argument("--open-concurrency", type=int, default=100,
+                        help="handshakes in flight per load generator while opening")
+    parser.add_argument("--png", type=Path, default=CHART, help="where to draw the chart")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="run nothing: print the table and redraw the chart of a saved sweep")
+    args = parser.parse_args(argv)
+    servers = tuple(s for s in args.servers.split(",") if s)
+    for name in servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}")
+    try:
+        rates = tuple(sorted(float(r) for r in args.rates.split(",") if r.strip()))
+    except ValueError:
+        parser.error(f"--rates: numbers separated by commas, not {args.rates!r}")
+    if not rates or rates[0] <= 0:
+        parser.error("--rates: at least one rate, each above 0")
+    config = run.Config(
+        scenarios=("steady",), servers=servers, connections=args.connections, rate=rates[0],
+        users=min(args.connections, args.users), duration=args.duration, warmup=args.warmup,
+        burst_users=0, connect_seconds=0.0, connect_concurrency=0, workers=args.workers,
+        loadgens=args.loadgens, per_tx=args.per_tx, writer_threads=args.writer_threads,
+        per_client_max=0, open_concurrency=args.open_concurrency)
+    return config, rates, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, rates, args = parse_args(argv)
+    if args.replot is not None:
+        results = json.loads(args.replot.read_text())
+        print(render_table(results))
+        draw(results, args.png)
+        return 0
+    run.raise_open_files(config.connections * 2 + 4096)
+    if any(name != "relay" for name in config.servers):
+        install_peers()
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-sweep-"))
+    results: dict[str, Any] = {
+        "machine": run.machine(), "config": {**dataclasses.asdict(config), "rates": rates,
+                                             "pause": args.pause},
+        "command": " ".join(["python -m bench.sweep", *sys.argv[1:]]), "started": started,
+        "servers": {}}
+    database = Database(workdir, 400)
+    try:
+        run.say(f"PostgreSQL in {workdir} ...")
+        database.start()
+        results["machine"]["postgres"] = run.database_version(database.url)
+        for name in config.servers:
+            results["servers"][name] = sweep_server(name, config, rates, args.pause, database,
+                                                    workdir)
+    finally:
+        database.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = time.time() - started
+    results["loadAverageAfter"] = os.getloadavg()
+    table = render_table(results)
+    print(table)
+    path = run.write_results(results, table, kind="sweep")
+    run.say(f"results: {path}")
+    draw(results, args.png)
+    return 0
+
+
+# ----- one server ------------------------------------------------------------------------------
+
+
+def sweep_server(name: str, config: run.Config, rates: tuple[float, ...], pause: float,
+                 database: Database, workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"connectionsAsked": config.connections, "rates": []}
+    server = run.make_server(name, config, workdir, database.url)
+    gens: LoadGenerators | None = None
+    try:
+        run.say(f"[{name}] starting")
+        server.start()
+        gens = LoadGenerators(config.loadgens, server.port)
+        run.say(f"[{name}] opening {config.connections} connections")
+        out["open"] = run.open_connections(gens, config.connections, config)
+        opened = out["open"]["opened"]
+        if opened == 0:
+            raise RuntimeError("no connection could be opened")
+        time.sleep(3.0)
+        for rate in rates:
+            run.say(f"[{name}] {rate:,.0f}/s for {config.warmup:g} + {config.duration:g} s")
+            at_rate = dataclasses.replace(config, rate=rate)
+            point = {"asked": rate, **run.steady(gens, server, database, at_rate,
+                                                 min(config.users, opened))}
+            point["keptUp"], point["verdict"] = keeps_up(point)
+            out["rates"].append(point)
+            if not point["keptUp"]:
+                run.say(f"[{name}] stops here: {point['verdict']}")
+                break
+            time.sleep(pause)
+    except Exception as exc:  # noqa: BLE001 - one server failing must not lose the other
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        run.say(f"[{name}] failed: {out['error']}\n{server.log_tail(5)}")
+    finally:
+        if gens is not None:
+            gens.stop()
+        server.stop()
+    return out
+
+
+def keeps_up(point: dict[str, Any]) -> tuple[bool, str]:
+    committed, delivered = point["committedPerSecond"], point["deliveredPerSecond"]
+    if committed <= 0:
+        return False, "nothing committed"
+    if point["lost"] > 0:
+        return False, f"lost {point['lost']:,}"
+    if delivered < KEEP_UP * committed:
+        return False, f"delivered {delivered / committed:.0%} of committed"
+    return True, "keeps up"
+
+
+# ----- output ----------------------------------------------------------------------------------
+
+
+def _ms(latency: dict[str, float], key: str) -> str:
+    return f"{latency[key]:,.1f}" if key in latency else "-"
+
+
+def render_table(results: dict[str, Any]) -> str:
+    header = ["server", "asked/s", "committed/s", "delivered/s", "p50 ms", "p99 ms", "max ms",
+              "lost", "server CPU s / 10k", "busiest loadgen", "machine busy", ""]
+    rows = [header]
+    notes = []
+    for name, result in results["servers"].items():
+        for point in result["rates"]:
+            latency = point["latencyMs"]
+            cpu = point["serverCpuPer10k"]
+            rows.append([
+                name, f"{point['asked']:,.0f}", f"{point['committedPerSecond']:,.0f}",
+                f"{point['deliveredPerSecond']:,.0f}", _ms(latency, "p50"), _ms(latency, "p99"),
+                _ms(latency, "max"), f"{point['lost']:,}", "-" if cpu is None else f"{cpu:.2f}",
+                f"{point['clientCpu']['maxCoreShare']:.0%}", f"{point['machineBusy']:.0%}",
+                "keeps up" if point["keptUp"] else f"STOP: {point['verdict']}"])
+            if point["committedPerSecond"] < KEEP_UP * point["asked"]:
+                notes.append(f"{name} at {point['asked']:,.0f}/s: the writer committed only "
+                             f"{point['committedPerSecond']:,.0f}/s (the writer, PostgreSQL or "
+                             "the machine at its limit)")
+        kept = [p["committedPerSecond"] for p in result["rates"] if p["keptUp"]]
+        last = result["rates"][-1] if result["rates"] else None
+        if "error" in result:
+            notes.append(f"{name}: {result['error']}")
+        elif last is not None and not last["keptUp"]:
+            notes.append(f"{name} kept up to {max(kept, default=0):,.0f}/s committed and "
+                         f"stopped at {last['asked']:,.0f}/s asked ({last['verdict']})")
+        else:
+            notes.append(f"{name} kept up at every rate")
+        failures = result.get("open", {}).get("failures")
+        if failures:
+            notes.append(f"{name}: failed opens {failures}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1],
+                                                                           strict=True)]
+        cells.append(row[-1].ljust(widths[-1]))
+        lines.append("| " + " | ".join(cells) + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    m, c = results["machine"], results["config"]
+    lines.append("")
+    lines.append(f"C = {c['connections']:,} connections held, U = {c['users']:,} users notified, "
+                 f"{c['warmup']:g} s warm-up + {c['duration']:g} s measured per rate")
+    lines.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ramGiB']} GiB, "
+                 f"PostgreSQL {m.get('postgres')}, Python {m['python']}, Node {m['node']}; "
+                 f"load average before {m['loadAverage'][0]:.2f}, after "
+                 f"{results.get('loadAverageAfter', [float('nan')])[0]:.2f}")
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def draw(results: dict[str, Any], path: Path) -> None:
+    """p50 and p99 against committed/s, one colour per server, log latency; a rate the
+    server could not keep up with is drawn as a hollow marker with a dotted segment."""
+    try:
+        import matplotlib
+    except ImportError:
+        run.say("no chart: matplotlib is not installed (make bench-sweep installs "
+                "bench/requirements.txt into .venv)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    colours = {"relay": "#1f77b4", "node-ws": "#d62728"}
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    stopped = False
+    for name, result in results["servers"].items():
+        colour = colours.get(name, "#555555")
+        points = [p for p in result["rates"] if p["latencyMs"]]
+        for key, style in (("p99", "-"), ("p50", "--")):
+            xs = [p["committedPerSecond"] for p in points]
+            ys = [max(p["latencyMs"][key], 0.01) for p in points]
+            kept = [p["keptUp"] for p in points]
+            solid = [i for i, k in enumerate(kept) if k]
+            axes.plot([xs[i] for i in solid], [ys[i] for i in solid], style, color=colour,
+                      marker="o", markersize=5, label=f"{name} {key}")
+            for i, k in enumerate(kept):
+                if k:
+                    continue
+                stopped = True
+                if i > 0:
+                    axes.plot(xs[i - 1:i + 1], ys[i - 1:i + 1], style, color=colour, alpha=0.4)
+                axes.plot(xs[i], ys[i], "o", markersize=8, markerfacecolor="white",
+                          markeredgecolor=colour, markeredgewidth=1.5)
+                if key == "p99":
+                    axes.annotate(f"{name}: can't keep up\n({points[i]['verdict']})",
+                                  (xs[i], ys[i]), textcoords="offset points", xytext=(-12, 0),
+                                  ha="right", va="center", fontsize=8, color=colour)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axes.set_xlim(left=0)
+    low, high = axes.get_ylim()
+    axes.set_ylim(low, high * 2)  # room for the legend above the highest point
+    axes.set_xlabel("committed notifications/s")
+    axes.set_ylabel("commit → client latency, ms (log scale)")
+    m, c = results["machine"], results["config"]
+    axes.set_title(f"Latency against load: {c['connections']:,} connections held, "
+                   f"{c['users']:,} users notified\n{m['nproc']} CPUs ({m['cpu']}); "
+                   "server, PostgreSQL, writer and load generators on the same machine",
+                   fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if stopped:
+        handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="white",
+                              markeredgecolor="black"))
+        labels.append("could not keep up (sweep stopped)")
+    axes.legend(handles, labels, fontsize=8, loc="upper left", handlelength=3.5)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    run.say(f"chart: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
