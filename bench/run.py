@@ -12,8 +12,9 @@ the ``per-client-listen`` peer (bench/peers) — with load generators in separat
 * burst   — one transaction notifying B distinct users: time until the last one has it;
 * connect — handshakes/s (TCP, upgrade, JWT, ``connected`` received), connections reset.
 
-Prints one table and writes JSON to bench/results/ (and a PNG chart when matplotlib is
-installed). docs/performance.md explains the figures and records the results.
+Prints one table and writes JSON to bench/results/. The chart of latency against load comes
+from ``make bench-sweep`` (``bench/sweep.py``). docs/performance.md explains the figures and
+records the results.
 """
 
 from __future__ import annotations
