@@ -4,9 +4,11 @@ reveals a secret, while every HTTP answer carries the security headers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import websocket
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.extensions import make_dsn
 
-from tests.support import ROOT, SECRET, Client, RelayProcess, execute, wait_for
+from tests.support import ROOT, SECRET, Client, RelayProcess, execute, notify, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -177,3 +179,28 @@ def test_health_and_metrics_reveal_no_secret_and_carry_security_headers(
         assert "Access-Control-Allow-Origin" not in headers, name
     relay.stop()
     assert password not in relay.logs() and SECRET not in relay.logs()
+
+
+def test_commit_to_listener_latency_lands_in_its_bucket(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """Payloads whose ``ts`` lies 0.3 s and 1.7 s in the past, and one without ``ts``: the
+    histogram counts two, each in its own bucket and every bucket above it (cumulative)."""
+    relay = relay_factory(workers=1)
+    client = relay.connect("latency-1")
+    for ts_ago, n in ((0.3, 1), (1.7, 2), (None, 3)):
+        body = {"n": n} if ts_ago is None else {"n": n, "ts": time.time() - ts_ago}
+        notify(postgres_url, "user_Usage_latency-1", json.dumps(body))
+        assert client.expect("update")["data"]["n"] == n
+    samples = _samples(_scrape(relay)[1])
+
+    def bucket(le: str) -> float:
+        return samples[("relay_commit_to_listener_seconds_bucket", (("le", le),))]
+
+    assert samples[("relay_commit_to_listener_seconds_count", ())] == 2
+    assert bucket("0.25") == 0  # 0.3 s (and a little more) is over this bound
+    assert bucket("0.5") == 1
+    assert bucket("1.0") == 1
+    assert bucket("2.5") == 2
+    assert bucket("+Inf") == 2
+    assert 2.0 <= samples[("relay_commit_to_listener_seconds_sum", ())] < 2.5
+    client.close()
