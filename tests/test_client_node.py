@@ -1,6 +1,7 @@
 """The JS client itself (client/src, not the demo page) in Node against a real relay, with
 the `ws` package as its WebSocket: connect, receive an UPDATE, resync after the listener is
-killed, and reconnect by itself when the relay is restarted on the same port."""
+killed, and reconnect by itself when the relay is restarted on the same port (one resync for
+that reconnect)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class NodeClient:
              "--secret", SECRET], cwd=CLIENT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []  # every event taken from the queue, in order
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -46,6 +48,7 @@ class NodeClient:
             while True:
                 event = self.events.get(timeout=timeout)
                 seen.append(event)
+                self.seen.append(event)
                 if match(event):
                     return event
         except queue.Empty:
@@ -91,10 +94,17 @@ def test_node_client_against_the_real_relay(
 
         relay.stop()
         client.expect(state("reconnecting"), 10)
+        before = len(client.seen)
         relay.start()
         client.expect(state("connected"), 30)
         execute(postgres_url, "UPDATE subscription SET plan = 'node-after-restart' "
                               "WHERE user_id = 'node-int'")
         client.expect(plan("node-after-restart"), 5)
+        # A new relay cannot replay the old one's history: the client resumed, the server
+        # said resumed:false and sent a resync, and onResync fired once for that reconnect.
+        resyncs = [e for e in client.seen[before:] if e["event"] == "resync"]
+        assert len(resyncs) == 1, resyncs
+        assert set(resyncs[0]["channels"]) == {"user_Subscription_node-int",
+                                               "user_Usage_node-int"}
     finally:
         client.close()

@@ -209,7 +209,12 @@ export function createRealtimeClient(options = {}) {
         for (const [channel, cursor] of Object.entries(message.cursors || {})) {
           if (!(channel in resumeSent)) cursors[channel] = cursor;
         }
-        const missedSomething = everConnected && !message.resumed;
+        // A channel we asked to resume and that could not be is named by the `resync` the
+        // server sends right after `connected` (protocol: "connected"); reporting it here too
+        // made onResync fire twice for one reconnect. Only the channels we had no cursor for
+        // are reported here.
+        const notAsked = (message.channels || []).filter((channel) => !(channel in resumeSent));
+        const missedSomething = everConnected && !message.resumed && notAsked.length > 0;
         everConnected = true;
         setState('connected');
         stableTimer = setTimer(() => {
@@ -218,7 +223,7 @@ export function createRealtimeClient(options = {}) {
         }, stableMs);
         armWatchdog();
         if (missedSomething) {
-          emit(resyncListeners, { reason: 'reconnected', channels: message.channels || [] });
+          emit(resyncListeners, { reason: 'reconnected', channels: notAsked });
         }
         break;
       }

@@ -85,15 +85,31 @@ test('1012 drain: reconnects after a jittered backoff and resumes with its curso
   assert.equal(ctx.resyncs.length, 0, 'a resumed connection needs no resync');
 });
 
-test('a reconnect that could not resume reports a resync', async () => {
+test('a reconnect that could not resume reports one resync, the server\'s', async () => {
   const ctx = setup();
   await connect(ctx);
   ctx.fakes.last.serverClose(1006);
   await ctx.clock.advance(10000);
   ctx.fakes.last.serverOpen();
   ctx.fakes.last.serverSend({ ...CONNECTED, resumed: false });
-  assert.equal(ctx.resyncs.length, 1);
-  assert.equal(ctx.resyncs[0].reason, 'reconnected');
+  ctx.fakes.last.serverSend({ type: 'resync', reason: 'history unavailable',
+    channels: ['user_Subscription_42', 'user_Usage_42'],
+    cursors: { user_Subscription_42: 'f-1:0', user_Usage_42: 'f-2:0' } });
+  assert.deepEqual(ctx.resyncs, [{ reason: 'history unavailable',
+    channels: ['user_Subscription_42', 'user_Usage_42'] }]);
+  assert.equal(ctx.client.cursors.user_Usage_42, 'f-2:0');
+});
+
+test('a reconnect reports the channels it had no cursor for as reconnected', async () => {
+  const ctx = setup();
+  await connect(ctx, { ...CONNECTED, channels: ['user_Subscription_42'],
+    cursors: { user_Subscription_42: 'e-1:0' } });
+  ctx.fakes.last.serverClose(1006);
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  assert.deepEqual(ctx.fakes.last.sent[0].resume, { user_Subscription_42: 'e-1:0' });
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: false });
+  assert.deepEqual(ctx.resyncs, [{ reason: 'reconnected', channels: ['user_Usage_42'] }]);
 });
 
 test('a resync message reaches onResync and updates cursors', async () => {
