@@ -124,9 +124,18 @@ class ListenerLink:
         first = True
         while True:
             sock = self._connect()
+            try:
+                sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid()}))
+            except OSError as exc:
+                # A listener being killed can still accept (its backlog) and then reset: the
+                # link must try again, not die with its greenlet — a worker whose link died
+                # answered every new WebSocket 1013 for the rest of its life (seen in CI).
+                log.warning("listener went away during the hello (%s); reconnecting", exc)
+                sock.close()
+                gevent.sleep(0.05)
+                continue
             self._sock = sock
             self._out.clear()  # frames for the previous listener are meaningless now
-            sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid()}))
             if not first:
                 self.reconnects += 1
                 log.warning("reconnected to the listener; re-attaching %d connections",
@@ -144,6 +153,10 @@ class ListenerLink:
                 self._read(sock)
             except (OSError, bus.BusProtocolError) as exc:
                 log.error("listener link broken: %s", exc)
+            except Exception:
+                # A bug while handling the stream must not end the link for good: start over,
+                # and every connection is attached again and resynced.
+                log.exception("listener link failed; reconnecting")
             self.connected.clear()
             self._sock = None
             sock.close()

@@ -80,7 +80,13 @@ class Node:
                 now = time.monotonic()
                 wall = time.time()
                 for conn in conns[index * _TICK_SLICE:(index + 1) * _TICK_SLICE]:
-                    conn.tick(now, wall)
+                    try:
+                        conn.tick(now, wall)
+                    except Exception:
+                        # One connection's bug must not end the worker's only housekeeping
+                        # (no more pings nor token expiry for anyone): close that one.
+                        log.exception("housekeeping of user %s failed", conn.user_id or "-")
+                        conn.close(closecodes.INTERNAL_ERROR)
             if now >= next_push:
                 next_push = now + 1.0
                 self.link.push_counters(self.snapshot())

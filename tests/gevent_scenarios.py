@@ -1,0 +1,116 @@
+"""Scenarios of a worker's own greenlets, run in a gevent-patched subprocess (as in a worker)
+by tests/test_worker_resilience.py: ``python -m tests.gevent_scenarios NAME TMP_DIR`` prints
+one JSON line of what happened. The link scenarios talk to a small real listener on a Unix
+socket that records the kinds of the frames each link sends."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.server  # noqa: E402
+
+from relay import bus  # noqa: E402
+from relay.config import Settings  # noqa: E402
+from relay.hub import Hub  # noqa: E402
+from relay.link import ListenerLink  # noqa: E402
+from relay.node import Node  # noqa: E402
+
+
+class Listener:
+    def __init__(self, path: str) -> None:
+        self.frames: list[int] = []
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(16)
+        self.server = gevent.server.StreamServer(sock, self._handle)
+        self.server.start()
+
+    def _handle(self, sock: socket.socket, _address: object) -> None:
+        reader = bus.FrameReader()
+        while data := sock.recv(65536):
+            self.frames.extend(kind for kind, _ in reader.feed(data))
+
+
+def hello_reset(path: str) -> dict[str, Any]:
+    """The first connection's peer is already gone when the link sends its HELLO."""
+    listener = Listener(path)
+    link = ListenerLink(path, Hub())
+    real_connect, calls = link._connect, []
+
+    def connect() -> socket.socket:
+        calls.append(1)
+        if len(calls) > 1:
+            return real_connect()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.close()  # a real socket whose peer is gone: sending fails with EPIPE
+        return ours
+
+    link._connect = connect  # type: ignore[method-assign]
+    link.start()
+    connected = link.connected.wait(5)
+    gevent.sleep(0.1)
+    return {"connected": connected, "connects": len(calls), "hellos": listener.frames.count(
+        bus.HELLO)}
+
+
+def read_bug(path: str) -> dict[str, Any]:
+    """Handling the listener's stream raises an unexpected error once."""
+    listener = Listener(path)
+    link = ListenerLink(path, Hub())
+    real_read, reads = link._read, []
+
+    def read(sock: socket.socket) -> None:
+        reads.append(1)
+        if len(reads) == 1:
+            raise KeyError("a bug")
+        real_read(sock)
+
+    link._read = read  # type: ignore[method-assign]
+    link.start()
+    gevent.sleep(0.5)
+    return {"connected": link.connected.is_set(), "reads": len(reads),
+            "hellos": listener.frames.count(bus.HELLO)}
+
+
+class TickingConnection:
+    """What housekeeping needs of a connection; ``broken`` ones raise from ``tick``."""
+
+    def __init__(self, user_id: str, broken: bool) -> None:
+        self.user_id, self.broken = user_id, broken
+        self.ticks = 0
+        self.closed_with: list[int] = []
+
+    def tick(self, now: float, wall: float) -> None:
+        self.ticks += 1
+        if self.broken:
+            raise ZeroDivisionError("a bug")
+
+    def close(self, code: Any, detail: str = "") -> None:
+        self.closed_with.append(code.code)
+
+
+def housekeeping_bug(directory: str) -> dict[str, Any]:
+    """One connection's tick raises: the others keep being ticked, that one is closed 1011."""
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_PING_INTERVAL": "1"})
+    node = Node(settings)
+    broken, healthy = TickingConnection("bug", True), TickingConnection("ok", False)
+    node.hub.connections.update((broken, healthy))  # type: ignore[arg-type]
+    gevent.spawn(node._housekeeping)
+    gevent.sleep(1.2)
+    return {"healthy_ticks": healthy.ticks >= 3, "broken_closed_with": broken.closed_with[:1]}
+
+
+if __name__ == "__main__":
+    name, directory = sys.argv[1], sys.argv[2]
+    scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
+                 "housekeeping_bug": housekeeping_bug}
+    argument = directory if name == "housekeeping_bug" else f"{directory}/listener.sock"
+    print(json.dumps(scenarios[name](argument)))

@@ -1,0 +1,40 @@
+"""A worker's long-lived greenlets never die of one failure. The link to the listener: a
+listener that resets the link during the hello (a listener being killed still accepts from
+its backlog, seen in CI), or a bug while handling its stream, makes the link connect again;
+either used to end the link's greenlet, and the worker then answered every new WebSocket
+with 1013 for the rest of its life. Housekeeping: one connection whose tick fails is closed
+1011, and every other keeps its pings and token expiry.
+
+Each scenario runs in a gevent-patched subprocess, as in a worker (tests/gevent_scenarios.py),
+with real Unix sockets for the link."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support import ROOT
+
+
+def run(name: str, tmp_path: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "tests.gevent_scenarios", name, str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_reset_during_the_hello_is_retried(tmp_path: Path) -> None:
+    assert run("hello_reset", tmp_path) == {"connected": True, "connects": 2, "hellos": 1}
+
+
+def test_a_bug_while_reading_the_stream_reconnects(tmp_path: Path) -> None:
+    assert run("read_bug", tmp_path) == {"connected": True, "reads": 2, "hellos": 2}
+
+
+def test_a_failing_tick_closes_that_connection_and_housekeeping_goes_on(tmp_path: Path
+                                                                       ) -> None:
+    assert run("housekeeping_bug", tmp_path) == {"healthy_ticks": True,
+                                                 "broken_closed_with": [1011]}
