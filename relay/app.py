@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     app = Flask("relay")
     node = Node(settings)
     app.relay_settings = settings  # type: ignore[attr-defined]  # read by the handshake
-    app.relay_node = node  # type: ignore[attr-defined]  # drained by the worker on SIGTERM
     worker_started = time.time()
 
     def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any, owned: bool) -> None:

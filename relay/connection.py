@@ -65,8 +65,9 @@ class Connection:
         self.reader = FrameReader(rfile.read, self.settings.max_message_bytes,
                                   on_frame=self._rate_limit)
         self._watcher: Any = None  # the read watcher of a parked connection
-        self._can_park = True  # False: the caller's greenlet reads to the end (``run``)
-        self._finished: gevent.event.Event | None = None  # for a caller that waits (``run``)
+        # Set by ``run``, whose caller waits on it and cannot hand its socket over: such a
+        # connection never parks, its greenlet reads to the end.
+        self._finished: gevent.event.Event | None = None
         self.user_id = ""
         self.channels: tuple[str, ...] = ()
         self.expires_at = 0
@@ -179,7 +180,6 @@ class Connection:
         """``serve``, then wait until the connection is finished: for a caller that cannot
         hand its socket over (the socket is closed when the caller returns)."""
         self._finished = gevent.event.Event()
-        self._can_park = False
         self.serve(query_token, query_resume)
         self._finished.wait()
 
@@ -218,7 +218,7 @@ class Connection:
         ``readable``: the socket has news (its watcher fired), so read at least once. A frame
         that has only partly arrived is read to its end on this greenlet, so that the reader
         parks only at a frame boundary."""
-        while readable or not self._can_park or self._input.pending:
+        while readable or self._finished is not None or self._input.pending:
             readable = False
             if not self._read_frame():
                 return False

@@ -455,10 +455,9 @@ class Listener:
         self.latency_count += 1
         self.latency_sum += latency
         # One bucket per observation (made cumulative in stats()): the loop over every bucket
-        # was 5% of the listener's CPU at 22,000 notifications/s (bench steady).
-        index = bisect.bisect_left(LATENCY_BUCKETS, latency)
-        if index < len(LATENCY_BUCKETS):
-            self.latency_buckets[index] += 1
+        # was 5% of the listener's CPU at 22,000 notifications/s (bench steady). The last
+        # bound is +Inf, so every finite latency has a bucket.
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
 
     def on_notification(self, channel: str, payload: str) -> None:
         self.notifications += 1
