@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,12 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import websocket
 
 from relay.auth import issue_token
 from tests.conformance.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "client"  # the JS client, its tests and test support
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium")  # Debian's, driven by playwright-core; never downloaded
+needs_node = pytest.mark.skipif(
+    NODE is None or not (CLIENT / "node_modules").exists(),
+    reason="node or client/node_modules missing (make test runs npm ci first)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="Debian's chromium is not installed")
 SECRET = "test-secret-" + "s" * 40
 
 

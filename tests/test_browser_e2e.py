@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -15,14 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, RelayProcess, execute, wait_for
-
-CLIENT = ROOT / "client"
-NODE = shutil.which("node")
-CHROMIUM = shutil.which("chromium")
-needs_node = pytest.mark.skipif(
-    NODE is None or not (CLIENT / "node_modules").exists(),
-    reason="node or client/node_modules missing (make test runs npm ci first)")
+from tests.support import (
+    CHROMIUM,
+    CLIENT,
+    NODE,
+    RelayProcess,
+    execute,
+    needs_chromium,
+    needs_node,
+    wait_for,
+)
 
 
 class Browser:
@@ -50,7 +51,7 @@ class Browser:
 
 
 @needs_node
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 @pytest.mark.timeout(180)
 def test_demo_page_in_headless_chromium(
         relay_factory: Callable[..., RelayProcess], postgres_url: str, tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_demo_page_in_headless_chromium(
 
 
 @needs_node
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_chromium
 @pytest.mark.timeout(180)
 def test_react_hook_shares_one_connection_in_chromium(
         relay_factory: Callable[..., RelayProcess], postgres_url: str, tmp_path: Path) -> None:

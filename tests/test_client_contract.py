@@ -4,20 +4,10 @@ one, and a token signed by Node's real jsonwebtoken is accepted."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
-import pytest
-
-from tests.support import ROOT, SECRET, RelayProcess
-
-CLIENT = ROOT / "client"
-NODE = shutil.which("node")
-CHROMIUM = shutil.which("chromium")
-needs_node = pytest.mark.skipif(
-    NODE is None or not (CLIENT / "node_modules").exists(),
-    reason="node or client/node_modules missing (make test runs npm ci first)")
+from tests.support import CLIENT, NODE, ROOT, SECRET, RelayProcess, needs_node
 
 
 def test_js_close_codes_are_generated_from_the_python_table() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -17,13 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, SECRET, RelayProcess, execute, wait_for
+from tests.support import CLIENT, NODE, SECRET, RelayProcess, execute, needs_node, wait_for
 
-CLIENT = ROOT / "client"
-NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(
-    NODE is None or not (CLIENT / "node_modules" / "ws").exists(),
-    reason="node or client/node_modules missing (make test runs npm ci first)")
+pytestmark = needs_node
 
 
 class NodeClient:
