@@ -45,6 +45,19 @@ def client_address(environ: dict[str, Any]) -> str:
         return environ.get("REMOTE_ADDR") or "-"
 
 
+def _bearer_matches(header: str, token: str) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time as bytes.
+
+    ``hmac.compare_digest`` raises TypeError for a ``str`` with non-ASCII characters, which a
+    client controls: that was a 500 with a traceback. WSGI hands header values over as
+    latin-1 text, so encoding them back gives the bytes that arrived."""
+    try:
+        received = header.encode("latin-1")
+    except UnicodeEncodeError:  # not from a real request; nothing a client can match
+        return False
+    return hmac.compare_digest(received, f"Bearer {token}".encode())
+
+
 def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("relay")
@@ -111,9 +124,8 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
 
         from relay.metrics import render
 
-        if settings.metrics_token and not hmac.compare_digest(
-            request.headers.get("Authorization", ""), f"Bearer {settings.metrics_token}"
-        ):
+        if settings.metrics_token and not _bearer_matches(
+                request.headers.get("Authorization", ""), settings.metrics_token):
             return Response("unauthorized\n", status=401,
                             headers={"WWW-Authenticate": "Bearer"})
         stats = node.link.stats(timeout=2.0)

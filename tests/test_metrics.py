@@ -4,6 +4,7 @@ reveals a secret, while every HTTP answer carries the security headers."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -149,6 +150,23 @@ def test_metrics_token_is_required_when_set(relay_factory: Callable[..., RelayPr
     status, body = _scrape(relay, "scrape-me-please")
     assert status == 200 and "relay_connections" in body
     assert _get(relay.http_url + "/health")[0] == 200  # the health check needs no token
+
+
+def test_metrics_with_a_non_ascii_authorization_header_is_401_not_500(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_METRICS_TOKEN": "scrape-me-please"})
+    for value in (b"Bearer \xc3\xa9t\xc3\xa9", b"Bearer scrape-me-please\xff", b"\xe2\x82\xac"):
+        connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=5)
+        connection.putrequest("GET", "/metrics")
+        connection.putheader("Authorization", value)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == 401, (value, response.status, body[:200])
+        assert b"relay_" not in body
+    assert "Traceback" not in relay.logs()
+    assert _scrape(relay, "scrape-me-please")[0] == 200
 
 
 def test_health_and_metrics_reveal_no_secret_and_carry_security_headers(
