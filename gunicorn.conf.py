@@ -25,8 +25,9 @@ except ConfigError as exc:
     print(f"relay: configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-# PORT (3000). Fly's proxy connects to it (fly.toml internal_port).
-bind = [f"0.0.0.0:{_settings.port}"]
+# RELAY_HOST (0.0.0.0; 127.0.0.1 in development mode) and PORT (3000). Fly's proxy connects
+# to it (fly.toml internal_port).
+bind = [_settings.bind_address]
 # WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
 worker_class = "relay.worker.RelayWorker"

@@ -193,8 +193,7 @@ def _dev(args: argparse.Namespace) -> int:
     secret_path = DEV_DIR / "secret"
     if not env.get("WEBSOCKET_JWT_SECRET"):
         if not secret_path.exists():
-            secret_path.write_text(secrets.token_hex(32) + "\n")
-            secret_path.chmod(0o600)
+            _write_private(secret_path, secrets.token_hex(32) + "\n")
         env["WEBSOCKET_JWT_SECRET"] = secret_path.read_text().strip()
     env.setdefault("PORT", str(args.port))
     env.setdefault("WEB_CONCURRENCY", "2")
@@ -218,6 +217,14 @@ def _dev(args: argparse.Namespace) -> int:
             print("relay dev: embedded PostgreSQL stopped (data kept in .relay-dev/pg)")
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by this user only from its first byte (written, then
+    chmod-ed, it was world-readable for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -232,9 +239,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0
 
 
 def _banner(port: str, env: dict[str, str]) -> None:
-    from relay.auth import issue_token
-
-    token = issue_token("42", env["WEBSOCKET_JWT_SECRET"].encode())
+    # No token URL here: a URL with ?token= ends up in shell history and proxies' logs.
     py = sys.executable
     print(f"""
 ============================================================================
@@ -243,8 +248,6 @@ def _banner(port: str, env: dict[str, str]) -> None:
 
  1. Watch user 42's updates (in another terminal):
       {py} -m relay watch --url ws://127.0.0.1:{port}/ws --user-id 42
-    or with wscat:
-      npx wscat -c "ws://127.0.0.1:{port}/ws?token={token}"
 
  2. Change user 42's subscription row (fires the trigger):
       {py} -m relay db touch --user-id 42 --plan enterprise

@@ -7,6 +7,7 @@ the CLI all build a ``Settings`` with ``Settings.from_env()`` and fail fast with
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ class Settings:
     database_url: str
     jwt_secret: bytes = field(repr=False)
     port: int = 3000
+    host: str = "0.0.0.0"
     allowed_origins: frozenset[str] = frozenset()
     web_concurrency: int = 2
     worker_connections: int = 10000
@@ -76,6 +78,8 @@ class Settings:
             database_url=database_url,
             jwt_secret=secret,
             port=reader.integer("PORT", 3000, 1, 65535),
+            host=_host(env.get("RELAY_HOST", "").strip() or (
+                "127.0.0.1" if dev_mode else "0.0.0.0")),
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
             web_concurrency=reader.integer("WEB_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
@@ -112,7 +116,14 @@ class Settings:
                                     ("debug", "info", "warning", "error")),
             metrics_token=env.get("RELAY_METRICS_TOKEN", ""),
         )
+        if dev_mode and not reader.boolean(DEV_OVERRIDE, False):
+            _refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
         return settings
+
+    @property
+    def bind_address(self) -> str:
+        """gunicorn's ``bind``: ``host:port``, with an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def read_database_url(environ: Mapping[str, str] | None = None) -> str:
@@ -132,6 +143,44 @@ def read_jwt_secret(environ: Mapping[str, str] | None = None) -> bytes:
             f"(got {len(secret)}); generate one with: openssl rand -hex 32"
         )
     return secret
+
+
+# Development mode serves /demo/token, which mints a token for any user id: anybody who can
+# reach the port can log in as anybody. It runs only on a loopback address and never on Fly,
+# unless this loudly named variable says the operator means it.
+DEV_OVERRIDE = "RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING"
+
+
+def _refuse_exposed_dev_mode(host: str, on_fly: bool) -> None:
+    if on_fly:
+        where, fix = "on Fly.io (FLY_APP_NAME is set)", "unset RELAY_DEV"
+    elif not _is_loopback(host):
+        where = f"bound to {host}, which is not a loopback address"
+        fix = "bind RELAY_HOST=127.0.0.1"
+    else:
+        return
+    raise ConfigError(
+        f"RELAY_DEV: development mode serves /demo/token, which mints a token for any user; "
+        f"refusing to run it {where}: {fix}, or set {DEV_OVERRIDE}=true if anyone who can "
+        f"reach this port may log in as anyone"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    return ipaddress.ip_address(host).is_loopback
+
+
+def _host(raw: str) -> str:
+    if raw == "localhost":
+        return raw
+    try:
+        return str(ipaddress.ip_address(raw.strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"RELAY_HOST: expected an IP address to bind (0.0.0.0, 127.0.0.1, ::), got {raw!r}"
+        ) from None
 
 
 class _Reader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,27 @@ def test_db_touch_fires_the_trigger(relay: RelayProcess, postgres_url: str) -> N
     assert update["table"] == "subscription"
     assert update["data"]["row"]["plan"] == "team"
     client.close()
+
+
+def test_development_banner_prints_no_token(capsys: pytest.CaptureFixture[str]) -> None:
+    from relay.cli import _banner
+
+    _banner("3000", {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+                     "WEBSOCKET_JWT_SECRET": SECRET})
+    out = capsys.readouterr().out
+    assert "relay watch" in out
+    assert "token=" not in out
+    assert not any(part.startswith("eyJ") for part in out.split())  # no JWT of any kind
+
+
+def test_development_secret_file_is_private_from_its_first_byte(tmp_path: Path) -> None:
+    from relay.cli import _write_private
+
+    old_umask = os.umask(0)  # a permissive umask must not leak the secret either
+    try:
+        _write_private(tmp_path / "secret", "s" * 64 + "\n")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):  # never silently rewrites an existing secret
+        _write_private(tmp_path / "secret", "t" * 64 + "\n")

@@ -37,11 +37,36 @@ def test_defaults() -> None:
     ({"RELAY_PING_INTERVAL": "60"}, "RELAY_PING_INTERVAL"),
     ({"RELAY_DEV": "maybe"}, "RELAY_DEV"),
     ({"RELAY_CHANNELS": "user_Subscription"}, "RELAY_CHANNELS"),
+    ({"RELAY_HOST": "relay.example.com"}, "RELAY_HOST"),
+    ({"RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime"}, "RELAY_DEV"),
+    ({"RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime", "RELAY_HOST": "127.0.0.1"}, "RELAY_DEV"),
+    ({"RELAY_DEV": "1", "RELAY_HOST": "0.0.0.0"}, "RELAY_DEV"),
+    ({"RELAY_DEV": "1", "RELAY_HOST": "::"}, "RELAY_DEV"),
+    ({"RELAY_DEV": "1", "RELAY_HOST": "192.168.1.20"}, "RELAY_DEV"),
+    ({"RELAY_DEV": "1", "RELAY_HOST": "0.0.0.0",
+      "RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING": "maybe"}, "RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING"),
 ])
 def test_invalid_value_names_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**BASE, **env})
     assert str(info.value).startswith(variable + ":")
+
+
+def test_production_binds_every_address_and_development_only_loopback() -> None:
+    assert Settings.from_env(BASE).bind_address == "0.0.0.0:3000"
+    assert Settings.from_env({**BASE, "RELAY_DEV": "1"}).bind_address == "127.0.0.1:3000"
+    assert Settings.from_env({**BASE, "RELAY_DEV": "1", "RELAY_HOST": "::1"}
+                             ).bind_address == "[::1]:3000"
+    assert Settings.from_env({**BASE, "RELAY_HOST": "::", "PORT": "8080"}
+                             ).bind_address == "[::]:8080"
+
+
+def test_exposed_development_mode_needs_the_loud_override() -> None:
+    exposed = {**BASE, "RELAY_DEV": "1", "RELAY_HOST": "0.0.0.0", "FLY_APP_NAME": "x"}
+    with pytest.raises(ConfigError, match="RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING=true"):
+        Settings.from_env(exposed)
+    allowed = Settings.from_env({**exposed, "RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING": "true"})
+    assert allowed.dev_mode and allowed.host == "0.0.0.0"
 
 
 def test_secret_of_exactly_32_bytes_is_accepted() -> None:
@@ -71,6 +96,14 @@ def test_gunicorn_without_database_url_exits_with_one_line() -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["relay: configuration error: DATABASE_URL: required but not set"]
+
+
+def test_gunicorn_refuses_development_mode_on_fly_with_one_line() -> None:
+    result = _gunicorn({**BASE, "RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime"})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("relay: configuration error: RELAY_DEV:")
+    assert "mints a token for any user" in lines[0]
 
 
 def test_gunicorn_with_short_secret_exits_naming_it() -> None:

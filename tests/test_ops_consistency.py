@@ -71,6 +71,12 @@ def test_gunicorn_knobs_follow_the_environment() -> None:
     assert values["relay_websockets_per_machine"] == 3 * 490
 
 
+def test_development_mode_binds_loopback_only() -> None:
+    # `make run` sets RELAY_DEV: its /demo/token must not be reachable from the network.
+    assert gunicorn_values({"RELAY_DEV": "1"})["bind"] == ["127.0.0.1:3000"]
+    assert gunicorn_values({"RELAY_HOST": "127.0.0.1"})["bind"] == ["127.0.0.1:3000"]
+
+
 def test_fly_toml_agrees_with_gunicorn_conf() -> None:
     fly = _fly()
     env = fly["env"]
