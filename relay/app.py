@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
                 "databaseReconnects": (stats or {}).get("databaseReconnects", 0),
             },
             "worker": {"pid": os.getpid(), "connections": local_conns, "users": local_users,
-                       "draining": node.draining},
+                       "draining": node.draining, "attachesInFlight": node.link.in_flight()},
         }
         if not healthy:
             body["reason"] = ("listener unreachable" if not stats

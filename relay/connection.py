@@ -28,7 +28,7 @@ import gevent.event
 
 from relay import closecodes
 from relay.auth import AuthError, InvalidUserId, verify_token
-from relay.channels import InvalidChannel, channels_for
+from relay.channels import InvalidChannel, channels_for, valid_channel
 from relay.closecodes import CloseCode
 from relay.websocket import (
     OP_PONG,
@@ -244,7 +244,8 @@ class Connection:
                 try:
                     resume = json.loads(query_resume)
                 except (ValueError, RecursionError):  # deep nesting fits in a request line
-                    resume = None
+                    raise ProtocolViolation(closecodes.POLICY_VIOLATION,
+                                            "invalid resume: not JSON") from None
         else:
             try:
                 with gevent.Timeout(self.settings.auth_timeout):
@@ -276,8 +277,7 @@ class Connection:
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
-        cursors = {ch: c for ch, c in resume.items() if ch in channels} if isinstance(
-            resume, dict) else {}
+        cursors = resume_cursors(resume, channels)
         self.pending_attach = True
         self._resume_requested = bool(cursors)
         self.node.link.attach(self, cursors)
@@ -461,9 +461,7 @@ class Connection:
             self._abort_timer.kill(block=False)
         self.closed = True
         self.node.hub.remove(self)
-        if self.attached:
-            self.node.link.detach(self)
-        # A connection still waiting for its answer is detached by the link on that answer.
+        self.node.link.release(self)
         try:
             self.sock.close()
         except OSError:
@@ -478,6 +476,40 @@ class Connection:
                         "seconds": seconds})
         if self._finished is not None:
             self._finished.set()
+
+
+# A resume map names at most a user's own channels; these bounds leave room for more
+# templates than anyone configures while keeping every request to the listener small.
+MAX_RESUME_ENTRIES = 32
+MAX_CURSOR_CHARS = 128
+
+
+def resume_cursors(resume: object, channels: tuple[str, ...]) -> dict[str, str]:
+    """The cursors of a client's ``resume`` that concern its channels.
+
+    Checked strictly before anything is sent to the listener: an object of channel name →
+    cursor string (or null), bounded in entries and sizes; anything else is a 1008 with a reason (a
+    deeply nested value used to fail only when the worker re-encoded it, a 1011 that left
+    its request behind for the worker's life). Well-formed entries for other channels are
+    ignored, not refused: a client whose user changed may still hold the previous user's
+    cursors, a refusal would make it reconnect in a loop, and ignoring them discloses
+    nothing."""
+    if resume is None:
+        return {}
+    if not isinstance(resume, dict):
+        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "invalid resume: not an object")
+    if len(resume) > MAX_RESUME_ENTRIES:
+        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "invalid resume: too many entries")
+    for channel, cursor in resume.items():
+        if not valid_channel(channel):
+            raise ProtocolViolation(closecodes.POLICY_VIOLATION,
+                                    "invalid resume: a key is not a channel name")
+        # null is what a resync gives for a channel with no position yet (docs/protocol.md).
+        if cursor is not None and (not isinstance(cursor, str)
+                                   or len(cursor) > MAX_CURSOR_CHARS):
+            raise ProtocolViolation(closecodes.POLICY_VIOLATION,
+                                    "invalid resume: a cursor is not a short string")
+    return {channel: cursor for channel, cursor in resume.items() if channel in channels}
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -31,12 +31,21 @@ log = logging.getLogger("relay.link")
 
 
 class _Pending:
-    __slots__ = ("conn", "resume", "reattach")
+    """An ATTACH in flight: its frame (encoded before it is registered, so that a request
+    that cannot be encoded never leaves an entry behind) and whose answer it awaits. A
+    connection that finishes while its request is in flight on a live listener leaves only a
+    small tombstone (``conn`` None) so that the answer is followed by a DETACH; a tombstone
+    is dropped with the listener connection it was sent on."""
 
-    def __init__(self, conn: Connection, resume: dict[str, str], reattach: bool) -> None:
+    __slots__ = ("conn", "frame", "reattach", "user", "channels")
+
+    def __init__(self, conn: Connection | None, frame: bytes, reattach: bool, user: str,
+                 channels: list[str]) -> None:
         self.conn = conn
-        self.resume = resume
+        self.frame = frame
         self.reattach = reattach
+        self.user = user
+        self.channels = channels
 
 
 class ListenerLink:
@@ -48,6 +57,7 @@ class ListenerLink:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._request_of: dict[Connection, int] = {}  # connections with an ATTACH in flight
         self._stats: dict[int, gevent.event.AsyncResult] = {}
         self._out: deque[bytes] = deque()
         self._out_ready = gevent.event.Event()
@@ -67,21 +77,35 @@ class ListenerLink:
     def attach(self, conn: Connection, resume: dict[str, str], reattach: bool = False) -> None:
         """Ask the listener for ``conn``'s channels; ``conn.on_attached`` runs on the answer."""
         req = next(self._ids)
-        self._pending[req] = _Pending(conn, resume, reattach)
+        channels = list(conn.channels)
+        frame = bus.encode(bus.ATTACH, {"req": req, "user": conn.user_id, "channels": channels,
+                                        "resume": resume})
+        self._pending[req] = _Pending(conn, frame, reattach, conn.user_id, channels)
+        self._request_of[conn] = req
         if self.connected.is_set():
-            self._send_attach(req, self._pending[req])
+            self._send(frame)
 
-    def _send_attach(self, req: int, pending: _Pending) -> None:
-        conn = pending.conn
-        self._send(bus.encode(bus.ATTACH, {
-            "req": req, "user": conn.user_id, "channels": list(conn.channels),
-            "resume": pending.resume,
-        }))
+    def release(self, conn: Connection) -> None:
+        """``conn`` is finished: the listener stops counting it, whatever state it was in."""
+        req = self._request_of.pop(conn, None)
+        if req is not None:
+            pending = self._pending.pop(req)
+            if self.connected.is_set():
+                # This listener has the ATTACH (or will have it before anything we send
+                # next): its answer must be followed by a DETACH, if it counted the connection.
+                self._pending[req] = _Pending(None, b"", False, pending.user, pending.channels)
+            # Otherwise no listener has it: it would only have been sent to the next one.
+        elif conn.attached:
+            conn.attached = False
+            self._detach(conn.user_id, list(conn.channels))
 
-    def detach(self, conn: Connection) -> None:
+    def _detach(self, user: str, channels: list[str]) -> None:
         if self.connected.is_set():
-            self._send(bus.encode(bus.DETACH, {"user": conn.user_id,
-                                               "channels": list(conn.channels)}))
+            self._send(bus.encode(bus.DETACH, {"user": user, "channels": channels}))
+
+    def in_flight(self) -> int:
+        """ATTACH requests awaiting an answer (tombstones included); for tests and /metrics."""
+        return len(self._pending)
 
     def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
         if not self.connected.is_set():
@@ -146,8 +170,8 @@ class ListenerLink:
                 self._orphans = []
             first = False
             self.connected.set()
-            for req, pending in list(self._pending.items()):
-                self._send_attach(req, pending)
+            for pending in self._pending.values():
+                self._send(pending.frame)
             self._out_ready.set()
             try:
                 self._read(sock)
@@ -160,6 +184,8 @@ class ListenerLink:
             self.connected.clear()
             self._sock = None
             sock.close()
+            # Tombstones die with the listener they were sent to; live requests go to the next.
+            self._pending = {req: p for req, p in self._pending.items() if p.conn is not None}
             # No route survives the listener: each connection is attached again, and told to
             # resync, once a new listener answers.
             orphans = self.hub.unroute_all()
@@ -214,12 +240,13 @@ class ListenerLink:
         if pending is None:
             return
         conn = pending.conn
+        if conn is None:  # finished while in flight
+            if reply.get("ok"):
+                self._detach(pending.user, pending.channels)
+            return
+        del self._request_of[conn]
         if not reply.get("ok"):
             conn.on_refused(int(reply.get("code", 1013)), str(reply.get("reason", "")))
-            return
-        if conn.closed:
-            self._send(bus.encode(bus.DETACH, {"user": conn.user_id,
-                                               "channels": list(conn.channels)}))
             return
         self.hub.add(conn)
         conn.on_attached(reply, pending.reattach)
