@@ -88,17 +88,23 @@ def _raise_open_files_limit(server) -> None:
 def on_starting(server):
     """Once per master (not on reload): file limit, then one supervisor, which keeps one
     listener alive and is itself started again by the master's main loop if it dies."""
+    from relay.listener_socket import private_socket_path
     from relay.supervisor import SupervisorProcess, watch_from_arbiter
 
     _raise_open_files_limit(server)
-    # The supervisor, the listener and the workers must agree on the socket path.
-    os.environ["RELAY_SOCKET_PATH"] = _settings.socket_path
+    # The listener's socket: RELAY_SOCKET_PATH, or a 0700 directory of this master's own
+    # (a guessable path in the shared /tmp could be squatted by another local user). The
+    # supervisor, the listener and the workers (forked later, and this file re-executed on
+    # HUP) all read it from the environment.
+    server.relay_socket_dir_created = not _settings.socket_path
+    socket_path = _settings.socket_path or private_socket_path()
+    os.environ["RELAY_SOCKET_PATH"] = socket_path
     server.relay_supervisor = SupervisorProcess()
     server.relay_supervisor.start()
     # gunicorn reaps a dead supervisor without a hook (trap 7): watch it from the main loop.
     watch_from_arbiter(server, server.relay_supervisor)
     server.log.info("relay listener supervisor started (pid %s, socket %s)",
-                    server.relay_supervisor.proc.pid, _settings.socket_path)
+                    server.relay_supervisor.proc.pid, socket_path)
 
 
 def post_worker_init(worker):
@@ -110,7 +116,11 @@ def post_worker_init(worker):
 
 def on_exit(server):
     """Clean halt: no more supervisor restarts, stop the current one (a kill -9'd master is
-    handled by PDEATHSIG)."""
+    handled by PDEATHSIG), and remove the listener's socket."""
+    from relay.listener_socket import remove
+
     supervisor = getattr(server, "relay_supervisor", None)
     if supervisor is not None:
         supervisor.stop()
+        # The listener is gone: its socket, and the directory if the master made it.
+        remove(os.environ["RELAY_SOCKET_PATH"], server.relay_socket_dir_created)

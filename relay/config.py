@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -31,7 +30,7 @@ class Settings:
     allowed_origins: frozenset[str] = frozenset()
     web_concurrency: int = 2
     worker_connections: int = 10000
-    socket_path: str = ""
+    socket_path: str = ""  # "" until the gunicorn master has chosen a private one
     channel_templates: tuple[str, ...] = DEFAULT_CHANNEL_TEMPLATES
     auth_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -83,8 +82,7 @@ class Settings:
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
             web_concurrency=reader.integer("WEB_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
-            socket_path=env.get("RELAY_SOCKET_PATH", "")
-            or os.path.join(tempfile.gettempdir(), f"relay-{os.getpid()}.sock"),
+            socket_path=_socket_path(env.get("RELAY_SOCKET_PATH", "").strip()),
             channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
             auth_timeout=reader.number("RELAY_AUTH_TIMEOUT", 10.0, 0.1, 300),
             handshake_timeout=reader.number("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 300),
@@ -247,6 +245,17 @@ def _check_database_url(url: str) -> None:
             "notifications through PgBouncer in transaction mode. Use the direct endpoint "
             "(the host without -pooler)."
         )
+
+
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with the final NUL
+
+
+def _socket_path(raw: str) -> str:
+    """``RELAY_SOCKET_PATH``; empty means: the gunicorn master creates a private one."""
+    if raw and len(os.fsencode(raw)) > _SUN_PATH_MAX:
+        raise ConfigError(f"RELAY_SOCKET_PATH: longer than {_SUN_PATH_MAX} bytes, the most a "
+                          f"Unix socket path may have")
+    return raw
 
 
 def _origins(raw: str) -> frozenset[str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 
-from relay import bus
+from relay import bus, listener_socket
 from relay.hub import Hub
 
 if TYPE_CHECKING:
@@ -203,15 +203,24 @@ class ListenerLink:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.socket_path)
-                return sock
             except OSError as exc:
                 sock.close()
                 if not warned and delay >= 0.4:
                     log.warning("listener not reachable at %s (%s); retrying",
                                 self.socket_path, exc.strerror)
                     warned = True
-                gevent.sleep(delay)
-                delay = min(0.5, delay * 2)
+            else:
+                if listener_socket.is_own_user(sock):
+                    return sock
+                # Not our listener: it would read every user id and could send any update.
+                pid, uid = listener_socket.peer(sock)
+                sock.close()
+                if not warned:
+                    log.error("the process at %s (pid %s) belongs to uid %s, not to relay's "
+                              "user: not talking to it; retrying", self.socket_path, pid, uid)
+                    warned = True
+            gevent.sleep(delay)
+            delay = min(0.5, delay * 2)
 
     def _read(self, sock: socket.socket) -> None:
         reader = bus.FrameReader()

@@ -38,7 +38,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from relay import bus
+from relay import bus, listener_socket
 from relay.channels import table_of, valid_channel
 from relay.config import Settings
 from relay.history import History
@@ -475,10 +475,7 @@ class Listener:
 
     def serve_forever(self) -> None:
         path = self.settings.socket_path
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        listener_socket.claim(path)  # a squatted or live path is refused, never replaced
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o077)  # only this user may talk to the listener
         try:
@@ -491,6 +488,12 @@ class Listener:
         gevent.spawn(self._housekeeping)
         while True:
             sock, _ = server.accept()
+            if not listener_socket.is_own_user(sock):
+                pid, uid = listener_socket.peer(sock)
+                log.error("refused a connection from pid %s of uid %s: the worker socket "
+                          "serves only relay's own user", pid, uid)
+                sock.close()
+                continue
             self._peer_numbers += 1
             peer = WorkerPeer(sock, self._peer_numbers)
             self.peers.add(peer)
@@ -694,4 +697,8 @@ def _str_list(value: object) -> list[str]:
 def run_listener(settings: Settings, instance_started_at: float | None = None) -> None:
     """Entry point of the listener process (``python -m relay listen``)."""
     psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
-    Listener(settings, instance_started_at).serve_forever()
+    try:
+        Listener(settings, instance_started_at).serve_forever()
+    except listener_socket.SocketPathError as exc:
+        log.error("cannot serve the workers: %s", exc)
+        raise SystemExit(1) from None

@@ -328,15 +328,22 @@ def test_any_message_after_auth_is_answered_or_refused_with_a_client_code(
 @example('{"user_Usage_fuzz-resume": {"deep": [1e999]}}')
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-def test_any_resume_in_the_query_still_connects(relay: RelayProcess, resume: str) -> None:
-    """``?resume=`` is a hint: garbage (even nesting deeper than the JSON parser's
-    recursion limit) means no resume, not an error."""
+def test_any_resume_in_the_query_connects_or_is_refused_with_1008(relay: RelayProcess,
+                                                                  resume: str) -> None:
+    """``?resume=``: a well-formed map connects; garbage (even nesting deeper than the JSON
+    parser's recursion limit) is a 1008 whose reason says the resume is invalid — never a
+    1011, never another code (docs/protocol.md)."""
     url = f"{relay.ws_url}?token={relay.token('fuzz-resume')}&resume={urllib.parse.quote(resume)}"
     if len(url) > 8000:
         return
     client = Client(url, None)
     try:
-        assert client.expect("connected")["userId"] == "fuzz-resume"
+        message = client.recv(10)
+        if message is None:
+            assert client.close_code == 1008, (client.close_code, client.close_reason)
+            assert client.close_reason.startswith("invalid resume:"), client.close_reason
+        else:
+            assert message["type"] == "connected" and message["userId"] == "fuzz-resume"
     finally:
         client.close()
 

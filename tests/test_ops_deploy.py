@@ -129,6 +129,7 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
     root = Path(tempfile.mkdtemp(prefix="relay-image-"))
     os.chmod(root, 0o755)
     proc: subprocess.Popen[bytes] | None = None
+    leftovers: list[str] = ["(not run)"]
     try:
         app = _copy_like_docker(spec, root)
         assert (app / "wsgi.py").exists() and (app / "relay" / "app.py").exists()
@@ -144,12 +145,16 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
             assert found.returncode != 0, f"{dev_only} is installed in the image's venv"
 
         port = free_port()
+        temp = root / "tmp"  # the image's /tmp: anyone may create, only the owner removes
+        temp.mkdir()
+        os.chmod(temp, 0o1777)
         fly_env = tomllib.loads((ROOT / "fly.toml").read_text())["env"]
         env = {
             **{k: v for k, v in spec["env"].items() if k != "PATH"},
             **{k: str(v) for k, v in fly_env.items()},
             "PATH": f"{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(app),
+            "TMPDIR": str(temp),
             # `fly secrets set`:
             "DATABASE_URL": postgres_url,
             "WEBSOCKET_JWT_SECRET": SECRET,
@@ -181,6 +186,7 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
         if proc is not None:
             proc.terminate()
             proc.wait(60)
-            # The image leaves RELAY_SOCKET_PATH at its default, in the shared /tmp.
-            Path(tempfile.gettempdir(), f"relay-{proc.pid}.sock").unlink(missing_ok=True)
+            leftovers = [p.name for p in (root / "tmp").iterdir()]
         shutil.rmtree(root, ignore_errors=True)
+    # The listener's private socket directory is gone with the clean exit.
+    assert leftovers == []
