@@ -12,6 +12,12 @@ the ``per-client-listen`` peer (bench/peers) — with load generators in separat
 * burst   — one transaction notifying B distinct users: time until the last one has it;
 * connect — handshakes/s (TCP, upgrade, JWT, ``connected`` received), connections reset.
 
+And once, against the database alone:
+
+* notify  — notifying commits/s that PostgreSQL takes (concurrent writers, one NOTIFY per
+            transaction; fsync off and on, and plain commits for contrast): the ceiling a
+            NOTIFY-based design puts on the app's writes.
+
 Prints one table and writes JSON to bench/results/. The chart of latency against load comes
 from ``make bench-sweep`` (``bench/sweep.py``). docs/performance.md explains the figures and
 records the results.
@@ -49,7 +55,7 @@ from bench.servers import (
     memory,
 )
 
-SCENARIOS = ("idle", "db", "steady", "burst", "connect")
+SCENARIOS = ("idle", "db", "steady", "burst", "connect", "notify")
 SERVERS = ("relay", "node-ws", "per-client-listen")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,6 +78,10 @@ class Config:
     writer_threads: int
     per_client_max: int
     open_concurrency: int
+    quick: bool = False
+    notify_writers: int = 8
+    notify_seconds: float = 5.0
+    notify_dsn: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -102,6 +112,13 @@ def parse_args(argv: list[str] | None) -> Config:
                         help="cap on per-client-listen's connections (1000): each is a backend")
     parser.add_argument("--open-concurrency", type=int, default=100,
                         help="handshakes in flight per load generator while opening")
+    parser.add_argument("--notify-writers", type=int, default=8,
+                        help="notify scenario: connections committing in parallel")
+    parser.add_argument("--notify-seconds", type=float,
+                        help="notify scenario: seconds per variant (5)")
+    parser.add_argument("--notify-dsn",
+                        help="notify scenario: measure this database instead of the embedded "
+                             "one (e.g. a Neon branch's direct endpoint; its settings as they are)")
     args = parser.parse_args(argv)
     quick = args.quick
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
@@ -127,7 +144,9 @@ def parse_args(argv: list[str] | None) -> Config:
         connect_concurrency=args.connect_concurrency, workers=args.workers,
         loadgens=args.loadgens, per_tx=args.per_tx, writer_threads=args.writer_threads,
         per_client_max=pick(args.per_client_max, 1_000, 300),
-        open_concurrency=args.open_concurrency,
+        open_concurrency=args.open_concurrency, quick=quick,
+        notify_writers=args.notify_writers,
+        notify_seconds=pick(args.notify_seconds, 5.0, 2.0), notify_dsn=args.notify_dsn,
     )
 
 
@@ -140,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     results: dict[str, Any] = {"machine": machine(), "config": asdict(config),
                                "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
-                               "started": started, "servers": {}}
+                               "commit": git_commit(), "started": started, "servers": {}}
     database = Database(workdir, max(400, config.per_client_max + 100))
     try:
         say(f"PostgreSQL in {workdir} ...")
         database.start()
         results["machine"]["postgres"] = database_version(database.url)
+        if "notify" in config.scenarios:
+            say("[database] notify: notifying commits/s")
+            results["database"] = {"notify": notify_ceiling(database, config)}
         for name in config.servers:
             results["servers"][name] = run_server(name, config, database, workdir)
     finally:
@@ -184,6 +206,10 @@ def run_server(name: str, config: Config, database: Database, workdir: Path) -> 
         time.sleep(2.0)
         baseline = memory(server.measured())
         out["baseline"] = baseline
+        if isinstance(server, RelayServer):
+            # What a machine's memory must hold before any client: every process, by role.
+            out["baselineByRole"] = {role: [memory([p])["rss"] for p in processes]
+                                     for role, processes in server.roles().items()}
         if set(config.scenarios) & {"idle", "db", "steady", "burst"}:
             say(f"[{name}] opening {limit} connections")
             out["open"] = open_connections(gens, limit, config)
@@ -346,6 +372,43 @@ def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> 
             "clientCpu": client_cpu(cpu0, gens.cpu(), seconds), "machineBusy": busy_share(busy0)}
 
 
+def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
+    """Notifying (and, for contrast, plain) commits/s, with fsync off and on.
+
+    The embedded cluster runs with fsync off (relay.devdb); a notifying commit holds
+    PostgreSQL's NOTIFY lock until its commit record is flushed, so the run with fsync on is
+    the one that stands for a durable database. With ``--notify-dsn`` the given database is
+    measured as it is configured."""
+    import psycopg2
+
+    def run(dsn: str, plain: bool) -> dict[str, Any]:
+        return run_writer("ceiling", "--dsn", dsn, "--writers", str(config.notify_writers),
+                          "--seconds", str(config.notify_seconds),
+                          *(["--plain"] if plain else []),
+                          timeout=config.notify_seconds + 60)
+
+    if config.notify_dsn:
+        return {"external": {"notify": run(config.notify_dsn, False),
+                             "plain": run(config.notify_dsn, True)}}
+    out: dict[str, Any] = {}
+    conn = psycopg2.connect(database.url)
+    conn.autocommit = True
+    try:
+        for fsync in ("off", "on"):
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER SYSTEM SET fsync = {fsync}")
+                cur.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)  # the reload reaches every backend at its next command
+            key = f"fsync{fsync.capitalize()}"
+            out[key] = {"notify": run(database.url, False), "plain": run(database.url, True)}
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET fsync")
+            cur.execute("SELECT pg_reload_conf()")
+        conn.close()
+    return out
+
+
 def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,
                    patience: float = 5.0, limit: float = 60.0) -> None:
     """Until the clients have ``expected`` updates of ``kinds``, or they stop coming."""
@@ -446,6 +509,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with "+" when it has uncommitted changes), for the record."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def database_version(url: str) -> str:
     import psycopg2
 
@@ -540,7 +615,7 @@ def render_table(results: dict[str, Any]) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows if servers else []):  # --servers '': the notify lines
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
                                                                            strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -563,7 +638,27 @@ def render_table(results: dict[str, Any]) -> str:
     lines.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ramGiB']} GiB, "
                  f"PostgreSQL {m.get('postgres')}, Python {m['python']}, Node {m['node']}")
     lines.extend(f"note: {n}" for n in notes)
+    lines.extend(notify_lines(results.get("database", {}).get("notify")))
     return "\n".join(lines)
+
+
+def notify_lines(notify: dict[str, Any] | None) -> list[str]:
+    """The notify scenario, one line per database setting."""
+    if not notify:
+        return []
+    lines = []
+    for key, label in (("fsyncOff", "fsync off"), ("fsyncOn", "fsync on"),
+                       ("external", "--notify-dsn")):
+        pair = notify.get(key)
+        if not pair:
+            continue
+        n, p = pair["notify"], pair["plain"]
+        lines.append(
+            f"notify ({label}): {n['writers']} writers, one NOTIFY per transaction: "
+            f"{n['commitsPerSecond']:,.0f} commits/s (p99 {n['latencyMs']['p99'] or 0:.1f} ms); "
+            f"without NOTIFY {p['commitsPerSecond']:,.0f}/s (p99 "
+            f"{p['latencyMs']['p99'] or 0:.1f} ms)")
+    return lines
 
 
 def write_results(results: dict[str, Any], table: str, kind: str = "bench") -> Path:

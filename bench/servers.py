@@ -226,6 +226,21 @@ class RelayServer(Server):
         return bool(body and body.get("status") == "healthy"
                     and body["listener"]["workers"] >= self.workers)
 
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        """Every process of the instance by role: master, supervisor, listener, worker."""
+        tree = self.tree()
+        found: dict[str, list[psutil.Process]] = {"master": tree[:1], "supervisor": [],
+                                                  "listener": [], "worker": []}
+        for process in tree[1:]:
+            try:
+                command = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            role = ("supervisor" if "relay supervise" in command
+                    else "listener" if "relay listen" in command else "worker")
+            found[role].append(process)
+        return found
+
     def measured(self) -> list[psutil.Process]:
         """The listener and the workers (the master and the supervisor do not grow)."""
         if self.proc is None:

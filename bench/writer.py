@@ -6,6 +6,12 @@ connections driven by threads on an open-loop schedule (a late transaction does 
 the next ones' deadlines); when the database cannot keep up it stops on time, short.
 Notification ``n`` goes to user ``n % users + 1``.
 ``python -m bench.writer burst …`` commits ONE transaction that notifies users 1…N.
+``python -m bench.writer ceiling …`` measures how many notifying commits PostgreSQL takes:
+``writers`` connections each commit one ``pg_notify`` per transaction as fast as they can for
+``seconds`` (``--plain``: the same transactions without the NOTIFY, for contrast), while one
+session LISTENs and reads, as relay's listener does. A notifying commit takes a cluster-wide
+lock (the queue must stay in commit order), so these commits are serialised: that rate is a
+ceiling on the app's notifying writes, whatever relay does.
 
 Each payload looks like the bundled trigger's (``table``, ``operation``, ``row``, ``ts``)
 plus what the load generators check: ``u`` (the user), ``n`` (unique) and ``k`` (phase).
@@ -99,6 +105,85 @@ def burst(dsn: str, users: int) -> dict[str, Any]:
     return {"count": users, "beforeCommit": before_commit, "committed": committed}
 
 
+CEILING_CHANNEL = "relay_bench_ceiling"
+# About the size of the bundled trigger's payload for a small row.
+CEILING_PAYLOAD = json.dumps({"table": "subscription", "operation": "UPDATE", "row": {
+    "id": 1, "user_id": "42", "plan": "pro", "status": "active",
+    "updated_at": "2026-11-30T10:00:00.000000+00:00"}, "ts": 1790000000.123456})
+
+
+def ceiling(dsn: str, writers: int, seconds: float, plain: bool) -> dict[str, Any]:
+    import select
+
+    statement = ("SELECT txid_current()" if plain
+                 else f"SELECT pg_notify('{CEILING_CHANNEL}', %s)")
+    listener = psycopg2.connect(dsn, application_name="bench-ceiling-listener")
+    listener.autocommit = True
+    with listener.cursor() as cur:
+        cur.execute(f"LISTEN {CEILING_CHANNEL}")
+    received = [0]
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            if select.select([listener], [], [], 0.1)[0]:
+                listener.poll()
+                received[0] += len(listener.notifies)
+                listener.notifies.clear()
+
+    start = [0.0]
+    ready = threading.Barrier(writers + 1, action=lambda: start.__setitem__(0, time.monotonic()))
+    commits = [0] * writers
+    latencies: list[list[float]] = [[] for _ in range(writers)]
+    errors: list[str] = []
+
+    def write(index: int) -> None:
+        conn = psycopg2.connect(dsn, application_name="bench-ceiling")
+        conn.autocommit = True  # one statement, one transaction
+        try:
+            with conn.cursor() as cur:
+                ready.wait()
+                end = start[0] + seconds
+                while (now := time.monotonic()) < end:
+                    cur.execute(statement, () if plain else (CEILING_PAYLOAD,))
+                    after = time.monotonic()
+                    if after <= end:
+                        commits[index] += 1
+                        latencies[index].append(after - now)
+        except Exception as exc:  # noqa: BLE001 - reported in the result line
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    reader = threading.Thread(target=listen)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    reader.start()
+    for thread in threads:
+        thread.start()
+    ready.wait()  # every writer connected: the clock starts
+    for thread in threads:
+        thread.join()
+    time.sleep(0.2)
+    done.set()
+    reader.join()
+    with listener.cursor() as cur:
+        cur.execute("SHOW fsync")
+        fsync = cur.fetchone()[0]
+        cur.execute("SHOW synchronous_commit")
+        synchronous_commit = cur.fetchone()[0]
+    listener.close()
+    ordered = sorted(x for per in latencies for x in per)
+    total = sum(commits)
+
+    def at(q: float) -> float | None:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else None
+
+    return {"writers": writers, "seconds": seconds, "notify": not plain, "commits": total,
+            "commitsPerSecond": total / seconds, "received": received[0],
+            "latencyMs": {"p50": at(0.5), "p99": at(0.99)}, "fsync": fsync,
+            "synchronousCommit": synchronous_commit, "errors": errors}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,10 +198,17 @@ def main() -> None:
     b = sub.add_parser("burst")
     b.add_argument("--dsn", required=True)
     b.add_argument("--users", type=int, required=True)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--dsn", required=True)
+    c.add_argument("--writers", type=int, default=8)
+    c.add_argument("--seconds", type=float, default=5.0)
+    c.add_argument("--plain", action="store_true", help="commit without NOTIFY, for contrast")
     args = parser.parse_args()
     if args.command == "steady":
         result = steady(args.dsn, args.rate, args.users, args.duration, args.warmup,
                         args.per_tx, args.threads)
+    elif args.command == "ceiling":
+        result = ceiling(args.dsn, args.writers, args.seconds, args.plain)
     else:
         result = burst(args.dsn, args.users)
     print(json.dumps(result), flush=True)
