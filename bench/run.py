@@ -18,7 +18,8 @@ And once, against the database alone:
             transaction; fsync off and on, and plain commits for contrast): the ceiling a
             NOTIFY-based design puts on the app's writes.
 
-Prints one table and writes JSON to bench/results/. The chart of latency against load comes
+Prints one table and writes JSON to bench/results/, and the figures ``python -m relay size``
+reads to bench/results/sizing.json (bench/figures.py). The chart of latency against load comes
 from ``make bench-sweep`` (``bench/sweep.py``). docs/performance.md explains the figures and
 records the results.
 """
@@ -43,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from bench.figures import write_sizing_figures
 from bench.servers import (
     ROOT,
     Database,
@@ -84,7 +86,7 @@ class Config:
     notify_dsn: str | None = None
 
 
-def parse_args(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -119,6 +121,8 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--notify-dsn",
                         help="notify scenario: measure this database instead of the embedded "
                              "one (e.g. a Neon branch's direct endpoint; its settings as they are)")
+    parser.add_argument("--sizing-out", type=Path, default=RESULTS / "sizing.json",
+                        help="where to write the figures python -m relay size reads")
     args = parser.parse_args(argv)
     quick = args.quick
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
@@ -147,11 +151,11 @@ def parse_args(argv: list[str] | None) -> Config:
         open_concurrency=args.open_concurrency, quick=quick,
         notify_writers=args.notify_writers,
         notify_seconds=pick(args.notify_seconds, 5.0, 2.0), notify_dsn=args.notify_dsn,
-    )
+    ), args.sizing_out
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, sizing_out = parse_args(argv)
     raise_open_files(config.connections * 2 + 4096)
     if any(name != "relay" for name in config.servers):
         install_peers()
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     path = write_results(results, table)
     say(f"results: {path}")
+    say(f"sizing figures: {write_sizing_figures(results, sizing_out, path.name)}")
     return 0
 
 

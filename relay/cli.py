@@ -4,7 +4,8 @@ Process entry points (started by relay itself): ``supervise``, ``listen``.
 Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
 token exactly like the app's endpoint), ``db install`` (apply ``sql/``), ``db touch``
 (write a row so that a notification fires), ``watch`` (print what a user receives),
-``close-codes --js`` (the JS client's close-code table).
+``close-codes --js`` (the JS client's close-code table), ``size`` (machines, settings and
+monthly cost for a number of users, from the benchmark's figures: relay/sizing.py).
 
 Heavy imports stay inside the commands: ``listen`` must monkey-patch gevent before
 anything imports ``socket``.
@@ -59,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("close-codes", help="print the close-code table")
     p.add_argument("--js", action="store_true", help="as client/src/closeCodes.js")
+
+    from relay import sizing_report
+
+    p = sub.add_parser("size", help="machines, settings and monthly cost for N users "
+                                    "(docs/cost.md)")
+    sizing_report.add_arguments(p)
 
     args = parser.parse_args(argv)
     try:
@@ -270,6 +277,12 @@ def _close_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(args: argparse.Namespace) -> int:
+    from relay import sizing_report
+
+    return sizing_report.run(args)
+
+
 _COMMANDS = {
     "listen": _listen,
     "supervise": _supervise,
@@ -278,4 +291,5 @@ _COMMANDS = {
     "watch": _watch,
     "dev": _dev,
     "close-codes": _close_codes,
+    "size": _size,
 }

@@ -1,0 +1,121 @@
+"""The figures ``python -m relay size`` reads, taken from one ``make bench`` run.
+
+``sizing_figures(results)`` turns ``bench.run``'s results into the format of
+relay/sizing_figures.json: each figure with its value, unit, the run it came from and how it
+was derived, and the run's date, commit and machine. ``write_sizing_figures`` writes it to
+bench/results/sizing.json. A figure the run did not measure (a scenario or a server left
+out, a server that failed) is left out of the file, and the calculator keeps the shipped
+value for it (relay/sizing_data.py overlays the files figure by figure), so a new scenario's
+figures slot in by adding keys here and in ``relay.sizing_data.FIGURE_KEYS``.
+
+To ship new defaults after a full run: copy bench/results/sizing.json over
+relay/sizing_figures.json (docs/cost.md, "Re-measuring").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _get(result: dict[str, Any], *path: str) -> Any:
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _server(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """A server's results, or nothing when it failed (its partial figures are not trusted)."""
+    result = results.get("servers", {}).get(name) or {}
+    return {} if "error" in result else result
+
+
+def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str, Any]:
+    started = results.get("started", time.time())
+    run_id = "bench-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    config = results.get("config", {})
+    figures: dict[str, dict[str, Any]] = {}
+
+    def put(key: str, value: Any, unit: str, how: str) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            figures[key] = {"value": value, "unit": unit, "run": run_id, "how": how}
+
+    relay = _server(results, "relay")
+    put("idleBytesPerConnection", _get(relay, "idle", "bytesPerConnection"), "bytes",
+        "relay, idle: (RSS of the listener and workers holding C connections − their RSS "
+        "before) / C")
+    roles = relay.get("baselineByRole") or {}
+    if roles.get("master") and roles.get("listener") and roles.get("worker"):
+        put("baselineFixedRssBytes",
+            sum(roles["master"]) + sum(roles.get("supervisor", [])) + sum(roles["listener"]),
+            "bytes", "relay, before any client: RSS of the master, supervisor and listener")
+        put("baselineWorkerRssBytes", sum(roles["worker"]) / len(roles["worker"]), "bytes",
+            "relay, before any client: RSS of one worker (the mean)")
+    cpu = _get(relay, "steady", "serverCpuPer10k")
+    put("cpuSecondsPerDelivery", cpu / 10_000 if cpu else None, "seconds",
+        "relay, steady: CPU of every relay process per delivered update")
+    handshakes = _get(relay, "connect", "perSecond")
+    workers = config.get("workers") or 0
+    put("handshakesPerSecondPerWorker", handshakes / workers if handshakes and workers else None,
+        "per second", "relay, connect: handshakes/s / workers (load generators on the same "
+        "machine)")
+    pg_cpu = _get(relay, "steady", "postgresCpuPer10k")
+    put("postgresCpuSecondsPerNotification", pg_cpu / 10_000 if pg_cpu else None, "seconds",
+        "relay, steady: PostgreSQL's CPU (writers' commits, relay's backend) per notification")
+    put("listenerBackendUssBytes", _per(_get(relay, "db", "backendUss"),
+                                        _get(relay, "db", "connections")),
+        "bytes", "relay, db: USS of relay's PostgreSQL backend, all clients' channels LISTENed")
+
+    notify = _get(results, "database", "notify") or {}
+    durable = notify.get("external") or notify.get("fsyncOn")
+    if durable:
+        where = "--notify-dsn" if "external" in notify else "the embedded PostgreSQL, fsync on"
+        put("notifyCommitsPerSecond", _get(durable, "notify", "commitsPerSecond"), "per second",
+            f"notify: {_get(durable, 'notify', 'writers')} writers, one NOTIFY per transaction, "
+            f"{where}")
+
+    old = _server(results, "per-client-listen")
+    backends = _get(old, "db", "connections")
+    put("oldBackendUssBytes", _per(_get(old, "db", "backendUss"), backends), "bytes",
+        "per-client-listen, db: USS of one session's PostgreSQL backend")
+    put("oldBackendRssBytes", _per(_get(old, "db", "backendRss"), backends), "bytes",
+        "per-client-listen, db: RSS of one session's backend (counts shared buffers)")
+    old_cpu = _get(old, "steady", "serverCpuPer10k")
+    put("oldFunctionCpuSecondsPerDelivery", old_cpu / 10_000 if old_cpu else None, "seconds",
+        "per-client-listen, steady: the Node server's CPU per delivered update")
+    old_pg = _get(old, "steady", "postgresCpuPer10k")
+    put("oldPostgresCpuSecondsPerNotificationPerListener",
+        _per(old_pg / 10_000 if old_pg else None, backends), "seconds",
+        "per-client-listen, steady: PostgreSQL's CPU per notification / listening backends")
+
+    machine = results.get("machine", {})
+    return {
+        "format": 1,
+        "about": "Figures measured by make bench for python -m relay size (docs/cost.md).",
+        "runs": {run_id: {
+            "date": time.strftime("%Y-%m-%d", time.localtime(started)),
+            "commit": results.get("commit"), "command": results.get("command"),
+            "quick": bool(config.get("quick")), "results": results_file,
+            "connections": config.get("connections"), "workers": workers,
+            "machine": {k: machine.get(k) for k in ("nproc", "cpu", "ramGiB", "postgres",
+                                                    "python", "kernel")},
+        }},
+        "figures": figures,
+    }
+
+
+def _per(total: Any, count: Any) -> float | None:
+    if isinstance(total, (int, float)) and isinstance(count, (int, float)) and count > 0:
+        return total / count
+    return None
+
+
+def write_sizing_figures(results: dict[str, Any], path: Path, results_file: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sizing_figures(results, results_file), indent=2) + "\n")
+    return path

@@ -1,0 +1,106 @@
+"""``make bench`` writes the figures file that ``python -m relay size`` reads.
+
+bench/figures.py is tested on a fixture shaped like ``bench.run``'s results (not by running
+the benchmark): the file it writes must load with relay.sizing's reader, carry every figure
+the run measured with its run's date, commit and machine, and leave out what it did not."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.figures import sizing_figures, write_sizing_figures
+from relay.sizing import Inputs, size
+from relay.sizing_data import (
+    FIGURE_KEYS,
+    SHIPPED_FIGURES,
+    SHIPPED_PRICES,
+    load_figures,
+    load_prices,
+)
+
+RESULTS: dict[str, Any] = {
+    "started": 1796000000.0,
+    "commit": "abc1234",
+    "command": "python -m bench.run",
+    "machine": {"nproc": 4, "cpu": "Test CPU", "ramGiB": 8.0, "postgres": "18.4",
+                "python": "3.11.7", "kernel": "6.1", "loadAverage": [0, 0, 0]},
+    "config": {"workers": 4, "connections": 10_000, "quick": False},
+    "database": {"notify": {
+        "fsyncOff": {"notify": {"commitsPerSecond": 9000.0, "writers": 8},
+                     "plain": {"commitsPerSecond": 20000.0, "writers": 8}},
+        "fsyncOn": {"notify": {"commitsPerSecond": 4000.0, "writers": 8},
+                    "plain": {"commitsPerSecond": 15000.0, "writers": 8}}}},
+    "servers": {
+        "relay": {
+            "baselineByRole": {"master": [30e6], "supervisor": [20e6], "listener": [40e6],
+                               "worker": [50e6, 52e6, 48e6, 50e6]},
+            "idle": {"bytesPerConnection": 5000.0, "connections": 10_000},
+            "steady": {"serverCpuPer10k": 0.5, "postgresCpuPer10k": 0.2},
+            "connect": {"perSecond": 4000.0},
+            "db": {"connections": 1, "backendUss": 3e6, "backendRss": 14e6},
+        },
+        "per-client-listen": {
+            "steady": {"serverCpuPer10k": 0.9, "postgresCpuPer10k": 30.0},
+            "db": {"connections": 1000, "backendUss": 1.2e9, "backendRss": 12e9},
+        },
+    },
+}
+
+
+def test_the_written_file_is_what_the_calculator_reads(tmp_path: Path) -> None:
+    path = write_sizing_figures(RESULTS, tmp_path / "results" / "sizing.json",
+                                "bench-x.json")
+    data = json.loads(path.read_text())
+    figures = load_figures([path])  # on its own: every required figure is in it
+    assert figures.idle_bytes_per_connection == 5000
+    assert figures.baseline_fixed_rss_bytes == 90e6  # master + supervisor + listener
+    assert figures.baseline_worker_rss_bytes == 50e6  # the mean worker
+    assert figures.cpu_seconds_per_delivery == pytest.approx(0.5 / 10_000)
+    assert figures.handshakes_per_second_per_worker == 1000  # 4,000/s over 4 workers
+    assert figures.postgres_cpu_seconds_per_notification == pytest.approx(0.2 / 10_000)
+    assert figures.listener_backend_uss_bytes == 3e6
+    assert figures.notify_commits_per_second == 4000  # the durable (fsync on) figure
+    assert figures.old_backend_uss_bytes == 1.2e6
+    assert figures.old_backend_rss_bytes == 12e6
+    assert figures.old_function_cpu_seconds_per_delivery == pytest.approx(0.9 / 10_000)
+    assert figures.old_postgres_cpu_seconds_per_notification_per_listener == pytest.approx(
+        30 / 10_000 / 1000)
+    assert figures.outbox_bytes_per_message is None
+    assert set(data["figures"]) == set(FIGURE_KEYS) - {"outboxBytesPerMessage",
+                                                        "outboxWalBytesPerMessage"}
+    (run_id, run), = data["runs"].items()
+    assert all(entry["run"] == run_id for entry in data["figures"].values())
+    assert run["commit"] == "abc1234" and run["quick"] is False
+    assert run["machine"]["cpu"] == "Test CPU" and run["results"] == "bench-x.json"
+    # and the calculator sizes with it
+    sizing = size(Inputs(users=10_000), figures, load_prices([SHIPPED_PRICES]))
+    assert sizing.fleet.machine.handshakes_per_second == 2 * 1000  # shared-cpu-2x
+
+
+def test_what_a_run_did_not_measure_is_left_to_the_shipped_figures(tmp_path: Path) -> None:
+    partial = copy.deepcopy(RESULTS)
+    partial["servers"]["relay"] = {"connect": {"perSecond": 3000.0}}  # --scenarios connect
+    partial["servers"]["per-client-listen"] = {"error": "RuntimeError: boom", "db": {
+        "connections": 10, "backendUss": 1.0, "backendRss": 1.0}}  # failed: not trusted
+    del partial["database"]
+    data = sizing_figures(partial)
+    assert set(data["figures"]) == {"handshakesPerSecondPerWorker"}
+    path = write_sizing_figures(partial, tmp_path / "sizing.json")
+    shipped = load_figures([SHIPPED_FIGURES])
+    both = load_figures([SHIPPED_FIGURES, path])
+    assert both.handshakes_per_second_per_worker == 750
+    assert both.old_backend_uss_bytes == shipped.old_backend_uss_bytes
+
+
+def test_the_notify_figure_from_another_database_wins(tmp_path: Path) -> None:
+    external = copy.deepcopy(RESULTS)
+    external["database"]["notify"]["external"] = {
+        "notify": {"commitsPerSecond": 350.0, "writers": 8},
+        "plain": {"commitsPerSecond": 3000.0, "writers": 8}}
+    entry = sizing_figures(external)["figures"]["notifyCommitsPerSecond"]
+    assert entry["value"] == 350 and "--notify-dsn" in entry["how"]
