@@ -14,8 +14,19 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "relay needs Python 3.11 or newer on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.txt
 	touch $(STAMP)
+
+## lock: recompile requirements.txt and requirements-dev.txt (every package pinned, with hashes)
+##       from requirements.in / requirements-dev.in, in a throw-away venv of its own
+.PHONY: lock
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet pip-tools==7.6.2
+	for name in requirements requirements-dev; do \
+		.venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+			--no-emit-index-url --no-emit-find-links -o $$name.txt $$name.in || exit 1; done
+	rm -rf .venv-lock
 
 client/node_modules/.package-lock.json: client/package.json client/package-lock.json
 	cd client && npm ci --no-audit --no-fund --loglevel=error
