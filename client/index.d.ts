@@ -76,6 +76,27 @@ export interface CloseCode {
   reconnect: 'yes' | 'new-token' | 'no';
 }
 export const CLOSE_CODES: CloseCode[];
+/** The codes by name (generated with CLOSE_CODES from relay/closecodes.py). */
+export const CLOSE_CODE: {
+  readonly NORMAL: number;
+  readonly GOING_AWAY: number;
+  readonly PROTOCOL_ERROR: number;
+  readonly UNSUPPORTED_DATA: number;
+  readonly INVALID_PAYLOAD: number;
+  readonly POLICY_VIOLATION: number;
+  readonly MESSAGE_TOO_BIG: number;
+  readonly INTERNAL_ERROR: number;
+  readonly SERVICE_RESTART: number;
+  readonly TRY_AGAIN_LATER: number;
+  /** The client's own: it dropped a connection it took for dead, and resumes at once. */
+  readonly STALE_CONNECTION: number;
+  readonly UNAUTHORIZED: number;
+  readonly FORBIDDEN: number;
+  readonly TOO_MANY_CONNECTIONS: number;
+  readonly SLOW_CONSUMER: number;
+  readonly AUTH_TIMEOUT: number;
+  readonly HEARTBEAT_TIMEOUT: number;
+};
 export function reconnectPolicy(code: number): 'yes' | 'new-token' | 'no';
 export function closeCodeName(code: number): string;
 export const STATES: ConnectionState[];

@@ -1,7 +1,8 @@
 """Every way relay ends a WebSocket, as one table: code, short reason, and client advice.
 
-Ranges: 1000-1015 are RFC 6455 codes; 4000-4999 are relay's own (application codes). A
-reason travels in the close frame, so it stays well under 123 bytes. The docs table in
+Ranges: 1000-1015 are RFC 6455 codes; 4000-4999 are relay's own (application codes). 4000
+is the one code a *client* sends (the server only echoes it); every other code here is the
+server's. A reason travels in the close frame, so it stays well under 123 bytes. The docs table in
 docs/protocol.md and the JS client's ``client/src/closeCodes.js`` are derived from this one
 (``python -m relay close-codes --js``; a test keeps them equal).
 """
@@ -32,6 +33,10 @@ MESSAGE_TOO_BIG = CloseCode(1009, "MESSAGE_TOO_BIG", "message too big", "no")
 INTERNAL_ERROR = CloseCode(1011, "INTERNAL_ERROR", "internal error", "yes")
 SERVICE_RESTART = CloseCode(1012, "SERVICE_RESTART", "service restart", "yes")
 TRY_AGAIN_LATER = CloseCode(1013, "TRY_AGAIN_LATER", "try again later", "yes")
+# Sent by the bundled client when it drops a connection it takes for dead or stale (no
+# heartbeat from the server, the network changed, the tab woke from sleep) before it
+# reconnects at once and resumes. The server echoes it and counts it by code.
+STALE_CONNECTION = CloseCode(4000, "STALE_CONNECTION", "stale connection", "yes")
 UNAUTHORIZED = CloseCode(4001, "UNAUTHORIZED", "unauthorized", "new-token")
 FORBIDDEN = CloseCode(4003, "FORBIDDEN", "forbidden", "no")
 TOO_MANY_CONNECTIONS = CloseCode(4008, "TOO_MANY_CONNECTIONS", "too many connections", "yes")
@@ -41,14 +46,15 @@ HEARTBEAT_TIMEOUT = CloseCode(4011, "HEARTBEAT_TIMEOUT", "heartbeat timeout", "y
 
 ALL: tuple[CloseCode, ...] = (
     NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION,
-    MESSAGE_TOO_BIG, INTERNAL_ERROR, SERVICE_RESTART, TRY_AGAIN_LATER, UNAUTHORIZED, FORBIDDEN,
+    MESSAGE_TOO_BIG, INTERNAL_ERROR, SERVICE_RESTART, TRY_AGAIN_LATER, STALE_CONNECTION,
+    UNAUTHORIZED, FORBIDDEN,
     TOO_MANY_CONNECTIONS, SLOW_CONSUMER, AUTH_TIMEOUT, HEARTBEAT_TIMEOUT,
 )
 BY_CODE = {c.code: c for c in ALL}
 
 
 def as_javascript() -> str:
-    """The JS client's table, one entry per line (client/src/closeCodes.js)."""
+    """client/src/closeCodes.js: the table, one entry per line, and the codes by name."""
     lines = [
         "// Generated from relay/closecodes.py by: python -m relay close-codes --js — do not edit.",
         "export const CLOSE_CODES = [",
@@ -57,4 +63,8 @@ def as_javascript() -> str:
         entry = {"code": c.code, "name": c.name, "reason": c.reason, "reconnect": c.reconnect}
         lines.append(f"  {json.dumps(entry)},")
     lines.append("];")
+    # The codes by name, so that the client's own closes (4000) come from this table too.
+    lines.append("export const CLOSE_CODE = Object.freeze({")
+    lines.extend(f"  {c.name}: {c.code}," for c in ALL)
+    lines.append("});")
     return "\n".join(lines) + "\n"

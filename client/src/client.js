@@ -6,6 +6,7 @@
 // the app must refetch its snapshot, answers heartbeats, detects a silent server, refreshes
 // its token before it expires and reconnects with full-jitter backoff. See docs/protocol.md.
 import { createBackoff } from './backoff.js';
+import { CLOSE_CODE } from './closeCodes.js';
 import { reconnectPolicy } from './reconnectPolicy.js';
 
 export const STATES = ['idle', 'connecting', 'authenticating', 'connected', 'reconnecting', 'closed'];
@@ -128,7 +129,7 @@ export function createRealtimeClient(options = {}) {
     const socket = ws;
     detach(socket);
     try {
-      socket?.close(4000, reason);
+      socket?.close(CLOSE_CODE.STALE_CONNECTION, reason);
     } catch {
       // already closing
     }
@@ -296,7 +297,7 @@ export function createRealtimeClient(options = {}) {
       const socket = ws;
       detach(socket);
       try {
-        socket.close(4000, 'network changed');
+        socket.close(CLOSE_CODE.STALE_CONNECTION, 'network changed');
       } catch {
         // already closing
       }
@@ -355,7 +356,7 @@ export function createRealtimeClient(options = {}) {
       const socket = ws;
       detach(socket);
       try {
-        socket?.close(1000, 'client closed');
+        socket?.close(CLOSE_CODE.NORMAL, 'client closed');
       } catch {
         // already closed
       }

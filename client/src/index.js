@@ -1,5 +1,5 @@
 export { createRealtimeClient, STATES } from './client.js';
 export { createBackoff } from './backoff.js';
-export { CLOSE_CODES } from './closeCodes.js';
+export { CLOSE_CODE, CLOSE_CODES } from './closeCodes.js';
 export { reconnectPolicy, closeCodeName } from './reconnectPolicy.js';
 export { createSharedStore } from './store.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { CLOSE_CODES } from '../src/closeCodes.js';
+import { CLOSE_CODE, CLOSE_CODES } from '../src/closeCodes.js';
 import { reconnectPolicy } from '../src/reconnectPolicy.js';
 
 test('terminal and client-bug codes do not reconnect', () => {
@@ -9,10 +9,15 @@ test('terminal and client-bug codes do not reconnect', () => {
 });
 
 test('transient codes reconnect, 4001 fetches a new token', () => {
-  for (const code of [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4011]) {
+  for (const code of [1001, 1006, 1011, 1012, 1013, 4000, 4008, 4009, 4010, 4011]) {
     assert.equal(reconnectPolicy(code), 'yes', String(code));
   }
   assert.equal(reconnectPolicy(4001), 'new-token');
+});
+
+test('the client closes a stale connection with the table\'s 4000, named STALE_CONNECTION', () => {
+  assert.equal(CLOSE_CODE.STALE_CONNECTION, 4000);
+  assert.deepEqual(Object.entries(CLOSE_CODE), CLOSE_CODES.map((entry) => [entry.name, entry.code]));
 });
 
 test('every relay close code has a reason under 123 bytes', () => {
