@@ -1,6 +1,19 @@
 export type ConnectionState =
   | 'idle' | 'connecting' | 'authenticating' | 'connected' | 'reconnecting' | 'closed';
 
+/** The protocol's message types (docs/protocol.md). */
+export const MESSAGE_TYPE: {
+  readonly CONNECTED: 'connected';
+  readonly UPDATE: 'update';
+  readonly RESYNC: 'resync';
+  readonly PING: 'ping';
+  readonly TOKEN_EXPIRING: 'token_expiring';
+  readonly TOKEN_REFRESHED: 'token_refreshed';
+  readonly AUTH: 'auth';
+  readonly PONG: 'pong';
+  readonly REFRESH: 'refresh';
+};
+
 export interface Update<T = unknown> {
   type: 'update';
   table: string;

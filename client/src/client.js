@@ -7,6 +7,7 @@
 // its token before it expires and reconnects with full-jitter backoff. See docs/protocol.md.
 import { createBackoff } from './backoff.js';
 import { CLOSE_CODE } from './closeCodes.js';
+import { MESSAGE_TYPE } from './messages.js';
 import { reconnectPolicy } from './reconnectPolicy.js';
 
 export const STATES = ['idle', 'connecting', 'authenticating', 'connected', 'reconnecting', 'closed'];
@@ -177,7 +178,7 @@ export function createRealtimeClient(options = {}) {
     ws = socket;
     socket.onopen = () => {
       setState('authenticating');
-      const auth = { type: 'auth', token };
+      const auth = { type: MESSAGE_TYPE.AUTH, token };
       resumeSent = { ...cursors };
       if (Object.keys(resumeSent).length) auth.resume = resumeSent;
       socket.send(JSON.stringify(auth));
@@ -202,7 +203,7 @@ export function createRealtimeClient(options = {}) {
 
   function handle(message) {
     switch (message.type) {
-      case 'connected': {
+      case MESSAGE_TYPE.CONNECTED: {
         if (typeof message.pingInterval === 'number') pingIntervalMs = message.pingInterval * 1000;
         // The server's cursors are its heads, sent *before* the replay. A channel we asked to
         // resume keeps our cursor until the replayed updates (or a resync) move it: jumping to
@@ -228,21 +229,21 @@ export function createRealtimeClient(options = {}) {
         }
         break;
       }
-      case 'update':
+      case MESSAGE_TYPE.UPDATE:
         if (message.channel && message.cursor) cursors[message.channel] = message.cursor;
         emit(updateListeners, message);
         break;
-      case 'resync':
+      case MESSAGE_TYPE.RESYNC:
         Object.assign(cursors, message.cursors || {});
         emit(resyncListeners, { reason: message.reason, channels: message.channels || [] });
         break;
-      case 'ping':
-        send({ type: 'pong' });
+      case MESSAGE_TYPE.PING:
+        send({ type: MESSAGE_TYPE.PONG });
         break;
-      case 'token_expiring':
+      case MESSAGE_TYPE.TOKEN_EXPIRING:
         Promise.resolve()
           .then(() => getToken())
-          .then((token) => send({ type: 'refresh', token }))
+          .then((token) => send({ type: MESSAGE_TYPE.REFRESH, token }))
           .catch(reportError);
         break;
       default:
