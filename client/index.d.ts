@@ -23,6 +23,20 @@ export interface Update<T = unknown> {
   data: T;
 }
 
+/**
+ * Why the state changed, centrifuge-js style. `code`/`reason`: for `reconnecting` and `closed`
+ * the close that caused it (a relay close code, 1006 for a lost network, 4000 when the client
+ * dropped a connection it took for dead, 1000 after close(), or the token endpoint's HTTP
+ * 401/403 when signed out); 0 with a short cause otherwise ('connect called', 'connected',
+ * 'resumed').
+ */
+export interface StateEvent {
+  state: ConnectionState;
+  previous: ConnectionState;
+  code: number;
+  reason: string;
+}
+
 export interface ResyncInfo {
   reason: string;
   channels: string[];
@@ -65,7 +79,7 @@ export interface RealtimeClient {
   connect(): void;
   close(): void;
   subscribe(callback: (update: Update) => void): () => void;
-  onState(callback: (state: ConnectionState) => void): () => void;
+  onState(callback: (state: ConnectionState, event: StateEvent) => void): () => void;
   onResync(callback: (info: ResyncInfo) => void): () => void;
   onError(callback: (error: Error) => void): () => void;
   readonly state: ConnectionState;

@@ -12,6 +12,10 @@ import { reconnectPolicy } from './reconnectPolicy.js';
 
 export const STATES = ['idle', 'connecting', 'authenticating', 'connected', 'reconnecting', 'closed'];
 
+const NO_CAUSE = Object.freeze({ code: 0, reason: '' });
+const CONNECT_CALLED = Object.freeze({ code: 0, reason: 'connect called' });
+const CLIENT_CLOSED = Object.freeze({ code: CLOSE_CODE.NORMAL, reason: 'client closed' });
+
 function defaultUrl() {
   const base = typeof process !== 'undefined' && process.env
     ? process.env.NEXT_PUBLIC_WEBSOCKET_URL
@@ -78,16 +82,19 @@ export function createRealtimeClient(options = {}) {
   let droppedOffline = false; // the network went away while this connection was up
   let environmentWatched = false;
 
-  function setState(next) {
+  // Listeners get the state and, centrifuge-js style, why: { state, previous, code, reason }
+  // (the close code and reason behind `reconnecting`/`closed`, 0 and a short cause otherwise).
+  function setState(next, cause = NO_CAUSE) {
     if (state === next) return;
+    const event = { state: next, previous: state, code: cause.code, reason: cause.reason };
     state = next;
-    for (const listener of [...stateListeners]) listener(next);
+    emit(stateListeners, next, event);
   }
 
-  function emit(listeners, value) {
+  function emit(listeners, ...args) {
     for (const listener of [...listeners]) {
       try {
-        listener(value);
+        listener(...args);
       } catch (error) {
         // One broken subscriber must not keep the update from the others.
         reportError(error);
@@ -134,7 +141,7 @@ export function createRealtimeClient(options = {}) {
     } catch {
       // already closing
     }
-    scheduleReconnect({ code: 1006, reason });
+    scheduleReconnect({ code: CLOSE_CODE.STALE_CONNECTION, reason });
   }
 
   function detach(socket) {
@@ -146,7 +153,8 @@ export function createRealtimeClient(options = {}) {
   async function open() {
     const attempt = ++attemptId;
     clearTimers();
-    setState(everConnected ? 'reconnecting' : 'connecting');
+    if (everConnected) setState('reconnecting', lastClose || NO_CAUSE);
+    else setState('connecting', CONNECT_CALLED);
     let token;
     try {
       token = await getToken();
@@ -158,7 +166,7 @@ export function createRealtimeClient(options = {}) {
         stopped = true;
         watchEnvironment(false);
         lastClose = { code: error.status, reason: 'token endpoint refused: not signed in' };
-        setState('closed');
+        setState('closed', lastClose);
         reportError(error);
         return;
       }
@@ -177,7 +185,7 @@ export function createRealtimeClient(options = {}) {
     }
     ws = socket;
     socket.onopen = () => {
-      setState('authenticating');
+      setState('authenticating', everConnected && lastClose ? lastClose : CONNECT_CALLED);
       const auth = { type: MESSAGE_TYPE.AUTH, token };
       resumeSent = { ...cursors };
       if (Object.keys(resumeSent).length) auth.resume = resumeSent;
@@ -218,7 +226,7 @@ export function createRealtimeClient(options = {}) {
         const notAsked = (message.channels || []).filter((channel) => !(channel in resumeSent));
         const missedSomething = everConnected && !message.resumed && notAsked.length > 0;
         everConnected = true;
-        setState('connected');
+        setState('connected', { code: 0, reason: message.resumed ? 'resumed' : 'connected' });
         stableTimer = setTimer(() => {
           stableTimer = null;
           backoff.reset();
@@ -255,14 +263,14 @@ export function createRealtimeClient(options = {}) {
     clearTimers();
     lastClose = close;
     if (stopped) {
-      setState('closed');
+      setState('closed', close);
       return;
     }
     const policy = reconnectPolicy(close.code);
     if (policy === 'no') {
       stopped = true;
       watchEnvironment(false);
-      setState('closed');
+      setState('closed', close);
       reportError(new Error(`relay closed the connection: ${close.code} ${close.reason || ''}`));
       return;
     }
@@ -273,7 +281,7 @@ export function createRealtimeClient(options = {}) {
     if (stopped) return;
     clearTimers();
     lastClose = close;
-    setState('reconnecting');
+    setState('reconnecting', close);
     // Offline, wait for the `online` event; the long timer is only a safety net for a
     // browser that never sends it.
     const delay = offline ? (backoffOptions.capMs ?? 30000) : backoff.next();
@@ -361,7 +369,7 @@ export function createRealtimeClient(options = {}) {
       } catch {
         // already closed
       }
-      setState('closed');
+      setState('closed', CLIENT_CLOSED);
     },
     subscribe(callback) {
       updateListeners.add(callback);

@@ -420,3 +420,46 @@ test('a throwing subscriber does not starve the others, and its error is not swa
   assert.match(String(logged[0][1]), /component bug/);
   client.close();
 });
+
+test('state events say why, centrifuge-js style: (state, { state, previous, code, reason })', async () => {
+  const ctx = setup();
+  const events = [];
+  ctx.client.onState((state, event) => events.push([state, event]));
+  await connect(ctx);
+  ctx.fakes.last.serverClose(1012, 'server restarting');
+  await ctx.clock.advance(10000);
+  ctx.fakes.last.serverOpen();
+  ctx.fakes.last.serverSend({ ...CONNECTED, resumed: true });
+  ctx.fakes.last.serverClose(4003, 'forbidden');
+  assert.deepEqual(events, [
+    ['connecting', { state: 'connecting', previous: 'idle', code: 0, reason: 'connect called' }],
+    ['authenticating', { state: 'authenticating', previous: 'connecting', code: 0, reason: 'connect called' }],
+    ['connected', { state: 'connected', previous: 'authenticating', code: 0, reason: 'connected' }],
+    ['reconnecting', { state: 'reconnecting', previous: 'connected', code: 1012, reason: 'server restarting' }],
+    ['authenticating', { state: 'authenticating', previous: 'reconnecting', code: 1012, reason: 'server restarting' }],
+    ['connected', { state: 'connected', previous: 'authenticating', code: 0, reason: 'resumed' }],
+    ['closed', { state: 'closed', previous: 'connected', code: 4003, reason: 'forbidden' }],
+  ]);
+  assert.deepEqual(ctx.states, events.map(([state]) => state), 'one-argument listeners still get the string');
+});
+
+test('a connection dropped by the client itself is reported with 4000, and close() with 1000', async () => {
+  const ctx = setup();
+  const events = [];
+  ctx.client.onState((state, event) => events.push(event));
+  await connect(ctx, { ...CONNECTED, pingInterval: 2 });
+  await ctx.clock.advance(5000);
+  assert.deepEqual(events.at(-1), { state: 'reconnecting', previous: 'connected', code: 4000, reason: 'heartbeat timeout' });
+  assert.deepEqual(ctx.client.lastClose, { code: 4000, reason: 'heartbeat timeout' });
+  ctx.client.close();
+  assert.deepEqual(events.at(-1), { state: 'closed', previous: 'reconnecting', code: 1000, reason: 'client closed' });
+});
+
+test('a state listener that throws does not break the client', async (t) => {
+  t.mock.method(console, 'error', () => {});
+  const ctx = setup();
+  ctx.client.onState(() => { throw new Error('listener bug'); });
+  await connect(ctx);
+  assert.equal(ctx.client.state, 'connected');
+  assert.ok(ctx.errors.some((e) => /listener bug/.test(e.message)));
+});
