@@ -45,7 +45,7 @@ test-python: $(STAMP) client/node_modules/.package-lock.json
 	$(PY) -m pytest -q
 
 test-client: client/node_modules/.package-lock.json
-	cd client && npm test
+	cd client && npm run --silent typecheck && npm test
 
 ## bench: the performance benchmark (prints a table, writes bench/results/); options, e.g.
 ##        make bench BENCH_ARGS="--quick" (see .venv/bin/python -m bench.run --help)

@@ -37,6 +37,12 @@ export interface StateEvent {
   reason: string;
 }
 
+/** A close (or what stands for one): code and reason. */
+export interface CloseInfo {
+  code: number;
+  reason: string;
+}
+
 export interface ResyncInfo {
   reason: string;
   channels: string[];
@@ -69,8 +75,8 @@ export interface RealtimeClientOptions {
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (id: unknown) => void;
-  /** Where `online`/`offline` are heard (default: window). */
-  eventTarget?: EventTarget;
+  /** Where `online`/`offline` are heard, and `navigator.onLine` read (default: window). */
+  eventTarget?: EventTarget & { navigator?: { onLine?: boolean } };
   /** Where `visibilitychange` is heard (default: document). */
   document?: EventTarget & { visibilityState: string };
 }
@@ -84,7 +90,7 @@ export interface RealtimeClient {
   onError(callback: (error: Error) => void): () => void;
   readonly state: ConnectionState;
   readonly cursors: Record<string, string>;
-  readonly lastClose: { code: number; reason: string } | null;
+  readonly lastClose: CloseInfo | null;
 }
 
 export function createRealtimeClient(options?: RealtimeClientOptions): RealtimeClient;
@@ -105,34 +111,40 @@ export interface CloseCode {
 export const CLOSE_CODES: CloseCode[];
 /** The codes by name (generated with CLOSE_CODES from relay/closecodes.py). */
 export const CLOSE_CODE: {
-  readonly NORMAL: number;
-  readonly GOING_AWAY: number;
-  readonly PROTOCOL_ERROR: number;
-  readonly UNSUPPORTED_DATA: number;
-  readonly INVALID_PAYLOAD: number;
-  readonly POLICY_VIOLATION: number;
-  readonly MESSAGE_TOO_BIG: number;
-  readonly INTERNAL_ERROR: number;
-  readonly SERVICE_RESTART: number;
-  readonly TRY_AGAIN_LATER: number;
+  readonly NORMAL: 1000;
+  readonly GOING_AWAY: 1001;
+  readonly PROTOCOL_ERROR: 1002;
+  readonly UNSUPPORTED_DATA: 1003;
+  readonly INVALID_PAYLOAD: 1007;
+  readonly POLICY_VIOLATION: 1008;
+  readonly MESSAGE_TOO_BIG: 1009;
+  readonly INTERNAL_ERROR: 1011;
+  readonly SERVICE_RESTART: 1012;
+  readonly TRY_AGAIN_LATER: 1013;
   /** The client's own: it dropped a connection it took for dead, and resumes at once. */
-  readonly STALE_CONNECTION: number;
-  readonly UNAUTHORIZED: number;
-  readonly FORBIDDEN: number;
-  readonly TOO_MANY_CONNECTIONS: number;
-  readonly SLOW_CONSUMER: number;
-  readonly AUTH_TIMEOUT: number;
-  readonly HEARTBEAT_TIMEOUT: number;
+  readonly STALE_CONNECTION: 4000;
+  readonly UNAUTHORIZED: 4001;
+  readonly FORBIDDEN: 4003;
+  readonly TOO_MANY_CONNECTIONS: 4008;
+  readonly SLOW_CONSUMER: 4009;
+  readonly AUTH_TIMEOUT: 4010;
+  readonly HEARTBEAT_TIMEOUT: 4011;
 };
 export function reconnectPolicy(code: number): 'yes' | 'new-token' | 'no';
 export function closeCodeName(code: number): string;
 export const STATES: ConnectionState[];
 
+/** What the React hook returns: this page's connection and its mounted subscribers. */
+export interface ConnectionStatus {
+  isConnected: boolean;
+  subscriberCount: number;
+}
+
 export interface SharedStore {
   acquire(options?: RealtimeClientOptions): RealtimeClient;
   release(): void;
-  watch(watcher: (status: { isConnected: boolean; subscriberCount: number }) => void): () => void;
-  snapshot(): { isConnected: boolean; subscriberCount: number };
+  watch(watcher: (status: ConnectionStatus) => void): () => void;
+  snapshot(): ConnectionStatus;
   readonly client: RealtimeClient | null;
 }
 export function createSharedStore(

@@ -1,4 +1,6 @@
-import type { RealtimeClientOptions, ResyncInfo, SharedStore, Update } from './index.js';
+import type {
+  ConnectionStatus, RealtimeClientOptions, ResyncInfo, SharedStore, Update,
+} from './index.js';
 
 export interface UseWebSocketUpdatesOptions {
   /** Options of the shared client (used by the first component that mounts). */
@@ -11,6 +13,6 @@ export interface UseWebSocketUpdatesOptions {
 export function useWebSocketUpdates(
   callback: (update: Update) => void,
   options?: UseWebSocketUpdatesOptions,
-): { isConnected: boolean; subscriberCount: number };
+): ConnectionStatus;
 
 export const useRealtimeUpdates: typeof useWebSocketUpdates;

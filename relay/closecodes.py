@@ -57,6 +57,7 @@ def as_javascript() -> str:
     """client/src/closeCodes.js: the table, one entry per line, and the codes by name."""
     lines = [
         "// Generated from relay/closecodes.py by: python -m relay close-codes --js — do not edit.",
+        "/** @type {import('../index.js').CloseCode[]} */",
         "export const CLOSE_CODES = [",
     ]
     for c in ALL:

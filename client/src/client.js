@@ -10,44 +10,63 @@ import { CLOSE_CODE } from './closeCodes.js';
 import { MESSAGE_TYPE } from './messages.js';
 import { reconnectPolicy } from './reconnectPolicy.js';
 
+/**
+ * @import { CloseInfo, ConnectionState, RealtimeClient, RealtimeClientOptions, ResyncInfo,
+ *   StateEvent, Update } from '../index.js'
+ */
+
+/** @type {ConnectionState[]} */
 export const STATES = ['idle', 'connecting', 'authenticating', 'connected', 'reconnecting', 'closed'];
 
+/** @type {CloseInfo} */
 const NO_CAUSE = Object.freeze({ code: 0, reason: '' });
+/** @type {CloseInfo} */
 const CONNECT_CALLED = Object.freeze({ code: 0, reason: 'connect called' });
+/** @type {CloseInfo} */
 const CLIENT_CLOSED = Object.freeze({ code: CLOSE_CODE.NORMAL, reason: 'client closed' });
 
+/** @returns {string | undefined} */
 function defaultUrl() {
+  // Written out as `process.env.NEXT_PUBLIC_…` so that Next.js inlines it into the bundle.
   const base = typeof process !== 'undefined' && process.env
     ? process.env.NEXT_PUBLIC_WEBSOCKET_URL
     : undefined;
   return base ? `${base.replace(/\/+$/, '')}/ws` : undefined;
 }
 
-// The app's token endpoint: same origin, with the session cookie, never from a cache.
+/**
+ * The app's token endpoint: same origin, with the session cookie, never from a cache.
+ * @param {typeof fetch} fetchImpl
+ * @param {string} tokenUrl
+ * @returns {() => Promise<string>}
+ */
 function tokenEndpoint(fetchImpl, tokenUrl) {
   return async function getToken() {
     const response = await fetchImpl(tokenUrl, {
       credentials: 'include', cache: 'no-store', headers: { Accept: 'application/json' },
     });
     if (!response.ok) {
-      const error = new Error(`token endpoint answered ${response.status}`);
-      error.status = response.status;
-      throw error;
+      throw Object.assign(new Error(`token endpoint answered ${response.status}`),
+        { status: response.status });
     }
     const body = await response.json();
     return body.token;
   };
 }
 
+/**
+ * @param {RealtimeClientOptions} [options]
+ * @returns {RealtimeClient}
+ */
 export function createRealtimeClient(options = {}) {
   const {
     url = defaultUrl(),
-    fetchImpl = (...args) => globalThis.fetch(...args),
+    fetchImpl = (input, init) => globalThis.fetch(input, init),
     tokenUrl = '/api/auth/websocket-token',
     getToken = tokenEndpoint(fetchImpl, tokenUrl),
     WebSocketImpl = globalThis.WebSocket,
     setTimeout: setTimer = (fn, ms) => globalThis.setTimeout(fn, ms),
-    clearTimeout: clearTimer = (id) => globalThis.clearTimeout(id),
+    clearTimeout: clearTimer = (id) => globalThis.clearTimeout(/** @type {number} */ (id)),
     random = Math.random,
     backoff: backoffOptions = {},
     stableMs = 10000,
@@ -56,23 +75,36 @@ export function createRealtimeClient(options = {}) {
     document: page = typeof document !== 'undefined' ? document : undefined,
   } = options;
   if (!url) throw new Error('relay client: no url (set NEXT_PUBLIC_WEBSOCKET_URL or pass url)');
+  const endpoint = url;
   if (!WebSocketImpl) throw new Error('relay client: no WebSocket implementation');
 
   const backoff = createBackoff({ ...backoffOptions, random });
+  /** @type {Set<(update: Update) => void>} */
   const updateListeners = new Set();
+  /** @type {Set<(state: ConnectionState, event: StateEvent) => void>} */
   const stateListeners = new Set();
+  /** @type {Set<(info: ResyncInfo) => void>} */
   const resyncListeners = new Set();
+  /** @type {Set<(error: Error) => void>} */
   const errorListeners = new Set();
+  /** @type {Record<string, string>} */
   const cursors = {};
-  let resumeSent = {}; // the resume map of the current connection's auth message
+  /** @type {Record<string, string>} the resume map of the current connection's auth message */
+  let resumeSent = {};
+  /** @type {ConnectionState} */
   let state = 'idle';
+  /** @type {WebSocket | null} */
   let ws = null;
   let stopped = true;
   let everConnected = false;
   let pingIntervalMs = 20000;
+  /** @type {unknown} */
   let reconnectTimer = null;
+  /** @type {unknown} */
   let watchdogTimer = null;
+  /** @type {unknown} */
   let stableTimer = null;
+  /** @type {CloseInfo | null} */
   let lastClose = null;
   // Bumped by every open() and by close(): an attempt whose token arrives after it was
   // superseded must not open a second socket.
@@ -84,6 +116,10 @@ export function createRealtimeClient(options = {}) {
 
   // Listeners get the state and, centrifuge-js style, why: { state, previous, code, reason }
   // (the close code and reason behind `reconnecting`/`closed`, 0 and a short cause otherwise).
+  /**
+   * @param {ConnectionState} next
+   * @param {CloseInfo} [cause]
+   */
   function setState(next, cause = NO_CAUSE) {
     if (state === next) return;
     const event = { state: next, previous: state, code: cause.code, reason: cause.reason };
@@ -91,6 +127,11 @@ export function createRealtimeClient(options = {}) {
     emit(stateListeners, next, event);
   }
 
+  /**
+   * @template {unknown[]} A
+   * @param {Set<(...args: A) => void>} listeners
+   * @param {A} args
+   */
   function emit(listeners, ...args) {
     for (const listener of [...listeners]) {
       try {
@@ -102,6 +143,7 @@ export function createRealtimeClient(options = {}) {
     }
   }
 
+  /** @param {unknown} error */
   function reportError(error) {
     if (errorListeners.size === 0) {
       // Nobody listens (the React hook does not): a subscriber's bug or a terminal close
@@ -109,7 +151,8 @@ export function createRealtimeClient(options = {}) {
       console.error('relay client:', error);
       return;
     }
-    for (const listener of [...errorListeners]) listener(error);
+    const reported = error instanceof Error ? error : new Error(String(error));
+    for (const listener of [...errorListeners]) listener(reported);
   }
 
   function clearTimers() {
@@ -129,10 +172,12 @@ export function createRealtimeClient(options = {}) {
     }, timeout);
   }
 
+  /** @param {object} message */
   function send(message) {
     if (ws && ws.readyState === 1) ws.send(JSON.stringify(message));
   }
 
+  /** @param {string} reason */
   function abandon(reason) {
     const socket = ws;
     detach(socket);
@@ -144,6 +189,7 @@ export function createRealtimeClient(options = {}) {
     scheduleReconnect({ code: CLOSE_CODE.STALE_CONNECTION, reason });
   }
 
+  /** @param {WebSocket | null} socket */
   function detach(socket) {
     if (!socket) return;
     socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
@@ -158,8 +204,9 @@ export function createRealtimeClient(options = {}) {
     let token;
     try {
       token = await getToken();
-    } catch (error) {
+    } catch (caught) {
       if (attempt !== attemptId) return;
+      const error = /** @type {{ status?: number } | undefined} */ (caught);
       if (error && (error.status === 401 || error.status === 403)) {
         // Not signed in: retrying cannot help until the app signs the user in and calls
         // connect() again; it would only poll the token endpoint every capMs.
@@ -167,17 +214,17 @@ export function createRealtimeClient(options = {}) {
         watchEnvironment(false);
         lastClose = { code: error.status, reason: 'token endpoint refused: not signed in' };
         setState('closed', lastClose);
-        reportError(error);
+        reportError(caught);
         return;
       }
-      reportError(error);
+      reportError(caught);
       scheduleReconnect({ code: 1006, reason: 'token fetch failed' });
       return;
     }
     if (stopped || attempt !== attemptId) return;
     let socket;
     try {
-      socket = new WebSocketImpl(url);
+      socket = new WebSocketImpl(endpoint);
     } catch (error) {
       reportError(error);
       scheduleReconnect({ code: 1006, reason: 'cannot open' });
@@ -186,6 +233,7 @@ export function createRealtimeClient(options = {}) {
     ws = socket;
     socket.onopen = () => {
       setState('authenticating', everConnected && lastClose ? lastClose : CONNECT_CALLED);
+      /** @type {{ type: string, token: string, resume?: Record<string, string> }} */
       const auth = { type: MESSAGE_TYPE.AUTH, token };
       resumeSent = { ...cursors };
       if (Object.keys(resumeSent).length) auth.resume = resumeSent;
@@ -193,6 +241,7 @@ export function createRealtimeClient(options = {}) {
       armWatchdog();
     };
     socket.onmessage = (event) => {
+      /** @type {any} JSON from the wire, checked field by field where it is used */
       let message;
       try {
         message = JSON.parse(event.data);
@@ -209,6 +258,7 @@ export function createRealtimeClient(options = {}) {
     socket.onerror = () => {};
   }
 
+  /** @param {any} message */
   function handle(message) {
     switch (message.type) {
       case MESSAGE_TYPE.CONNECTED: {
@@ -223,7 +273,9 @@ export function createRealtimeClient(options = {}) {
         // server sends right after `connected` (protocol: "connected"); reporting it here too
         // made onResync fire twice for one reconnect. Only the channels we had no cursor for
         // are reported here.
-        const notAsked = (message.channels || []).filter((channel) => !(channel in resumeSent));
+        /** @type {string[]} */
+        const notAsked = (message.channels || []).filter(
+          (/** @type {string} */ channel) => !(channel in resumeSent));
         const missedSomething = everConnected && !message.resumed && notAsked.length > 0;
         everConnected = true;
         setState('connected', { code: 0, reason: message.resumed ? 'resumed' : 'connected' });
@@ -259,6 +311,7 @@ export function createRealtimeClient(options = {}) {
     }
   }
 
+  /** @param {CloseInfo} close */
   function onClosed(close) {
     clearTimers();
     lastClose = close;
@@ -277,6 +330,7 @@ export function createRealtimeClient(options = {}) {
     scheduleReconnect(close);
   }
 
+  /** @param {CloseInfo} close */
   function scheduleReconnect(close) {
     if (stopped) return;
     clearTimers();
@@ -332,11 +386,12 @@ export function createRealtimeClient(options = {}) {
   function onVisibilityChange() {
     // Hidden tabs stay connected (see README). A user coming back to a tab that is waiting
     // out a backoff expects current data now, not after up to capMs.
-    if (page.visibilityState === 'visible' && !offline) reconnectNow();
+    if (page?.visibilityState === 'visible' && !offline) reconnectNow();
   }
 
   // Listeners go on when connect() is called and come off when the client stops, so that
   // clients created and closed by the shared store do not pile up on window.
+  /** @param {boolean} on */
   function watchEnvironment(on) {
     if (on === environmentWatched) return;
     environmentWatched = on;

@@ -1,4 +1,5 @@
 // Generated from relay/closecodes.py by: python -m relay close-codes --js — do not edit.
+/** @type {import('../index.js').CloseCode[]} */
 export const CLOSE_CODES = [
   {"code": 1000, "name": "NORMAL", "reason": "normal closure", "reconnect": "no"},
   {"code": 1001, "name": "GOING_AWAY", "reason": "going away", "reconnect": "yes"},

@@ -6,11 +6,19 @@ import { useEffect, useRef, useSyncExternalStore } from 'react';
 
 import { createSharedStore } from './store.js';
 
+/** @import { UseWebSocketUpdatesOptions } from '../react.js' */
+/** @import { ConnectionStatus, Update } from '../index.js' */
+
 const pageStore = createSharedStore();
 // What the server renders (and what hydration starts from): no connection yet.
 const SERVER_SNAPSHOT = Object.freeze({ isConnected: false, subscriberCount: 0 });
 const serverSnapshot = () => SERVER_SNAPSHOT;
 
+/**
+ * @param {(update: Update) => void} callback
+ * @param {UseWebSocketUpdatesOptions} [options]
+ * @returns {ConnectionStatus}
+ */
 export function useWebSocketUpdates(callback, options = {}) {
   const store = options.store || pageStore;
   const callbackRef = useRef(callback);

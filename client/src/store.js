@@ -2,11 +2,24 @@
 // kept framework-free so that it can be tested without React.
 import { createRealtimeClient } from './client.js';
 
+/**
+ * @import { ConnectionStatus, RealtimeClient, RealtimeClientOptions, SharedStore } from '../index.js'
+ */
+
+/**
+ * @param {(options?: RealtimeClientOptions) => RealtimeClient} [factory]
+ * @param {{ graceMs?: number }} [options]
+ * @returns {SharedStore}
+ */
 export function createSharedStore(factory = createRealtimeClient, { graceMs = 1000 } = {}) {
+  /** @type {RealtimeClient | null} */
   let client = null;
   let subscribers = 0;
+  /** @type {ReturnType<typeof setTimeout> | null} */
   let closeTimer = null;
+  /** @type {Set<(status: ConnectionStatus) => void>} */
   const watchers = new Set();
+  /** @type {ConnectionStatus} */
   let current = { isConnected: false, subscriberCount: 0 };
 
   // The same object until something changes: useSyncExternalStore compares snapshots by
@@ -25,6 +38,7 @@ export function createSharedStore(factory = createRealtimeClient, { graceMs = 10
   }
 
   // Stable function identities, so that React does not resubscribe on every render.
+  /** @param {(status: ConnectionStatus) => void} watcher */
   function watch(watcher) {
     watchers.add(watcher);
     return () => watchers.delete(watcher);
