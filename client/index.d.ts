@@ -77,9 +77,27 @@ export interface RealtimeClientOptions {
   clearTimeout?: (id: unknown) => void;
   /** Where `online`/`offline` are heard, and `navigator.onLine` read (default: window). */
   eventTarget?: EventTarget & { navigator?: { onLine?: boolean } };
-  /** Where `visibilitychange` is heard (default: document). */
+  /** Where `visibilitychange`, `freeze` and `resume` are heard (default: document). */
   document?: EventTarget & { visibilityState: string };
+  /**
+   * Share one WebSocket among the tabs of this origin that use the same relay `url` for the
+   * same user (default true; see the README's "Sharing"). false: this tab opens its own.
+   */
+  share?: boolean;
+  /** How tabs talk to each other (default: globalThis.BroadcastChannel). */
+  BroadcastChannelImpl?: typeof BroadcastChannel;
+  /** Elects the tab that holds the connection (default: navigator.locks; null: elect over BroadcastChannel). */
+  locks?: LockManager | null;
+  /** Wall clock in ms (default Date.now): tells a late timer from a silent server. */
+  now?: () => number;
 }
+
+/**
+ * 'leader': holds the connection shared with this origin's other tabs; 'follower': receives
+ * it from the leader; 'single': has a connection of its own (sharing off or impossible);
+ * 'none': before connect() and after close().
+ */
+export type ClientRole = 'none' | 'single' | 'leader' | 'follower';
 
 export interface RealtimeClient {
   connect(): void;
@@ -91,6 +109,7 @@ export interface RealtimeClient {
   readonly state: ConnectionState;
   readonly cursors: Record<string, string>;
   readonly lastClose: CloseInfo | null;
+  readonly role: ClientRole;
 }
 
 export function createRealtimeClient(options?: RealtimeClientOptions): RealtimeClient;

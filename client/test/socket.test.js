@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { createRealtimeClient } from '../src/client.js';
+import { createSocketClient } from '../src/socket.js';
 import { CONNECTED, createClock, createFakeSockets, flush } from './fakes.js';
 
 function setup(extra = {}) {
@@ -12,12 +12,13 @@ function setup(extra = {}) {
   const updates = [];
   const resyncs = [];
   const errors = [];
-  const client = createRealtimeClient({
+  const client = createSocketClient({
     url: 'ws://relay.test/ws',
     getToken: async () => `token-${++tokens}`,
     WebSocketImpl: fakes.FakeWebSocket,
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
+    now: clock.now,
     random: () => 0.5,
     backoff: { baseMs: 1000, capMs: 8000 },
     eventTarget: null,
@@ -403,7 +404,7 @@ test('a throwing subscriber does not starve the others, and its error is not swa
   t.mock.method(console, 'error', (...args) => logged.push(args));
   const clock = createClock();
   const fakes = createFakeSockets();
-  const client = createRealtimeClient({
+  const client = createSocketClient({
     url: 'ws://relay.test/ws', getToken: async () => 't', WebSocketImpl: fakes.FakeWebSocket,
     setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout, eventTarget: null,
   });
@@ -462,4 +463,67 @@ test('a state listener that throws does not break the client', async (t) => {
   await connect(ctx);
   assert.equal(ctx.client.state, 'connected');
   assert.ok(ctx.errors.some((e) => /listener bug/.test(e.message)));
+});
+
+test('a watchdog that fires late (throttled, frozen or asleep page) does not drop a healthy connection', async () => {
+  const ctx = setup();
+  await connect(ctx, { ...CONNECTED, pingInterval: 20 });
+  // The page stalls for two minutes: no timer runs, then the watchdog fires 70 s late, with
+  // the server's ping still queued behind it.
+  ctx.clock.sleep(120000);
+  await ctx.clock.advance(0);
+  assert.equal(ctx.client.state, 'connected');
+  ctx.fakes.last.serverSend({ type: 'ping' });
+  await ctx.clock.advance(49999);
+  assert.equal(ctx.client.state, 'connected');
+  assert.equal(ctx.fakes.sockets.length, 1);
+  assert.equal(ctx.fakes.last.closedWith, null);
+});
+
+test('after a late watchdog, a server that stays silent for another heartbeat is given up', async () => {
+  const ctx = setup();
+  await connect(ctx, { ...CONNECTED, pingInterval: 20 });
+  ctx.clock.sleep(120000);
+  await ctx.clock.advance(0);
+  await ctx.clock.advance(24999);
+  assert.equal(ctx.client.state, 'connected');
+  await ctx.clock.advance(1);
+  assert.equal(ctx.client.state, 'reconnecting');
+  assert.equal(ctx.fakes.sockets[0].closedWith.code, 4000);
+});
+
+test('a tab shown again after sleep replaces a connection that heard nothing, at once, resuming', async () => {
+  const page = fakeDocument();
+  const ctx = setup({ document: page });
+  await connect(ctx, { ...CONNECTED, pingInterval: 20 });
+  page.show('hidden');
+  ctx.clock.sleep(30000); // the machine slept; the socket still looks open
+  page.show('visible');
+  await flush();
+  assert.deepEqual(ctx.fakes.sockets[0].closedWith, { code: 4000, reason: 'stale after sleep' });
+  assert.equal(ctx.fakes.sockets.length, 2, 'no backoff wait');
+  ctx.fakes.last.serverOpen();
+  assert.deepEqual(ctx.fakes.last.sent[0].resume, CONNECTED.cursors);
+});
+
+test('a tab shown again with a connection that heard from the server lately keeps it', async () => {
+  const page = fakeDocument();
+  const ctx = setup({ document: page });
+  await connect(ctx, { ...CONNECTED, pingInterval: 20 });
+  page.show('hidden');
+  await ctx.clock.advance(19000);
+  ctx.fakes.last.serverSend({ type: 'ping' });
+  await ctx.clock.advance(19000);
+  page.show('visible');
+  await flush();
+  assert.equal(ctx.fakes.sockets.length, 1);
+  assert.equal(ctx.client.state, 'connected');
+});
+
+test('resumeFrom: a connection taken over from another tab starts as a reconnect from its cursors', async () => {
+  const ctx = setup({ resumeFrom: { cursors: { user_Usage_42: 'e-2:7' }, wasConnected: true,
+    cause: { code: 0, reason: 'leader changed' } } });
+  await connect(ctx);
+  assert.deepEqual(ctx.fakes.last.sent[0], { type: 'auth', token: 'token-1', resume: { user_Usage_42: 'e-2:7' } });
+  assert.equal(ctx.states[0], 'reconnecting');
 });
