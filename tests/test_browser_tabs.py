@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,4 +310,38 @@ def test_without_web_locks_tabs_elect_over_broadcast_channel(
     for page in rest:
         assert tabs.plans(page) == ["elected-1", "elected-2"], page
     settle_connections(tabs_relay, (1, 1))
+
+
+@pytest.mark.timeout(150)
+def test_the_react_hook_in_two_tabs_reports_connected_and_its_own_subscribers(
+        tabs: Tabs, tabs_relay: RelayProcess, postgres_url: str, tmp_path: Path) -> None:
+    user = "tabs-hook"
+    add_row(postgres_url, user, "start")
+    bundle = tmp_path / "hook.js"
+    subprocess.run([str(CLIENT / "node_modules" / ".bin" / "esbuild"),
+                    "test-support/hook-page.jsx", "--bundle", "--format=esm",
+                    f"--outfile={bundle}", "--define:process.env.NODE_ENV=\"production\"",
+                    "--log-level=warning"], cwd=CLIENT, check=True, timeout=60)
+    tabs.step(step="context", context="h")
+    tabs.step(step="serve", context="h", url="**/demo/hook-test?*", contentType="text/html",
+              body='<!doctype html><div id="root"></div>'
+                   '<script type="module" src="/demo/hook-test.js"></script>')
+    tabs.step(step="serve", context="h", url="**/demo/hook-test.js",
+              contentType="text/javascript", body=bundle.read_text())
+    pages = ["h1", "h2"]
+    for page in pages:
+        tabs.step(step="open", context="h", page=page,
+                  url=f"{tabs_relay.http_url}/demo/hook-test?userId={user}")
+    # Every tab: connected, and its own three components counted.
+    tabs.wait(pages, "window.hookState && window.hookState.status.length === 3 && "
+                     "window.hookState.status.every(s => s.isConnected && "
+                     "s.subscriberCount === 3)", 15)
+    settle_connections(tabs_relay, (1, 1))
+    assert sorted(tabs.eval(p, "window.hookState.sockets") for p in pages) == [0, 1]
+    set_plan(postgres_url, user, "hooked")
+    tabs.wait(pages, "document.getElementById('w2').textContent.includes('hooked')", 5)
+    set_plan(postgres_url, user, "hooked-2")
+    tabs.wait(pages, "window.hookState.updates.every(n => n === 2)", 5)
+    for page in pages:
+        assert tabs.eval(page, "window.hookState.updates") == [2, 2, 2], page
 
