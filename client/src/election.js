@@ -29,7 +29,7 @@
  * An id no other tab has (tabs order themselves by it).
  * @param {() => number} now
  */
-export function uniqueId(now) {
+function uniqueId(now) {
   const bits = new Uint32Array(2);
   if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bits);
   else for (let i = 0; i < bits.length; i++) bits[i] = Math.floor(Math.random() * 2 ** 32);

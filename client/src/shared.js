@@ -9,7 +9,7 @@
 import { createBackoff } from './backoff.js';
 import { CLOSE_CODE } from './closeCodes.js';
 import { createCursorBook } from './cursors.js';
-import { electLeader, uniqueId } from './election.js';
+import { electLeader } from './election.js';
 import { createListeners } from './listeners.js';
 import { reconnectPolicy } from './reconnectPolicy.js';
 import { createSocketClient, defaultUrl, tokenEndpoint } from './socket.js';
@@ -35,7 +35,6 @@ import { tokenClaims } from './token.js';
  *   | { t: 'closed', code: number, reason: string }
  *   | { t: 'hello' | 'wake' | 'verify' }} TabPost
  */
-/** @typedef {TabPost & { from: string }} TabMessage */
 
 /**
  * @typedef {object} Group
@@ -43,7 +42,6 @@ import { tokenClaims } from './token.js';
  * @property {string} name
  * @property {BroadcastChannel} channel
  * @property {Election | null} election
- * @property {string | null} leaderId the tab whose state this one shows
  */
 
 // Part of every group's name: tabs running another version of this file never meet.
@@ -87,7 +85,6 @@ export function createSharedClient(options = {}) {
   if (!url) throw new Error('relay client: no url (set NEXT_PUBLIC_WEBSOCKET_URL or pass url)');
   const relayUrl = url;
 
-  const tabId = uniqueId(now);
   const { emit, reportError, methods } = createListeners();
   const book = createCursorBook();
   const backoff = createBackoff({ ...backoffOptions, random });
@@ -145,7 +142,7 @@ export function createSharedClient(options = {}) {
   /** @param {TabPost} message */
   function post(message) {
     try {
-      group?.channel.postMessage({ ...message, from: tabId });
+      group?.channel.postMessage(message);
     } catch {
       // closed meanwhile
     }
@@ -209,10 +206,10 @@ export function createSharedClient(options = {}) {
       return;
     }
     /** @type {Group} */
-    const joined = { userId: claims.userId, name, channel, election: null, leaderId: null };
+    const joined = { userId: claims.userId, name, channel, election: null };
     group = joined;
     role = 'follower';
-    channel.onmessage = (event) => onTabMessage(joined, event.data);
+    channel.onmessage = (event) => onGroupMessage(joined, event.data);
     stand(joined);
     post({ t: 'hello' });
   }
@@ -238,7 +235,6 @@ export function createSharedClient(options = {}) {
     // The connection resumes from this tab's cursors: it reports what it could not replay.
     if (pendingResync === 'reconnected') pendingResync = null;
     role = 'leader';
-    joined.leaderId = tabId;
     startCore(joined);
   }
 
@@ -398,9 +394,9 @@ export function createSharedClient(options = {}) {
 
   /**
    * @param {Group} joined
-   * @param {TabMessage} message
+   * @param {TabPost} message
    */
-  function onTabMessage(joined, message) {
+  function onGroupMessage(joined, message) {
     if (joined !== group || stopped || !message || typeof message !== 'object') return;
     switch (message.t) {
       case 'hello':
@@ -410,7 +406,6 @@ export function createSharedClient(options = {}) {
         break;
       case 'state':
         if (role !== 'follower' || message.state === 'idle' || message.state === 'closed') break;
-        joined.leaderId = message.from;
         book.adopt(message.cursors);
         setState(message.state, message);
         break;
