@@ -84,8 +84,8 @@ export interface RealtimeClientOptions {
    * same user (default true; see the README's "Sharing"). false: this tab opens its own.
    */
   share?: boolean;
-  /** How tabs talk to each other (default: globalThis.BroadcastChannel). */
-  BroadcastChannelImpl?: typeof BroadcastChannel;
+  /** How tabs talk to each other (default: globalThis.BroadcastChannel; null: they cannot, no sharing). */
+  BroadcastChannelImpl?: typeof BroadcastChannel | null;
   /** Elects the tab that holds the connection (default: navigator.locks; null: elect over BroadcastChannel). */
   locks?: LockManager | null;
   /** Wall clock in ms (default Date.now): tells a late timer from a silent server. */

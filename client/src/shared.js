@@ -84,6 +84,8 @@ export function createSharedClient(options = {}) {
   } = options;
   if (!url) throw new Error('relay client: no url (set NEXT_PUBLIC_WEBSOCKET_URL or pass url)');
   const relayUrl = url;
+  if (!BroadcastChannelImpl) return createSocketClient(options); // tabs cannot talk: no sharing
+  const Channel = BroadcastChannelImpl;
 
   const { emit, reportError, methods } = createListeners();
   const book = createCursorBook();
@@ -194,7 +196,7 @@ export function createSharedClient(options = {}) {
     const name = claims ? `${GROUP_PREFIX} ${relayUrl} ${claims.userId}` : '';
     if (claims) {
       try {
-        channel = new BroadcastChannelImpl(name);
+        channel = new Channel(name);
       } catch {
         channel = null; // e.g. an opaque origin: share nothing, silently
       }
@@ -219,7 +221,7 @@ export function createSharedClient(options = {}) {
     joined.election = electLeader({
       name: joined.name,
       locks,
-      BroadcastChannelImpl,
+      BroadcastChannelImpl: Channel,
       onLead: () => lead(joined),
       onFollow: () => follow(joined),
       setTimer,
