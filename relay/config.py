@@ -230,20 +230,25 @@ class _Reader:
 
 
 def _check_database_url(url: str) -> None:
-    if "://" not in url:
-        # A libpq key=value DSN: accepted as is.
-        return
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ConfigError(
-            f"DATABASE_URL: expected a postgresql:// URL, got scheme {parts.scheme!r}"
-        )
-    host = parts.hostname or ""
-    if "-pooler" in host.split(".")[0]:
+    from psycopg2.extensions import parse_dsn  # here: the listener patches gevent first
+
+    if "://" in url:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("postgres", "postgresql"):
+            raise ConfigError(
+                f"DATABASE_URL: expected a postgresql:// URL, got scheme {scheme!r}")
+    try:
+        params = parse_dsn(url)  # a URL or libpq's key=value form, e.g. host=… dbname=…
+    except Exception:  # psycopg2.ProgrammingError; its text may quote the password
+        raise ConfigError("DATABASE_URL: not a connection string libpq can read (expected "
+                          "postgresql://user:password@host/db or host=… dbname=… pairs)"
+                          ) from None
+    hosts = params.get("host", "").split(",")  # libpq takes a list of hosts to try in turn
+    if any("-pooler" in host.strip().split(".")[0] for host in hosts):
         raise ConfigError(
             "DATABASE_URL: points at a pooled endpoint (-pooler); LISTEN never receives "
             "notifications through PgBouncer in transaction mode. Use the direct endpoint "
-            "(the host without -pooler)."
+            "(the host without -pooler; on Vercel's Neon integration, DATABASE_URL_UNPOOLED)."
         )
 
 

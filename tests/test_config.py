@@ -84,6 +84,41 @@ def test_pooler_url_message_says_use_the_direct_endpoint() -> None:
         Settings.from_env({**BASE, "DATABASE_URL": "postgres://u@ep-x-pooler.neon.tech/db"})
 
 
+@pytest.mark.parametrize("dsn", [
+    # libpq's key=value form, as Neon's console offers it under "Parameters only"
+    "host=ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech dbname=neondb user=u "
+    "password=p sslmode=require",
+    "dbname=neondb host='ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech' user=u",
+    # a list of hosts to try in turn: a pooler anywhere in it is refused
+    "host=ep-direct-1.aws.neon.tech,ep-other-2-pooler.aws.neon.tech dbname=db",
+    "postgresql://u:p@ep-direct-1.aws.neon.tech,ep-other-2-pooler.aws.neon.tech/db",
+    # libpq reads host= from a URL's query string too, and it wins over the authority
+    "postgresql://u:p@/db?host=ep-cool-1234-pooler.eu-central-1.aws.neon.tech",
+])
+def test_pooler_is_refused_in_every_dsn_form(dsn: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL: points at a pooled endpoint"):
+        Settings.from_env({**BASE, "DATABASE_URL": dsn})
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=ep-cool-darkness-123456.us-east-2.aws.neon.tech dbname=neondb user=u sslmode=require",
+    "host=/var/run/postgresql dbname=app",
+    "postgresql://u@127.0.0.1:5432/db?sslmode=disable",
+    "postgresql:///db?host=/tmp",
+    # "-pooler" elsewhere than the endpoint's name is no pooler
+    "host=db.example.com dbname=my-pooler user=u",
+])
+def test_direct_dsns_are_accepted(dsn: str) -> None:
+    assert Settings.from_env({**BASE, "DATABASE_URL": dsn}).database_url == dsn
+
+
+def test_unreadable_dsn_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "DATABASE_URL": "host=db password=hunter2 oops"})
+    assert str(info.value).startswith("DATABASE_URL: not a connection string")
+    assert "hunter2" not in str(info.value)
+
+
 def _gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env}
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
