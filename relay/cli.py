@@ -2,7 +2,7 @@
 
 Process entry points (started by relay itself): ``supervise``, ``listen``.
 Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
-token exactly like the app's endpoint), ``db install`` (apply ``sql/``), ``db touch``
+token exactly like the app's endpoint), ``db install`` (apply relay's ``sql/``), ``db touch``
 (write a row so that a notification fires), ``watch`` (print what a user receives),
 ``close-codes --js`` (the JS client's close-code table), ``size`` (machines, settings and
 monthly cost for a number of users, from the benchmark's figures: relay/sizing.py).
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("db", help="database tools")
     db = p.add_subparsers(dest="db_command", required=True)
-    db.add_parser("install", help="apply sql/ (idempotent)")
+    i = db.add_parser("install", help="install relay's functions from sql/ (idempotent)")
+    i.add_argument("--with-examples", action="store_true",
+                   help="also create the demo's example tables (subscription, usage)")
     t = db.add_parser("touch", help="upsert the example subscription row of a user")
     t.add_argument("--user-id", required=True)
     t.add_argument("--plan", default="pro")
@@ -127,7 +129,7 @@ def _db(args: argparse.Namespace) -> int:
     if args.db_command == "install":
         from relay.schema import install_schema
 
-        for name in install_schema(url):
+        for name in install_schema(url, examples=args.with_examples):
             print(f"applied {name}")
         return 0
     import psycopg2
@@ -196,7 +198,7 @@ def _dev(args: argparse.Namespace) -> int:
         server = ensure_dev_database(DEV_DIR / "pg")
         env["DATABASE_URL"] = server.url
     (DEV_DIR / "database_url").write_text(env["DATABASE_URL"] + "\n")
-    install_schema(env["DATABASE_URL"])
+    install_schema(env["DATABASE_URL"], examples=True)  # the demo's tables
     secret_path = DEV_DIR / "secret"
     if not env.get("WEBSOCKET_JWT_SECRET"):
         if not secret_path.exists():

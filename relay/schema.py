@@ -1,7 +1,12 @@
-"""Install relay's database side: every ``sql/*.sql`` file, in name order, in one transaction.
+"""Install relay's database side: the ``sql/*.sql`` files, in name order, in one transaction.
 
-Called by the CLI (and ``make run``) against ``DATABASE_URL``, and by the tests. The files are
-written to be re-run, so installing twice is harmless.
+Called by the CLI (``python -m relay db install``, and ``make run``) against ``DATABASE_URL``,
+and by the tests. The files are written to be re-run, so installing twice is harmless.
+
+Files whose name contains ``example`` (``sql/010_example_tables.sql``: the ``subscription``
+and ``usage`` tables behind the default channels) are the demo's, not relay's: they are
+applied only when asked for (``make run``, the tests, ``db install --with-examples``), never
+into an app's database by default.
 """
 
 from __future__ import annotations
@@ -17,14 +22,20 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _INSTALL_LOCK_KEY = 0x72656C6179  # "relay"
 
 
-def schema_files() -> list[Path]:
+def is_example(path: Path) -> bool:
+    return "example" in path.name
+
+
+def schema_files(examples: bool = False) -> list[Path]:
     """The SQL files ``install_schema`` applies, in the order it applies them."""
-    return sorted(SQL_DIR.glob("*.sql"), key=lambda path: path.name)
+    files = sorted(SQL_DIR.glob("*.sql"), key=lambda path: path.name)
+    return [path for path in files if examples or not is_example(path)]
 
 
-def install_schema(dsn: str) -> list[str]:
-    """Apply every SQL file to the database at ``dsn``; return the applied file names."""
-    files = schema_files()
+def install_schema(dsn: str, examples: bool = False) -> list[str]:
+    """Apply relay's SQL files (and the example tables if ``examples``) to the database at
+    ``dsn``; return the applied file names."""
+    files = schema_files(examples)
     if not files:
         raise FileNotFoundError(f"no SQL files in {SQL_DIR}")
     connection = psycopg2.connect(dsn)

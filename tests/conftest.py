@@ -33,7 +33,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def schema_installed(postgres_url: str) -> list[str]:
-    return install_schema(postgres_url)
+    return install_schema(postgres_url, examples=True)
 
 
 # ----- a real relay: gunicorn master, 2 workers, supervisor, listener -----
@@ -69,6 +69,30 @@ def relay_factory(postgres_url: str, schema_installed: list[str],
 
 
 @pytest.fixture
+def empty_database(postgres_url: str) -> Iterator[str]:
+    """A database of the test's own on the session's server, with nothing of relay in it
+    (what an app's database looks like before ``relay db install``)."""
+    import secrets
+
+    import psycopg2
+    from psycopg2 import sql
+    from psycopg2.extensions import make_dsn
+
+    from tests.support import execute
+
+    name = f"relay_empty_{secrets.token_hex(4)}"
+    try:
+        execute(postgres_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege:
+        pytest.skip("the test role may not CREATE DATABASE")
+    try:
+        yield make_dsn(postgres_url, dbname=name)
+    finally:
+        execute(postgres_url, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of the test's own, which it may stop, restart or break."""
     if os.environ.get("DATABASE_URL"):
@@ -76,7 +100,7 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
                     "(DATABASE_URL is set)")
     server = EmbeddedPostgres(tmp_path / "pg")
     server.start()
-    install_schema(server.url)
+    install_schema(server.url, examples=True)
     try:
         yield server
     finally:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from relay.auth import verify_token
@@ -76,3 +77,30 @@ def test_development_secret_file_is_private_from_its_first_byte(tmp_path: Path) 
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
     with pytest.raises(FileExistsError):  # never silently rewrites an existing secret
         _write_private(tmp_path / "secret", "t" * 64 + "\n")
+
+
+def _public_tables(url: str) -> set[str]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = {name for (name,) in cur.fetchall()}
+    conn.close()
+    return tables
+
+
+def test_db_install_installs_relays_functions_and_no_example_tables(empty_database: str) -> None:
+    result = _relay_cli("db", "install", DATABASE_URL=empty_database)
+    assert result.returncode == 0, result.stderr
+    assert "applied 001_notify_function.sql" in result.stdout
+    assert "example" not in result.stdout.replace("db trigger", "")
+    assert _public_tables(empty_database) == set()  # an app's database gets no demo tables
+    with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regprocedure('relay_notify()') IS NOT NULL")
+        assert cur.fetchone() == (True,)
+    conn.close()
+
+
+def test_db_install_with_examples_creates_the_demo_tables(empty_database: str) -> None:
+    result = _relay_cli("db", "install", "--with-examples", DATABASE_URL=empty_database)
+    assert result.returncode == 0, result.stderr
+    assert "applied 010_example_tables.sql" in result.stdout
+    assert _public_tables(empty_database) == {"subscription", "usage"}

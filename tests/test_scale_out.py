@@ -28,7 +28,7 @@ def own_database(postgres_url: str) -> Iterator[str]:
         pytest.skip("the test role may not CREATE DATABASE")
     try:
         url = make_dsn(postgres_url, dbname=name)
-        install_schema(url)
+        install_schema(url, examples=True)
         yield url
     finally:
         execute(postgres_url, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(

@@ -292,9 +292,9 @@ def test_install_twice_is_idempotent_and_keeps_data(
     )
     listener.collect()
 
-    applied = install_schema(postgres_url)
-    assert install_schema(postgres_url) == applied
-    assert applied == [path.name for path in schema_files()]
+    applied = install_schema(postgres_url, examples=True)
+    assert install_schema(postgres_url, examples=True) == applied
+    assert applied == [path.name for path in schema_files(examples=True)]
     assert applied[:2] == ["001_notify_function.sql", "010_example_tables.sql"]
 
     assert _write(writer, "SELECT user_id FROM subscription WHERE id = %s", (row_id,)) == (user,)
