@@ -3,9 +3,13 @@
 Process entry points (started by relay itself): ``supervise``, ``listen``.
 Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
 token exactly like the app's endpoint), ``db install`` (apply relay's ``sql/``), ``db touch``
-(write a row so that a notification fires), ``watch`` (print what a user receives),
-``close-codes --js`` (the JS client's close-code table), ``size`` (machines, settings and
-monthly cost for a number of users, from the benchmark's figures: relay/sizing.py).
+(write a row of the example table so that a notification fires), ``watch`` (print what a
+user receives), ``close-codes --js`` (the JS client's close-code table), ``size`` (machines,
+settings and monthly cost for a number of users, from the benchmark's figures:
+relay/sizing.py).
+
+A tool's expected failures (bad input, database down, relay unreachable or refusing) end
+with one line on stderr and a non-zero exit, never a traceback.
 
 Heavy imports stay inside the commands: ``listen`` must monkey-patch gevent before
 anything imports ``socket``.
@@ -24,6 +28,18 @@ import urllib.request
 from pathlib import Path
 
 from relay.config import ConfigError
+
+# The processes relay runs itself: a failure there is a bug or an outage worth a traceback in
+# the logs. Every other command is a tool a person types.
+_PROCESSES = ("listen", "supervise")
+
+
+class CommandError(Exception):
+    """An expected failure of a tool; ``str()`` is the one line to print."""
+
+    def __init__(self, line: str, exit_code: int = 1) -> None:
+        super().__init__(line)
+        self.exit_code = exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_DIR = ROOT / ".relay-dev"
@@ -75,6 +91,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the person asked to stop, nothing went wrong
+        return 130
+    except Exception as exc:
+        failure = None if args.command in _PROCESSES else _expected_failure(exc)
+        if failure is None:
+            raise
+        print(f"relay: {failure}", file=sys.stderr)
+        return failure.exit_code
+
+
+def _expected_failure(exc: Exception) -> CommandError | None:
+    """The one line for a failure a person can fix; None for a bug (keep the traceback)."""
+    if isinstance(exc, CommandError):
+        return exc
+    import psycopg2
+
+    if isinstance(exc, psycopg2.OperationalError):
+        return CommandError(f"cannot use the database: {_first_line(str(exc))}")
+    if isinstance(exc, psycopg2.Error):
+        return CommandError(f"database error: {_first_line(str(exc))}")
+    return None
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def _listen(args: argparse.Namespace) -> int:
@@ -123,28 +164,45 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from relay.config import read_database_url
-
-    url = os.environ.get("DATABASE_URL") or _dev_database_url() or read_database_url()
+    url = _database_url()
     if args.db_command == "install":
         from relay.schema import install_schema
 
         for name in install_schema(url, examples=args.with_examples):
             print(f"applied {name}")
         return 0
+    return _db_touch(url, args)
+
+
+def _database_url() -> str:
+    """``DATABASE_URL``, else the database ``make run`` started."""
+    from relay.config import read_database_url
+
+    return os.environ.get("DATABASE_URL") or _dev_database_url() or read_database_url()
+
+
+def _db_touch(url: str, args: argparse.Namespace) -> int:
     import psycopg2
 
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id FROM subscription WHERE user_id = %s ORDER BY id LIMIT 1",
-                    (args.user_id,))
-        row = cur.fetchone()
-        if row:
-            cur.execute("UPDATE subscription SET plan = %s, updated_at = now() WHERE id = %s",
-                        (args.plan, row[0]))
-        else:
-            cur.execute("INSERT INTO subscription (user_id, plan, status) "
-                        "VALUES (%s, %s, 'active')", (args.user_id, args.plan))
-    conn.close()
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('subscription') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                raise CommandError("db touch writes the demo's example table subscription, "
+                                   "which this database lacks (make run creates it, or "
+                                   "python -m relay db install --with-examples)")
+            cur.execute("SELECT id FROM subscription WHERE user_id = %s ORDER BY id LIMIT 1",
+                        (args.user_id,))
+            row = cur.fetchone()
+            if row:
+                cur.execute("UPDATE subscription SET plan = %s, updated_at = now() "
+                            "WHERE id = %s", (args.plan, row[0]))
+            else:
+                cur.execute("INSERT INTO subscription (user_id, plan, status) "
+                            "VALUES (%s, %s, 'active')", (args.user_id, args.plan))
+    finally:
+        conn.close()
     print(f"wrote subscription of user {args.user_id}: plan={args.plan}")
     return 0
 
@@ -156,17 +214,39 @@ def _dev_database_url() -> str | None:
 
 def _watch(args: argparse.Namespace) -> int:
     import json
+    from urllib.parse import urlsplit
 
     import websocket  # websocket-client, a development dependency
 
     from relay.auth import issue_token
     from relay.config import read_jwt_secret
 
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise CommandError(f"watch: --url {args.url!r} is not a WebSocket URL "
+                           "(ws://host:port/ws or wss://host/ws)", 2)
     secret = read_jwt_secret() if "WEBSOCKET_JWT_SECRET" in os.environ else _dev_secret()
     if secret is None:
-        read_jwt_secret()
+        read_jwt_secret()  # raises: names the variable
     assert secret is not None
-    ws = websocket.create_connection(args.url)
+    try:
+        # No Origin header: this is not a browser, and relay admits requests without one,
+        # while websocket-client's default Origin (the relay's own URL) is in no
+        # production relay's ALLOWED_ORIGINS: it would be refused with 403.
+        ws = websocket.create_connection(args.url, timeout=10, suppress_origin=True)
+    except websocket.WebSocketBadStatusException as exc:
+        hint = {403: " (an Origin not in ALLOWED_ORIGINS, or a proxy in front of relay)",
+                404: " (is this relay's /ws URL?)"}.get(exc.status_code, "")
+        raise CommandError(f"watch: {args.url} refused the WebSocket handshake with HTTP "
+                           f"{exc.status_code}{hint}") from None
+    except websocket.WebSocketAddressException:
+        raise CommandError(f"watch: cannot resolve the host of {args.url}") from None
+    except ConnectionRefusedError:
+        raise CommandError(f"watch: nothing accepts connections at {args.url} "
+                           "(is relay running? make run starts it)") from None
+    except (OSError, websocket.WebSocketException) as exc:
+        raise CommandError(f"watch: cannot connect to {args.url}: {exc}") from None
+    ws.settimeout(None)  # the relay pings every RELAY_PING_INTERVAL; we answer each
     ws.send(json.dumps({"type": "auth", "token": issue_token(args.user_id, secret)}))
     print(f"connected to {args.url} as user {args.user_id}; Ctrl-C to stop", flush=True)
     try:
@@ -174,15 +254,28 @@ def _watch(args: argparse.Namespace) -> int:
             opcode, data = ws.recv_data(control_frame=True)
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                print(f"closed by server: {code} {data[2:].decode(errors='replace')}")
-                return 1
+                reason = data[2:].decode(errors="replace")
+                raise CommandError(f"watch: closed by the relay: {code} {reason}"
+                                   + _WATCH_CLOSE_ADVICE.get(code, ""))
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 text = data.decode()
                 print(text, flush=True)
                 if json.loads(text).get("type") == "ping":
                     ws.send('{"type":"pong"}')
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the way to stop watching
         return 0
+    except (OSError, websocket.WebSocketException) as exc:
+        raise CommandError(f"watch: connection to {args.url} lost: "
+                           f"{exc or type(exc).__name__}") from None
+    finally:
+        ws.close()
+
+
+_WATCH_CLOSE_ADVICE = {
+    4001: " (the token was refused: is WEBSOCKET_JWT_SECRET here the relay's?)",
+    4003: " (this user id cannot form a channel: letters, digits and _.@:- only)",
+    4008: " (this user has too many connections: RELAY_MAX_CONNECTIONS_PER_USER)",
+}
 
 
 def _dev(args: argparse.Namespace) -> int:

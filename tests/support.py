@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -321,6 +322,42 @@ def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> 
 
 def notify(database_url: str, channel: str, payload: str) -> None:
     execute(database_url, "SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+class ProcessOutput:
+    """A child's stdout read line by line with a timeout (straight from the pipe: a buffered
+    reader could hold lines that ``select`` no longer sees)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.fd = stream.fileno()
+        self.text = ""  # everything read so far
+        self._pending = b""
+
+    def line(self, timeout: float) -> str | None:
+        """The next line, or ``None`` at end of file; raises ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                raise TimeoutError(f"no line within {timeout}s; output so far:\n{self.text}")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        text = line.decode(errors="replace") + "\n"
+        self.text += text
+        return text
+
+    def until(self, needle: str, timeout: float) -> str:
+        """Read until a line contains ``needle``; return everything read so far."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"output ended before {needle!r}:\n{self.text}")
+            if needle in line:
+                return self.text
 
 
 def raw_connected(relay: RelayProcess, user: str) -> RawClient:

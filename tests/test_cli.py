@@ -1,17 +1,25 @@
-"""The operator and developer commands: db install (idempotent), token, db touch."""
+"""The operator and developer commands: db install (idempotent, relay's objects only), token,
+db touch, watch; every expected failure of a tool is one line, never a traceback."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
 
 from relay.auth import verify_token
-from tests.support import ROOT, SECRET, RelayProcess
+from relay.schema import install_schema
+from tests.support import ROOT, SECRET, ProcessOutput, RelayProcess, execute, free_port
 
 
 def _relay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +112,128 @@ def test_db_install_with_examples_creates_the_demo_tables(empty_database: str) -
     assert result.returncode == 0, result.stderr
     assert "applied 010_example_tables.sql" in result.stdout
     assert _public_tables(empty_database) == {"subscription", "usage"}
+
+
+# ----- relay watch, and one line for every expected failure -----
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+class _Watch:
+    """``python -m relay watch`` as a person runs it, read line by line."""
+
+    def __init__(self, url: str, user: str, secret: str = SECRET) -> None:
+        clean = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "watch", "--url", url, "--user-id", user],
+            cwd=ROOT, env={**clean, "WEBSOCKET_JWT_SECRET": secret},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.output = ProcessOutput(self.proc.stdout)
+
+    def message(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (line := self.output.line(max(0.0, deadline - time.monotonic()))) is not None:
+            if line.startswith("{") and json.loads(line)["type"] == kind:
+                return json.loads(line)
+        raise AssertionError(f"relay watch ended before {kind}: {self.stderr()}")
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+
+def test_watch_is_admitted_by_a_relay_with_allowed_origins(relay: RelayProcess,
+                                                           postgres_url: str) -> None:
+    # relay's ALLOWED_ORIGINS is https://app.example.com, as in production: websocket-client's
+    # default Origin (the relay's own URL) would get HTTP 403; relay watch sends none.
+    assert relay.env["ALLOWED_ORIGINS"] == "https://app.example.com"
+    watch = _Watch(relay.ws_url, "watch-user")
+    try:
+        assert watch.message("connected")["userId"] == "watch-user"
+        execute(postgres_url, "INSERT INTO subscription (user_id, plan) VALUES "
+                              "('watch-user', 'watched')")
+        assert watch.message("update")["data"]["row"]["plan"] == "watched"
+        watch.proc.send_signal(signal.SIGINT)  # Ctrl-C: the way to stop watching
+        assert watch.proc.wait(10) == 0
+        assert watch.stderr() == ""
+    finally:
+        watch.proc.kill()
+        watch.proc.wait()
+
+
+def test_watch_with_the_wrong_secret_says_so_in_one_line(relay: RelayProcess) -> None:
+    watch = _Watch(relay.ws_url, "watch-user", secret="another-secret-" + "x" * 32)
+    assert watch.proc.wait(20) == 1
+    line = watch.stderr().strip()
+    assert line == ("relay: watch: closed by the relay: 4001 bad signature (the token was "
+                    "refused: is WEBSOCKET_JWT_SECRET here the relay's?)")
+
+
+def test_watch_of_a_wrong_path_names_the_http_status(relay: RelayProcess) -> None:
+    url = relay.ws_url.replace("/ws", "/nothing-here")
+    line = _one_line_failure(_relay_cli("watch", "--url", url, WEBSOCKET_JWT_SECRET=SECRET))
+    assert line == (f"relay: watch: {url} refused the WebSocket handshake with HTTP 404 "
+                    "(is this relay's /ws URL?)")
+
+
+def test_watch_refused_with_403_is_one_line() -> None:
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_error(403)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{server.server_address[1]}/ws"
+        line = _one_line_failure(_relay_cli("watch", "--url", url, WEBSOCKET_JWT_SECRET=SECRET))
+        assert line.startswith(f"relay: watch: {url} refused the WebSocket handshake with "
+                               "HTTP 403")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_watch_with_nothing_listening_is_one_line() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    line = _one_line_failure(_relay_cli("watch", "--url", url, WEBSOCKET_JWT_SECRET=SECRET))
+    assert line == (f"relay: watch: nothing accepts connections at {url} "
+                    "(is relay running? make run starts it)")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:3000/ws", "127.0.0.1:3000", "ws://"])
+def test_watch_of_a_bad_url_is_one_line(url: str) -> None:
+    line = _one_line_failure(_relay_cli("watch", "--url", url, WEBSOCKET_JWT_SECRET=SECRET), 2)
+    assert line.startswith(f"relay: watch: --url {url!r} is not a WebSocket URL")
+
+
+@pytest.mark.skipif((ROOT / ".relay-dev" / "secret").exists(),
+                    reason="`make run` left a development secret, which `watch` uses")
+def test_watch_without_a_secret_names_the_variable() -> None:
+    line = _one_line_failure(_relay_cli("watch"), 2)
+    assert line == "relay: configuration error: WEBSOCKET_JWT_SECRET: required but not set"
+
+
+@pytest.mark.parametrize("command", [["db", "install"], ["db", "touch", "--user-id", "1"]])
+def test_database_down_is_one_line(command: list[str]) -> None:
+    url = f"postgresql://relay@127.0.0.1:{free_port()}/relay"
+    line = _one_line_failure(_relay_cli(*command, DATABASE_URL=url))
+    assert line.startswith("relay: cannot use the database: connection to server at "
+                           '"127.0.0.1"'), line
+    assert "Connection refused" in line
+
+
+def test_db_touch_without_the_example_tables_is_one_line(empty_database: str) -> None:
+    install_schema(empty_database)
+    line = _one_line_failure(_relay_cli("db", "touch", "--user-id", "1",
+                                        DATABASE_URL=empty_database))
+    assert "python -m relay db install --with-examples" in line
