@@ -2,11 +2,11 @@
 
 Process entry points (started by relay itself): ``supervise``, ``listen``.
 Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
-token exactly like the app's endpoint), ``db install`` (apply relay's ``sql/``), ``db touch``
-(write a row of the example table so that a notification fires), ``watch`` (print what a
-user receives), ``close-codes --js`` (the JS client's close-code table), ``size`` (machines,
-settings and monthly cost for a number of users, from the benchmark's figures:
-relay/sizing.py).
+token exactly like the app's endpoint), ``db install`` (apply relay's ``sql/``), ``db trigger``
+(attach relay's trigger to an app's table), ``db touch`` (write a row of the example table so
+that a notification fires), ``watch`` (print what a user receives), ``close-codes --js`` (the
+JS client's close-code table), ``size`` (machines, settings and monthly cost for a number of
+users, from the benchmark's figures: relay/sizing.py).
 
 A tool's expected failures (bad input, database down, relay unreachable or refusing) end
 with one line on stderr and a non-zero exit, never a traceback.
@@ -65,6 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     i = db.add_parser("install", help="install relay's functions from sql/ (idempotent)")
     i.add_argument("--with-examples", action="store_true",
                    help="also create the demo's example tables (subscription, usage)")
+    i.add_argument("--print", dest="print_only", action="store_true",
+                   help="only print the SQL (for a migration); needs no database")
+    t = db.add_parser(
+        "trigger", help="attach relay's trigger to a table (idempotent)",
+        description="Create (or with --drop remove) the trigger that notifies "
+                    "user_<CHANNEL>_<user id> on every insert, update and delete of TABLE. "
+                    "Names are taken exactly as written (case-sensitive, quoted in SQL).")
+    t.add_argument("table", metavar="TABLE", help="table name, or SCHEMA.TABLE")
+    t.add_argument("--channel", help="channel's table part: Subscription -> "
+                                     "user_Subscription_<user id>")
+    t.add_argument("--user-column", default="user_id",
+                   help="column holding the owner's user id (default user_id)")
+    t.add_argument("--id-column", default="id",
+                   help="column identifying the row, always sent (default id)")
+    t.add_argument("--columns", help="comma-separated columns to send (default: EVERY column "
+                                     "of the row reaches the owner's browser)")
+    t.add_argument("--drop", action="store_true", help="remove the trigger instead")
+    t.add_argument("--print", dest="print_only", action="store_true",
+                   help="only print the SQL (for a migration); needs no database")
     t = db.add_parser("touch", help="upsert the example subscription row of a user")
     t.add_argument("--user-id", required=True)
     t.add_argument("--plan", default="pro")
@@ -105,6 +124,10 @@ def _expected_failure(exc: Exception) -> CommandError | None:
     """The one line for a failure a person can fix; None for a bug (keep the traceback)."""
     if isinstance(exc, CommandError):
         return exc
+    from relay.triggers import TriggerError
+
+    if isinstance(exc, TriggerError):  # the command line names something that cannot work
+        return CommandError(f"db trigger: {exc}", 2)
     import psycopg2
 
     if isinstance(exc, psycopg2.OperationalError):
@@ -164,12 +187,22 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
+    if args.db_command == "trigger":
+        return _db_trigger(args)
+    if args.db_command == "install" and args.print_only:
+        from relay.schema import schema_sql
+
+        sys.stdout.write(schema_sql(examples=args.with_examples))
+        return 0
     url = _database_url()
     if args.db_command == "install":
         from relay.schema import install_schema
 
         for name in install_schema(url, examples=args.with_examples):
             print(f"applied {name}")
+        if not args.with_examples:
+            print("(relay's functions only; attach them to your tables with "
+                  "python -m relay db trigger)")
         return 0
     return _db_touch(url, args)
 
@@ -179,6 +212,28 @@ def _database_url() -> str:
     from relay.config import read_database_url
 
     return os.environ.get("DATABASE_URL") or _dev_database_url() or read_database_url()
+
+
+def _db_trigger(args: argparse.Namespace) -> int:
+    from relay import triggers
+
+    spec = triggers.TriggerSpec.parse(args.table, args.channel, args.user_column,
+                                      args.id_column, args.columns, args.drop)
+    if args.print_only:
+        sys.stdout.write(spec.drop_sql() if args.drop else spec.create_sql())
+        return 0
+    url = _database_url()
+    if args.drop:
+        print(triggers.detach(url, spec))
+        return 0
+    print(triggers.attach(url, spec))
+    from relay.config import read_channel_templates
+
+    templates = read_channel_templates()
+    if spec.channel_pattern not in templates:
+        print(f"note: relay delivers {spec.channel_pattern} only once RELAY_CHANNELS lists it "
+              f"(relay's setting now: {','.join(templates)})", file=sys.stderr)
+    return 0
 
 
 def _db_touch(url: str, args: argparse.Namespace) -> int:

@@ -181,6 +181,11 @@ def _host(raw: str) -> str:
         ) from None
 
 
+def read_channel_templates(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``RELAY_CHANNELS`` alone, validated (for ``python -m relay db trigger``'s advice)."""
+    return _templates((os.environ if environ is None else environ).get("RELAY_CHANNELS", ""))
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env

@@ -32,6 +32,12 @@ def schema_files(examples: bool = False) -> list[Path]:
     return [path for path in files if examples or not is_example(path)]
 
 
+def schema_sql(examples: bool = False) -> str:
+    """What ``install_schema`` runs, as one script (``db install --print``, for a migration)."""
+    return "".join(f"-- relay: sql/{path.name}\n{path.read_text(encoding='utf-8').rstrip()}\n\n"
+                   for path in schema_files(examples))
+
+
 def install_schema(dsn: str, examples: bool = False) -> list[str]:
     """Apply relay's SQL files (and the example tables if ``examples``) to the database at
     ``dsn``; return the applied file names."""

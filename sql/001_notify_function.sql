@@ -2,15 +2,21 @@
 --
 -- Install as
 --   CREATE OR REPLACE TRIGGER <name> AFTER INSERT OR UPDATE OR DELETE ON <table>
---       FOR EACH ROW EXECUTE FUNCTION relay_notify('<Table>' [, '<user column>' [, '<id column>']]);
+--       FOR EACH ROW EXECUTE FUNCTION relay_notify('<Table>' [, '<user column>' [, '<id column>'
+--                                                   [, '<column>', ...]]]);
+-- (`python -m relay db trigger` writes this statement with the right quoting.)
 --
 --   TG_ARGV[0]  channel table part, case preserved: 'Subscription' -> user_Subscription_<user>
 --   TG_ARGV[1]  column holding the owner's user id (default 'user_id')
 --   TG_ARGV[2]  column identifying the row in a truncated payload (default 'id')
+--   TG_ARGV[3…] the columns the payload's "row" carries (the id column always comes along).
+--               Without them the row is sent WHOLE - every column, whatever it holds, goes to
+--               the owner's browser; name the columns to keep secrets in the database.
 --
 -- Payload (JSON text):
 --   {"table": "<table, lowercased>", "operation": "INSERT|UPDATE|DELETE",
---    "row": {...NEW, or OLD for DELETE...}, "ts": <commit-side clock, epoch seconds>}
+--    "row": {...NEW, or OLD for DELETE, or only their listed columns...},
+--    "ts": <commit-side clock, epoch seconds>}
 -- A payload of 8000 bytes or more (NOTIFY's limit, which would otherwise fail the writer's
 -- transaction) is replaced by a reference the client fetches from the app:
 --   {"table": ..., "operation": ..., "id": <id column>, "truncated": true, "ts": ...}
@@ -84,6 +90,7 @@ DECLARE
     user_column text := coalesce(TG_ARGV[1], 'user_id');
     id_column text := coalesce(TG_ARGV[2], 'id');
     table_name text := lower(TG_TABLE_NAME);
+    sent_columns text[];
     new_row json;
     old_row json;
     new_owner text;
@@ -110,6 +117,20 @@ BEGIN
             AND NOT (coalesce(new_row, old_row)::jsonb ? user_column) THEN
         RAISE WARNING 'relay_notify on %: no column %; not notified', TG_TABLE_NAME, user_column;
         RETURN NULL;
+    END IF;
+
+    -- Only the listed columns (and the id column) leave the database. The owners were read
+    -- from the whole row above, so the user column need not be listed.
+    IF TG_NARGS > 3 THEN
+        sent_columns := TG_ARGV[3:TG_NARGS - 1] || id_column;
+        IF new_row IS NOT NULL THEN
+            new_row := (SELECT coalesce(json_object_agg(key, value), '{}'::json)
+                        FROM json_each(new_row) WHERE key = ANY (sent_columns));
+        END IF;
+        IF old_row IS NOT NULL THEN
+            old_row := (SELECT coalesce(json_object_agg(key, value), '{}'::json)
+                        FROM json_each(old_row) WHERE key = ANY (sent_columns));
+        END IF;
     END IF;
 
     IF TG_OP = 'DELETE' THEN

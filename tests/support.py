@@ -20,13 +20,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg2
+import psycopg2.extensions
 import pytest
 import websocket
+from psycopg2 import sql
 
 from relay.auth import issue_token
 from tests.conformance.wire import RawClient
@@ -322,6 +326,41 @@ def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> 
 
 def notify(database_url: str, channel: str, payload: str) -> None:
     execute(database_url, "SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+class NotifyListener:
+    """A LISTEN connection that collects everything delivered up to a sentinel notification.
+
+    NOTIFY delivers in commit order, so once our sentinel (committed after the writes under
+    test) arrives, every notification of those writes has arrived too: no sleeps, and "nothing
+    else was sent" is a real assertion.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sentinel = f"sentinel_{uuid.uuid4().hex}"
+        self.listen(self.sentinel)
+
+    def listen(self, channel: str) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def collect(self, timeout: float = 5.0) -> list[psycopg2.extensions.Notify]:
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", (self.sentinel,))
+        received: list[psycopg2.extensions.Notify] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.conn.poll()
+            while self.conn.notifies:
+                notify = self.conn.notifies.pop(0)
+                if notify.channel == self.sentinel:
+                    return received
+                received.append(notify)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"sentinel not delivered within {timeout}s; got {received}")
+            select.select([self.conn], [], [], remaining)
 
 
 class ProcessOutput:

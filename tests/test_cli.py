@@ -223,7 +223,8 @@ def test_watch_without_a_secret_names_the_variable() -> None:
     assert line == "relay: configuration error: WEBSOCKET_JWT_SECRET: required but not set"
 
 
-@pytest.mark.parametrize("command", [["db", "install"], ["db", "touch", "--user-id", "1"]])
+@pytest.mark.parametrize("command", [["db", "install"], ["db", "touch", "--user-id", "1"],
+                                     ["db", "trigger", "T", "--channel", "T"]])
 def test_database_down_is_one_line(command: list[str]) -> None:
     url = f"postgresql://relay@127.0.0.1:{free_port()}/relay"
     line = _one_line_failure(_relay_cli(*command, DATABASE_URL=url))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import select
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,16 +14,17 @@ import pytest
 from psycopg2 import sql
 
 from relay.schema import install_schema, schema_files
+from tests.support import NotifyListener
 
 NOTIFY_PAYLOAD_LIMIT = 8000
 
 
 @pytest.fixture
-def listener(postgres_url: str, schema_installed: list[str]) -> Iterator[_Listener]:
+def listener(postgres_url: str, schema_installed: list[str]) -> Iterator[NotifyListener]:
     conn = psycopg2.connect(postgres_url)
     conn.autocommit = True  # a listener inside a transaction hears nothing
     try:
-        yield _Listener(conn)
+        yield NotifyListener(conn)
     finally:
         conn.close()
 
@@ -36,41 +36,6 @@ def writer(postgres_url: str, schema_installed: list[str]) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
-
-
-class _Listener:
-    """A LISTEN connection that collects everything delivered up to a sentinel notification.
-
-    NOTIFY delivers in commit order, so once our sentinel (committed after the writes under
-    test) arrives, every notification of those writes has arrived too: no sleeps, and "nothing
-    else was sent" is a real assertion.
-    """
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.sentinel = f"sentinel_{uuid.uuid4().hex}"
-        self.listen(self.sentinel)
-
-    def listen(self, channel: str) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-
-    def collect(self, timeout: float = 5.0) -> list[psycopg2.extensions.Notify]:
-        with self.conn.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", (self.sentinel,))
-        received: list[psycopg2.extensions.Notify] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            self.conn.poll()
-            while self.conn.notifies:
-                notify = self.conn.notifies.pop(0)
-                if notify.channel == self.sentinel:
-                    return received
-                received.append(notify)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"sentinel not delivered within {timeout}s; got {received}")
-            select.select([self.conn], [], [], remaining)
 
 
 def _write(writer: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
@@ -88,7 +53,7 @@ def _unique_user(prefix: str = "u") -> str:
 
 
 def test_subscription_insert_update_delete_notify_the_case_preserved_channel(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     listener.listen("user_Subscription_AbC")
     listener.listen("user_subscription_abc")  # what an unquoted LISTEN would have heard
@@ -119,7 +84,7 @@ def test_subscription_insert_update_delete_notify_the_case_preserved_channel(
     assert delete["status"] == "past_due"  # DELETE carries the row as it was
 
 
-def test_usage_notifies_user_usage_channel(listener: _Listener, writer: Any) -> None:
+def test_usage_notifies_user_usage_channel(listener: NotifyListener, writer: Any) -> None:
     listener.listen("user_Usage_42")
     (row_id,) = _write(
         writer,
@@ -135,7 +100,7 @@ def test_usage_notifies_user_usage_channel(listener: _Listener, writer: Any) -> 
 
 
 def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
@@ -160,7 +125,7 @@ def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
 
 
 def test_payload_size_is_measured_in_bytes_not_characters(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
@@ -177,7 +142,7 @@ def test_payload_size_is_measured_in_bytes_not_characters(
     assert payload["id"] == row_id
 
 
-def test_row_just_under_the_limit_is_sent_whole(listener: _Listener, writer: Any) -> None:
+def test_row_just_under_the_limit_is_sent_whole(listener: NotifyListener, writer: Any) -> None:
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
     (row_id,) = _write(
@@ -198,7 +163,7 @@ def test_row_just_under_the_limit_is_sent_whole(listener: _Listener, writer: Any
 
 
 def test_changing_owner_notifies_old_owner_of_removal_and_new_owner_of_update(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     old, new = _unique_user("old"), _unique_user("new")
     listener.listen(f"user_Subscription_{old}")
@@ -229,7 +194,7 @@ def test_changing_owner_notifies_old_owner_of_removal_and_new_owner_of_update(
 
 
 def test_user_id_too_long_for_a_channel_does_not_fail_the_write(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     user = "u" * 60  # user_Subscription_ + 60 bytes > 63
     assert len(f"user_Subscription_{user}".encode()) > 63
@@ -243,7 +208,7 @@ def test_user_id_too_long_for_a_channel_does_not_fail_the_write(
     assert any("63 bytes" in notice for notice in writer.notices)
 
 
-def test_multibyte_user_id_is_measured_in_bytes(listener: _Listener, writer: Any) -> None:
+def test_multibyte_user_id_is_measured_in_bytes(listener: NotifyListener, writer: Any) -> None:
     user = "ü" * 30  # 30 characters, 60 bytes: the channel is 78 bytes
     (row_id,) = _write(
         writer, "INSERT INTO usage (user_id, amount) VALUES (%s, 1) RETURNING id", (user,)
@@ -253,7 +218,7 @@ def test_multibyte_user_id_is_measured_in_bytes(listener: _Listener, writer: Any
 
 
 def test_trigger_arguments_choose_the_user_and_id_columns(
-    listener: _Listener, writer: Any
+    listener: NotifyListener, writer: Any
 ) -> None:
     table = f"relay_test_notes_{uuid.uuid4().hex[:8]}"
     user = _unique_user()
@@ -283,7 +248,7 @@ def test_trigger_arguments_choose_the_user_and_id_columns(
 
 
 def test_install_twice_is_idempotent_and_keeps_data(
-    postgres_url: str, listener: _Listener, writer: Any
+    postgres_url: str, listener: NotifyListener, writer: Any
 ) -> None:
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
