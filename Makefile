@@ -32,6 +32,7 @@ client/node_modules/.package-lock.json: client/package.json client/package-lock.
 	cd client && npm ci --no-audit --no-fund --loglevel=error
 
 ## run: relay on an embedded PostgreSQL with 2 workers on http://127.0.0.1:3000
+##      (another port: make run PORT=3001)
 run: $(STAMP)
 	$(PY) -m relay dev
 

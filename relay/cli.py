@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user-id", default="42")
 
     p = sub.add_parser("dev", help="run relay locally on an embedded PostgreSQL")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=int, default=3000, help="when PORT is not set (default 3000)")
+    p.add_argument("--state-dir", type=Path, default=DEV_DIR,
+                   help="where the database, its URL and the secret are kept (.relay-dev)")
 
     p = sub.add_parser("close-codes", help="print the close-code table")
     p.add_argument("--js", action="store_true", help="as client/src/closeCodes.js")
@@ -338,40 +340,75 @@ def _dev(args: argparse.Namespace) -> int:
     from relay.devdb import ensure_dev_database
     from relay.schema import install_schema
 
-    DEV_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
+    env.setdefault("PORT", str(args.port))
+    port = env["PORT"]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"PORT: expected a port number, got {port!r}")
+    _check_port_free(port)
+    state: Path = args.state_dir
+    state.mkdir(exist_ok=True)
     server = None
     if not env.get("DATABASE_URL"):
-        print("relay dev: starting the embedded PostgreSQL in .relay-dev/pg …", flush=True)
-        server = ensure_dev_database(DEV_DIR / "pg")
+        print(f"relay dev: starting the embedded PostgreSQL in {state / 'pg'} …", flush=True)
+        server = ensure_dev_database(state / "pg")
         env["DATABASE_URL"] = server.url
-    (DEV_DIR / "database_url").write_text(env["DATABASE_URL"] + "\n")
+    (state / "database_url").write_text(env["DATABASE_URL"] + "\n")
     install_schema(env["DATABASE_URL"], examples=True)  # the demo's tables
-    secret_path = DEV_DIR / "secret"
+    secret_path = state / "secret"
     if not env.get("WEBSOCKET_JWT_SECRET"):
         if not secret_path.exists():
             _write_private(secret_path, secrets.token_hex(32) + "\n")
         env["WEBSOCKET_JWT_SECRET"] = secret_path.read_text().strip()
-    env.setdefault("PORT", str(args.port))
     env.setdefault("WEB_CONCURRENCY", "2")
     env.setdefault("RELAY_DEV", "1")
-    env.setdefault("ALLOWED_ORIGINS", f"http://localhost:{env['PORT']},"
-                                      f"http://127.0.0.1:{env['PORT']}")
+    env.setdefault("ALLOWED_ORIGINS", ",".join(_dev_origins(port)))
+    # gunicorn gets a session of its own, so that the terminal's Ctrl-C (sent to the whole
+    # foreground process group) reaches only this process: it asks gunicorn to stop, and
+    # gunicorn stops its workers, supervisor and listener in order, instead of each of them
+    # being interrupted mid-call and printing a traceback. Outside the terminal's group,
+    # gunicorn must still never outlive this process (killed, or the terminal closed).
+    from relay.supervisor import die_with_parent
+
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=env, start_new_session=True, preexec_fn=die_with_parent,
     )
-    signal.signal(signal.SIGINT, lambda *_: gunicorn.send_signal(signal.SIGINT))
-    signal.signal(signal.SIGTERM, lambda *_: gunicorn.send_signal(signal.SIGTERM))
-    port = env["PORT"]
+    for received, forwarded in ((signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM),
+                                (signal.SIGHUP, signal.SIGTERM)):  # a closed terminal: stop
+        signal.signal(received, lambda *_, sig=forwarded: gunicorn.send_signal(sig))
     try:
         if _wait_healthy(f"http://127.0.0.1:{port}/health", gunicorn):
             _banner(port, env)
-        return gunicorn.wait()
+        code = gunicorn.wait()
+        return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code
     finally:
         if server is not None:  # Ctrl-C stops everything `make run` started
             server.stop()
-            print("relay dev: embedded PostgreSQL stopped (data kept in .relay-dev/pg)")
+            print(f"relay dev: embedded PostgreSQL stopped (data kept in {state / 'pg'})")
+
+
+def _check_port_free(port: str) -> None:
+    """Say which variable to set when the port is taken (often by `next dev`, also on 3000);
+    gunicorn alone would retry for a while and then fail with no hint."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(("0.0.0.0", int(port)))
+        except OSError:
+            other = int(port) + 1 if int(port) < 65535 else 3001
+            raise CommandError(
+                f"dev: port {port} is in use by another program (next dev also takes 3000): "
+                f"choose another with PORT, e.g. make run PORT={other}", 2) from None
+
+
+def _dev_origins(port: str) -> list[str]:
+    """The browser origins development mode admits: the relay's own (the /demo page) and,
+    when relay runs elsewhere, a Next.js app on `next dev`'s default port 3000."""
+    ports = dict.fromkeys((port, "3000"))
+    return [f"http://{host}:{p}" for p in ports for host in ("localhost", "127.0.0.1")]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -402,6 +439,8 @@ def _banner(port: str, env: dict[str, str]) -> None:
 ============================================================================
  relay is running: http://127.0.0.1:{port}/health   (2 workers, 1 listener)
  Live demo page:   http://127.0.0.1:{port}/demo
+
+ Browser origins allowed: {env['ALLOWED_ORIGINS']}
 
  1. Watch user 42's updates (in another terminal):
       {py} -m relay watch --url ws://127.0.0.1:{port}/ws --user-id 42
