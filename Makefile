@@ -36,7 +36,8 @@ client/node_modules/.package-lock.json: client/package.json client/package-lock.
 run: $(STAMP)
 	$(PY) -m relay dev
 
-## test: everything — Python (real PostgreSQL, real gunicorn) and the JS client
+## test: everything — Python (real PostgreSQL, real gunicorn), the JS client, and the example
+##       Next.js app built and clicked through in headless Chromium
 test: lint test-client test-python
 
 lint: $(STAMP)
@@ -70,4 +71,5 @@ token: $(STAMP)
 	@$(PY) -m relay token --user-id $${USER_ID:-42}
 
 clean:
-	rm -rf $(VENV) client/node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) client/node_modules .pytest_cache .ruff_cache \
+		examples/nextjs/node_modules examples/nextjs/.next examples/nextjs/vendor

@@ -3,6 +3,8 @@
 import jwt from 'jsonwebtoken';
 import { NextResponse, type NextRequest } from 'next/server';
 
+import { currentUserId } from '@/lib/session';
+
 // jsonwebtoken needs Node's crypto: keep this route off the Edge runtime even if a parent
 // layout opts into it.
 export const runtime = 'nodejs';
@@ -10,13 +12,14 @@ export const dynamic = 'force-dynamic';
 
 const NO_STORE = { 'Cache-Control': 'no-store' };
 
-// ─── PLACEHOLDER ─────────────────────────────────────────────────────────────────────
-// Replace with the app's own session lookup (NextAuth, Clerk, Supabase, a cookie…):
-// return the signed-in user's id, or null when nobody is signed in (→ 401). Until it is
-// wired it throws, so an unwired endpoint fails loudly (500) instead of looking signed out.
+// ─── WIRE THIS TO YOUR AUTHENTICATION ────────────────────────────────────────────────
+// Return the signed-in user's id, or null when nobody is signed in (→ 401). The example's
+// currentUserId() reads a cookie that merely names the user (lib/session.ts: EXAMPLE ONLY,
+// not authentication); a real app returns the id from its session (NextAuth, Clerk,
+// Supabase…). The id must be the value the tables' user column holds.
 async function getUserId(request: NextRequest): Promise<string | null> {
   void request;
-  throw new Error('getUserId: wire this to your authentication');
+  return currentUserId();
 }
 
 export async function GET(request: NextRequest) {
