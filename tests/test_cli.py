@@ -148,6 +148,7 @@ class _Watch:
         return self.proc.stderr.read() if self.proc.poll() is not None else ""
 
 
+@pytest.mark.slow
 def test_watch_is_admitted_by_a_relay_with_allowed_origins(relay: RelayProcess,
                                                            postgres_url: str) -> None:
     # relay's ALLOWED_ORIGINS is https://app.example.com, as in production: websocket-client's
@@ -167,6 +168,7 @@ def test_watch_is_admitted_by_a_relay_with_allowed_origins(relay: RelayProcess,
         watch.proc.wait()
 
 
+@pytest.mark.slow
 def test_watch_with_the_wrong_secret_says_so_in_one_line(relay: RelayProcess) -> None:
     watch = _Watch(relay.ws_url, "watch-user", secret="another-secret-" + "x" * 32)
     assert watch.proc.wait(20) == 1
@@ -175,6 +177,7 @@ def test_watch_with_the_wrong_secret_says_so_in_one_line(relay: RelayProcess) ->
                     "refused: is WEBSOCKET_JWT_SECRET here the relay's?)")
 
 
+@pytest.mark.slow
 def test_watch_of_a_wrong_path_names_the_http_status(relay: RelayProcess) -> None:
     url = relay.ws_url.replace("/ws", "/nothing-here")
     line = _one_line_failure(_relay_cli("watch", "--url", url, WEBSOCKET_JWT_SECRET=SECRET))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from relay.cli import _dev_origins
 from tests.support import ROOT, SECRET, ProcessOutput, free_port
@@ -45,6 +46,7 @@ def test_development_origins_follow_the_port_and_admit_next_dev() -> None:
     assert _dev_origins("3000") == ["http://localhost:3000", "http://127.0.0.1:3000"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_everything_quietly(postgres_url: str, schema_installed: list[str],
                                          tmp_path: Path) -> None:
     port = free_port()
@@ -80,6 +82,7 @@ def test_ctrl_c_stops_everything_quietly(postgres_url: str, schema_installed: li
     assert alive == []
 
 
+@pytest.mark.slow
 def test_the_relay_never_outlives_a_killed_make_run(postgres_url: str,
                                                     schema_installed: list[str],
                                                     tmp_path: Path) -> None:
