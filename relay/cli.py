@@ -345,7 +345,7 @@ def _dev(args: argparse.Namespace) -> int:
     port = env["PORT"]
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"PORT: expected a port number, got {port!r}")
-    _check_port_free(port)
+    _check_port_free(env.get("RELAY_HOST", "").strip() or "127.0.0.1", port)  # dev's bind
     state: Path = args.state_dir
     state.mkdir(exist_ok=True)
     server = None
@@ -388,15 +388,16 @@ def _dev(args: argparse.Namespace) -> int:
             print(f"relay dev: embedded PostgreSQL stopped (data kept in {state / 'pg'})")
 
 
-def _check_port_free(port: str) -> None:
+def _check_port_free(host: str, port: str) -> None:
     """Say which variable to set when the port is taken (often by `next dev`, also on 3000);
     gunicorn alone would retry for a while and then fail with no hint."""
     import socket
 
-    with socket.socket() as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
         try:
-            probe.bind(("0.0.0.0", int(port)))
+            probe.bind((host.strip("[]"), int(port)))
         except OSError:
             other = int(port) + 1 if int(port) < 65535 else 3001
             raise CommandError(
@@ -440,7 +441,7 @@ def _banner(port: str, env: dict[str, str]) -> None:
  relay is running: http://127.0.0.1:{port}/health   (2 workers, 1 listener)
  Live demo page:   http://127.0.0.1:{port}/demo
 
- Browser origins allowed: {env['ALLOWED_ORIGINS']}
+ Browser origins allowed: {env.get('ALLOWED_ORIGINS') or 'none'}
 
  1. Watch user 42's updates (in another terminal):
       {py} -m relay watch --url ws://127.0.0.1:{port}/ws --user-id 42
