@@ -125,3 +125,44 @@ def test_operations_doc_lists_every_gunicorn_knob_with_its_default() -> None:
     concurrency = fly["http_service"]["concurrency"]
     for number in (concurrency["soft_limit"], concurrency["hard_limit"], fly["kill_timeout"]):
         assert _mentions_number(doc, number), f"docs/operations.md does not mention {number}"
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:end if end != -1 else None]
+
+
+def test_fly_toml_marks_its_placeholders() -> None:
+    text = (ROOT / "fly.toml").read_text()
+    header = text[:text.index("\napp = ")]
+    assert "PLACEHOLDERS" in header and "ALLOWED_ORIGINS" in header and "app " in header
+    for key in ("app = ", "ALLOWED_ORIGINS = "):
+        line = next(line for line in text.splitlines() if line.strip().startswith(key))
+        assert "PLACEHOLDER" in line, line
+
+
+def test_fly_deploys_run_relays_db_install() -> None:
+    assert _fly()["deploy"]["release_command"] == "python -m relay db install"
+    assert "release_command" in _readme_section("Deploy on Fly.io")
+
+
+def test_readme_deploy_steps_name_the_app_in_one_place() -> None:
+    deploy = _readme_section("Deploy on Fly.io")
+    assert deploy.count("export RELAY_APP=") == 1
+    hosts = re.findall(r"[\w$.{}-]+\.fly\.dev", deploy)
+    assert hosts and all(host == "$RELAY_APP.fly.dev" for host in hosts), hosts
+    # Vercel's Neon integration: the pooled URL in DATABASE_URL, the direct one for relay
+    assert "DATABASE_URL_UNPOOLED" in deploy
+    assert "one secret per environment" in deploy.lower()
+
+
+def test_readme_commands_use_the_virtualenvs_python() -> None:
+    # A bare `python` outside the virtualenv lacks relay's dependencies (the image's own
+    # `python -m relay db install`, run by Fly, is the exception: its PATH is the venv).
+    readme = (ROOT / "README.md").read_text()
+    bare = [line for line in readme.splitlines()
+            if re.search(r"(^|[\s`(])python3? -m relay", line) and "release" not in line
+            and "temporary machine" not in line]
+    assert bare == []

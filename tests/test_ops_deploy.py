@@ -19,6 +19,7 @@ import venv
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import psycopg2
 import pytest
 
 from relay.auth import issue_token
@@ -123,7 +124,7 @@ def _copy_like_docker(spec: dict[str, Any], root: Path) -> Path:
 
 @pytest.mark.timeout(600)
 def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
-        postgres_url: str, schema_installed: list[str]) -> None:
+        postgres_url: str, schema_installed: list[str], empty_database: str) -> None:
     spec = _final_stage()
     # Not under pytest's 0700 tmp directory: the image's user must be able to read it.
     root = Path(tempfile.mkdtemp(prefix="relay-image-"))
@@ -181,6 +182,21 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
         client = Client(f"ws://127.0.0.1:{port}/ws", issue_token("docker", SECRET.encode()))
         assert client.recv()["type"] == "connected"  # type: ignore[index]
         client.close()
+
+        # fly.toml's release_command, as Fly runs it before a deploy: in the image, with the
+        # secrets, against the app's database — relay's functions, and no example tables.
+        release = shlex.split(tomllib.loads((ROOT / "fly.toml").read_text())
+                              ["deploy"]["release_command"])
+        result = subprocess.run(release, cwd=app, env={**env, "DATABASE_URL": empty_database},
+                                capture_output=True, text=True, timeout=120, **user)
+        assert result.returncode == 0, result.stderr
+        assert "applied 001_notify_function.sql" in result.stdout
+        assert "example" not in result.stdout
+        with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regprocedure('relay_notify()') IS NOT NULL, "
+                        "(SELECT count(*) FROM pg_tables WHERE schemaname = 'public')")
+            assert cur.fetchone() == (True, 0)
+        conn.close()
         assert not list(app.rglob("__pycache__")), "the app wrote into its read-only directory"
     finally:
         if proc is not None:
