@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import select
 import shutil
 import signal
@@ -281,13 +282,55 @@ class Client:
             if message is None:
                 return self.close_code or 0, self.close_reason
 
-    def nothing_within(self, seconds: float) -> bool:
-        """True when no message (other than pings) arrives within ``seconds``."""
+    def poll(self, seconds: float) -> dict[str, Any] | None:
+        """The next message if one arrives within ``seconds`` (pings answered and skipped);
+        ``None`` if none did, or once the server closed (``close_code`` says which). For
+        loops that read while waiting for something else: it proves nothing by itself."""
         try:
-            message = self.recv(seconds)
+            return self.recv(seconds)
         except websocket.WebSocketTimeoutException:
-            return True
-        return message is None and False
+            return None
+
+    def pings_within(self, seconds: float) -> int:
+        """Read for ``seconds``, answering every ping; the number of pings. Any other message,
+        or a close, fails: this is for a test whose subject is time passing (heartbeats)."""
+        pings = 0
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.ws.settimeout(left)
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                break
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise AssertionError(f"closed {data[:2].hex()} {data[2:]!r} while idle")
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            message = json.loads(data)
+            assert message.get("type") == "ping", f"{message} arrived while idle"
+            self.send({"type": "pong"})
+            pings += 1
+        return pings
+
+    def round_trip(self, timeout: float = 10.0) -> None:
+        """A sentinel through the server's reader: send a WebSocket ping, read up to its pong.
+
+        The server reads a client's frames in order, so whatever it answers to what was sent
+        before the ping (an error, a close) is queued ahead of this pong: reaching the pong
+        proves that nothing of the kind came. Pings of the server are answered on the way."""
+        payload = os.urandom(8)
+        self.ws.ping(payload)
+        self.ws.settimeout(timeout)
+        while True:
+            opcode, data = self.ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_PONG and data == payload:
+                return
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise AssertionError(f"closed {data[:2].hex()} {data[2:]!r} before the pong")
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                message = json.loads(data)
+                assert message.get("type") == "ping", f"{message} arrived before the pong"
+                self.send({"type": "pong"})
 
     def close(self) -> None:
         try:
@@ -397,6 +440,23 @@ class ProcessOutput:
                 raise AssertionError(f"output ended before {needle!r}:\n{self.text}")
             if needle in line:
                 return self.text
+
+
+def assert_marker_comes_next(database_url: str, *clients: Client) -> None:
+    """The sentinel for "nothing else arrived": NOTIFY a marker on each client's own channel,
+    after whatever must not reach it, and assert that the marker is the next message each
+    client reads (pings skipped). The listener hands notifications to a worker in commit
+    order over one stream, and the worker to a connection in that order, so anything that
+    was on its way to the client is read before the marker, however slow the machine."""
+    marker = {"marker": secrets.token_hex(4)}
+    for channel in dict.fromkeys(client.connected["channels"][-1] for client in clients):
+        notify(database_url, channel, json.dumps(marker))
+    for client in clients:
+        message = client.recv()
+        assert message is not None, (f"closed {client.close_code} {client.close_reason!r} "
+                                     "before the marker")
+        assert message.get("type") == "update" and message.get("data") == marker, (
+            f"{message} arrived before the marker")
 
 
 def raw_connected(relay: RelayProcess, user: str) -> RawClient:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from tests.support import Client, RelayProcess, execute, notify, wait_for
+from tests.support import (
+    Client,
+    RelayProcess,
+    assert_marker_comes_next,
+    execute,
+    notify,
+    wait_for,
+)
 
 
 def test_update_reaches_only_its_user(relay: RelayProcess, postgres_url: str) -> None:
@@ -20,8 +27,7 @@ def test_update_reaches_only_its_user(relay: RelayProcess, postgres_url: str) ->
     assert got_bob["channel"] == "user_Usage_bob"
     assert got_bob["table"] == "usage"
     # Cross-check: neither saw the other's update.
-    assert alice.nothing_within(0.5)
-    assert bob.nothing_within(0.5)
+    assert_marker_comes_next(postgres_url, alice, bob)
     alice.close()
     bob.close()
 
@@ -64,7 +70,7 @@ def test_mixed_case_user_id_keeps_its_case(relay: RelayProcess, postgres_url: st
     lower = relay.connect("abc")
     notify(postgres_url, "user_Subscription_AbC", '{"who": "AbC"}')
     assert upper.expect("update")["data"] == {"who": "AbC"}
-    assert lower.nothing_within(0.5), "lower-case user must not get AbC's update"
+    assert_marker_comes_next(postgres_url, lower)  # the lower-case user did not get AbC's
     upper.close()
     lower.close()
 
@@ -104,7 +110,7 @@ def test_trigger_driven_update_reaches_the_owner(relay: RelayProcess, postgres_u
     assert update["table"] == "subscription"
     assert update["data"]["operation"] == "UPDATE"
     assert update["data"]["row"]["plan"] == "pro"
-    assert other.nothing_within(0.5)
+    assert_marker_comes_next(postgres_url, other)
     owner.close()
     other.close()
 

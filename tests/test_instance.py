@@ -10,7 +10,13 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.support import RelayProcess, database_connections, execute, wait_for
+from tests.support import (
+    RelayProcess,
+    assert_marker_comes_next,
+    database_connections,
+    execute,
+    wait_for,
+)
 
 
 def _listener_query(database_url: str) -> str:
@@ -86,8 +92,11 @@ def test_unlisten_after_the_last_client_of_a_user_leaves(
     second = relay.connect("leaver")
     assert relay.health()[1]["listener"]["channels"] == 2
     first.close()
-    time.sleep(0.5)
-    # One connection of the user is left: still listening.
+    wait_for(lambda: relay.health()[1]["totalConnections"] == 1, 10,
+             message="the listener to count the detach")
+    # One connection of the user is left: still listening (a marker NOTIFYed after the
+    # detach reaches it) — with a linger of 0, a wrong UNLISTEN would have followed at once.
+    assert_marker_comes_next(postgres_url, second)
     assert relay.health()[1]["listener"]["channels"] == 2
     second.close()
     wait_for(lambda: relay.health()[1]["listener"]["channels"] == 0, 10,

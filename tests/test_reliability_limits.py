@@ -156,7 +156,7 @@ def test_message_size_is_refused_1009_from_the_frame_header(
     # A message just under the limit is fine; one just over it is refused as well.
     client = relay.connect("big-in")
     client.send({"type": "pong", "pad": "x" * 900})
-    assert client.nothing_within(0.3) and client.close_code is None
+    client.round_trip()  # its pong comes first: the message under the limit was taken
     client.send({"type": "pong", "pad": "x" * 1100})
     assert client.expect_close()[0] == 1009
     _bystander_served(bystander, postgres_url)
