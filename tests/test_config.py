@@ -119,6 +119,39 @@ def test_unreadable_dsn_is_refused_without_echoing_it() -> None:
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize(("env", "limit"), [
+    ({}, 9900),  # 10000 slots, 1% kept for /health
+    ({"RELAY_WORKER_CONNECTIONS": "20"}, 10),  # at least 10 kept
+    ({"RELAY_WORKER_CONNECTIONS": "20", "RELAY_MAX_CONNECTIONS_PER_WORKER": "15"}, 15),
+])
+def test_worker_connection_limit_keeps_pool_slots_for_health(env: dict[str, str],
+                                                             limit: int) -> None:
+    assert Settings.from_env({**BASE, **env}).worker_connection_limit == limit
+
+
+def test_development_logs_text_and_production_json() -> None:
+    assert Settings.from_env(BASE).log_format == "json"
+    assert Settings.from_env({**BASE, "RELAY_DEV": "1"}).log_format == "text"
+    assert Settings.from_env({**BASE, "RELAY_DEV": "yes", "RELAY_LOG_FORMAT": "JSON"}
+                             ).log_format == "json"
+
+
+def test_channel_templates_are_read_in_order_and_must_be_distinct() -> None:
+    s = Settings.from_env({**BASE, "RELAY_CHANNELS": " org_{userId} , feed_{userId}"})
+    assert s.channel_templates == ("org_{userId}", "feed_{userId}")
+    with pytest.raises(ConfigError, match="distinct"):
+        Settings.from_env({**BASE, "RELAY_CHANNELS": "a_{userId},a_{userId}"})
+
+
+def test_zero_is_a_valid_linger_and_history_size() -> None:
+    s = Settings.from_env({**BASE, "RELAY_LINGER_SECONDS": "0", "RELAY_HISTORY_SIZE": "0"})
+    assert (s.linger_seconds, s.history_size) == (0.0, 0)
+
+
+def test_the_secret_is_never_in_the_settings_repr() -> None:
+    assert SECRET not in repr(Settings.from_env(BASE))
+
+
 def _gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env}
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

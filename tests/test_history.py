@@ -75,3 +75,96 @@ def test_byte_cap_over_all_channels() -> None:
     history.close("a")
     history.close("b")
     assert history.total_bytes == 0
+
+
+# ----- eviction: what goes first, and that the byte count follows -----
+
+
+def _record(history: History, channel: str, message: bytes, now: float = 0.0) -> int:
+    _, seq = history.next_seq(channel)
+    history.record(channel, seq, message, now=now)
+    return seq
+
+
+def _held(history: History, channel: str) -> list[bytes]:
+    stream = history.get(channel)
+    assert stream is not None
+    return [entry[2] for entry in stream.entries]
+
+
+def test_count_cap_of_one_channel_leaves_the_others_alone() -> None:
+    history = History("ep", 2, 300, 1 << 20)
+    for message in (b"a1", b"a2", b"a3"):
+        _record(history, "a", message)
+    _record(history, "b", b"b1")
+    assert _held(history, "a") == [b"a2", b"a3"]
+    assert _held(history, "b") == [b"b1"]
+    assert history.total_bytes == 6
+
+
+def test_byte_cap_takes_the_oldest_entry_of_each_channel_in_turn() -> None:
+    history = History("ep", 100, 300, 100)
+    for i in range(4):
+        _record(history, "a", b"a%d" % i + b"." * 8)  # 10 bytes each
+        _record(history, "b", b"b%d" % i + b"." * 8)
+    _record(history, "c", b"c0" + b"." * 8)  # 90 bytes held
+    _record(history, "a", b"A" * 25)  # 115: one pass takes a0, then b0, and is under again
+    assert [m[:2] for m in _held(history, "a")] == [b"a1", b"a2", b"a3", b"AA"]
+    assert [m[:2] for m in _held(history, "b")] == [b"b1", b"b2", b"b3"]
+    assert [m[:2] for m in _held(history, "c")] == [b"c0"]
+    assert history.total_bytes == 95
+
+
+def test_a_message_bigger_than_the_byte_cap_is_not_kept() -> None:
+    history = History("ep", 100, 300, 10)
+    _record(history, "a", b"x" * 11)
+    assert _held(history, "a") == []
+    assert history.total_bytes == 0
+
+
+def test_age_expiry_frees_the_bytes_it_held() -> None:
+    history = History("ep", 100, 10, 1 << 20)
+    _record(history, "a", b"old", now=0.0)
+    _record(history, "a", b"new", now=8.0)
+    history.expire(now=12.0)  # "old" is 12 s old, over the 10 s TTL; "new" is 4 s old
+    assert _held(history, "a") == [b"new"]
+    assert history.total_bytes == 3
+
+
+def test_size_0_keeps_nothing_but_still_numbers_every_update() -> None:
+    history = History("ep", 0, 300, 1 << 20)
+    assert [_record(history, "a", b"m") for _ in range(3)] == [1, 2, 3]
+    assert _held(history, "a") == []
+    stream = history.get("a")
+    assert stream is not None
+    assert history.replay("a", f"{stream.stream}:1", now=1.0).reason == "history evicted"
+
+
+def test_seq_goes_on_across_eviction_and_the_gap_is_a_resync() -> None:
+    history = History("ep", 2, 300, 1 << 20)
+    seqs = [_record(history, "a", b"m%d" % i) for i in range(5)]
+    stream = history.get("a")
+    assert stream is not None
+    assert seqs == [1, 2, 3, 4, 5] and stream.cursor.endswith(":5")
+    assert history.replay("a", f"{stream.stream}:3", now=1.0).messages == (b"m3", b"m4")
+    evicted = history.replay("a", f"{stream.stream}:2", now=1.0)
+    assert (evicted.resync, evicted.reason) == (True, "history evicted")
+
+
+def test_resync_reasons_name_the_cause() -> None:
+    history = History("ep", 10, 300, 1 << 20)
+    stream = history.open("a")
+    _record(history, "a", b"m")
+    assert history.replay("a", "garbage").reason == "invalid cursor"
+    assert history.replay("a", f"{stream.stream}:9").reason == "invalid cursor"
+    assert history.replay("a", "other-1:1").reason == "history unavailable"
+    assert history.replay("unknown", f"{stream.stream}:0").reason == "history unavailable"
+
+
+def test_closing_a_channel_gives_its_bytes_back() -> None:
+    history = History("ep", 10, 300, 1 << 20)
+    _record(history, "a", b"12345")
+    _record(history, "b", b"123")
+    history.close("a")
+    assert history.get("a") is None
+    assert history.total_bytes == 3
