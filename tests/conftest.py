@@ -2,6 +2,12 @@
 
 ``DATABASE_URL`` in the environment wins (CI against a real server); otherwise an embedded
 PostgreSQL starts in a temporary directory and stops when the session ends.
+
+Two layers: tests marked ``slow`` boot real processes (PostgreSQL, gunicorn, a relay, node,
+Chromium) or fuzz with hundreds of examples; the rest run in-process, in seconds:
+``pytest -m "not slow"`` is the quick loop, ``pytest`` (``make test``) runs both. A test
+that asks for one of the fixtures below without the marker stops the collection, so the
+quick loop never starts a database by accident.
 """
 
 from __future__ import annotations
@@ -15,6 +21,20 @@ import pytest
 from relay.devdb import EmbeddedPostgres
 from relay.schema import install_schema
 from tests.support import RelayProcess
+
+# Fixtures that start PostgreSQL or a relay (directly or through another fixture).
+_PROCESS_FIXTURES = frozenset({"postgres_url", "schema_installed", "relay", "relay_factory",
+                               "own_postgres"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items
+                if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start PostgreSQL or a relay but are not marked @pytest.mark.slow:\n  "
+            + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,7 @@ def test_oversized_token_is_refused_before_decoding() -> None:
         verify_token("x" * 9000, KEY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(REJECTED))
 @pytest.mark.parametrize("via", ["message", "query"])
 def test_rejected_token_is_closed_with_4001_on_the_wire(relay: RelayProcess, postgres_url: str,
@@ -90,12 +91,14 @@ def test_rejected_token_is_closed_with_4001_on_the_wire(relay: RelayProcess, pos
     assert not [m for m in client.received if m.get("type") == "update"]
 
 
+@pytest.mark.slow
 def test_first_message_other_than_auth_is_4001(relay: RelayProcess) -> None:
     client = relay.connect(authenticate=False, expect_connected=False)
     client.send({"type": "pong"})
     assert client.expect_close()[0] == 4001
 
 
+@pytest.mark.slow
 def test_token_signed_like_the_apps_endpoint_is_accepted(relay: RelayProcess) -> None:
     # Exactly the claims of jwt.sign({userId}, secret, {issuer, audience, expiresIn: '1h'}).
     now = int(time.time())
@@ -106,6 +109,7 @@ def test_token_signed_like_the_apps_endpoint_is_accepted(relay: RelayProcess) ->
     client.close()
 
 
+@pytest.mark.slow
 def test_integer_user_id_is_used_as_a_string(relay: RelayProcess) -> None:
     client = relay.connect(token=_token(_claims(userId=12345)))
     assert client.connected["userId"] == "12345"

@@ -25,6 +25,8 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 
 class Browser:
     def __init__(self) -> None:

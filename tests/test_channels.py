@@ -47,6 +47,7 @@ def test_table_of_channel() -> None:
     assert table_of("user_Usage_a_b") == "usage"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("user_id", HOSTILE)
 def test_hostile_user_id_is_closed_with_4003_and_others_keep_receiving(
         relay: RelayProcess, postgres_url: str, user_id: str) -> None:

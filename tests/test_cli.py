@@ -29,6 +29,7 @@ def _relay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_db_install_is_idempotent(postgres_url: str) -> None:
     for _ in range(2):
         result = _relay_cli("db", "install", DATABASE_URL=postgres_url)
@@ -52,6 +53,7 @@ def test_token_without_a_secret_names_the_variable() -> None:
         "relay: configuration error: WEBSOCKET_JWT_SECRET: required but not set")
 
 
+@pytest.mark.slow
 def test_db_touch_fires_the_trigger(relay: RelayProcess, postgres_url: str) -> None:
     client = relay.connect("cli-user")
     result = _relay_cli("db", "touch", "--user-id", "cli-user", "--plan", "team",
@@ -95,6 +97,7 @@ def _public_tables(url: str) -> set[str]:
     return tables
 
 
+@pytest.mark.slow
 def test_db_install_installs_relays_functions_and_no_example_tables(empty_database: str) -> None:
     result = _relay_cli("db", "install", DATABASE_URL=empty_database)
     assert result.returncode == 0, result.stderr
@@ -107,6 +110,7 @@ def test_db_install_installs_relays_functions_and_no_example_tables(empty_databa
     conn.close()
 
 
+@pytest.mark.slow
 def test_db_install_with_examples_creates_the_demo_tables(empty_database: str) -> None:
     result = _relay_cli("db", "install", "--with-examples", DATABASE_URL=empty_database)
     assert result.returncode == 0, result.stderr
@@ -236,6 +240,7 @@ def test_database_down_is_one_line(command: list[str]) -> None:
     assert "Connection refused" in line
 
 
+@pytest.mark.slow
 def test_db_touch_without_the_example_tables_is_one_line(empty_database: str) -> None:
     install_schema(empty_database)
     line = _one_line_failure(_relay_cli("db", "touch", "--user-id", "1",

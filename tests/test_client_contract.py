@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import CLIENT, NODE, ROOT, SECRET, RelayProcess, needs_node
 
 
@@ -16,6 +18,7 @@ def test_js_close_codes_are_generated_from_the_python_table() -> None:
     assert (CLIENT / "src" / "closeCodes.js").read_text() == generated
 
 
+@pytest.mark.slow
 @needs_node
 def test_token_signed_by_node_jsonwebtoken_is_accepted(relay: RelayProcess) -> None:
     token = subprocess.run(

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import CLIENT, NODE, SECRET, RelayProcess, execute, needs_node, wait_for
 
-pytestmark = needs_node
+pytestmark = [pytest.mark.slow, needs_node]  # a relay and node
 
 
 class NodeClient:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import CLIENT, NODE, needs_node
 
-pytestmark = needs_node
+pytestmark = [pytest.mark.slow, needs_node]  # npm pack and an install: node, not the quick loop
 
 NPM = shutil.which("npm")
 NPM_QUIET = ["--no-audit", "--no-fund", "--loglevel=error"]

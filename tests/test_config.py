@@ -159,6 +159,7 @@ def _gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_gunicorn_without_database_url_exits_with_one_line() -> None:
     result = _gunicorn({"WEBSOCKET_JWT_SECRET": SECRET})
     assert result.returncode != 0
@@ -166,6 +167,7 @@ def test_gunicorn_without_database_url_exits_with_one_line() -> None:
     assert lines == ["relay: configuration error: DATABASE_URL: required but not set"]
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_development_mode_on_fly_with_one_line() -> None:
     result = _gunicorn({**BASE, "RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime"})
     assert result.returncode != 0
@@ -174,6 +176,7 @@ def test_gunicorn_refuses_development_mode_on_fly_with_one_line() -> None:
     assert "mints a token for any user" in lines[0]
 
 
+@pytest.mark.slow
 def test_gunicorn_with_short_secret_exits_naming_it() -> None:
     result = _gunicorn({"DATABASE_URL": BASE["DATABASE_URL"], "WEBSOCKET_JWT_SECRET": "abc"})
     assert result.returncode != 0

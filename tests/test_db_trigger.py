@@ -88,6 +88,7 @@ def _triggers_on(url: str, table: str) -> list[str]:
         (table,))]
 
 
+@pytest.mark.slow
 def test_prisma_table_and_camel_case_column_are_quoted(
         app_database: str, listener: NotifyListener) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
@@ -107,6 +108,7 @@ def test_prisma_table_and_camel_case_column_are_quoted(
     assert payload["row"]["stripeCustomerId"] == "cus_secret"
 
 
+@pytest.mark.slow
 def test_columns_limit_what_leaves_the_database(
         app_database: str, listener: NotifyListener) -> None:
     old, new = f"old{uuid.uuid4().hex[:8]}", f"new{uuid.uuid4().hex[:8]}"
@@ -134,6 +136,7 @@ def test_columns_limit_what_leaves_the_database(
     assert [p["row"]["plan"] for _, p in received] == ["pro", "pro", "team", "team"]
 
 
+@pytest.mark.slow
 def test_running_it_again_replaces_the_trigger(app_database: str,
                                                listener: NotifyListener) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
@@ -149,6 +152,7 @@ def test_running_it_again_replaces_the_trigger(app_database: str,
     assert set(payload["row"]) == {"id", "plan"}
 
 
+@pytest.mark.slow
 def test_schema_qualified_table_and_other_columns(app_database: str,
                                                   listener: NotifyListener) -> None:
     _sql(app_database, 'CREATE SCHEMA "Billing"; CREATE TABLE "Billing"."Invoice" '
@@ -167,6 +171,7 @@ def test_schema_qualified_table_and_other_columns(app_database: str,
     assert payload["row"] == {"invoiceNo": 17, "ownerId": "owner7", "total": 990}
 
 
+@pytest.mark.slow
 def test_names_with_quotes_cannot_inject_sql(app_database: str,
                                              listener: NotifyListener) -> None:
     table = """we"ird'; DROP TABLE "Subscription"; --"""
@@ -184,6 +189,7 @@ def test_names_with_quotes_cannot_inject_sql(app_database: str,
     assert _sql(app_database, "SELECT to_regclass('\"Subscription\"') IS NOT NULL") == [(True,)]
 
 
+@pytest.mark.slow
 def test_drop_removes_the_trigger_and_may_be_repeated(app_database: str,
                                                       listener: NotifyListener) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
@@ -198,6 +204,7 @@ def test_drop_removes_the_trigger_and_may_be_repeated(app_database: str,
     assert "nothing to drop" in _trigger(app_database, "Subscription", "--drop").stdout
 
 
+@pytest.mark.slow
 def test_print_shows_the_sql_for_a_migration_without_a_database(
         app_database: str, listener: NotifyListener) -> None:
     result = _relay_cli("db", "trigger", "Subscription", "--channel", "Subscription",
@@ -243,6 +250,7 @@ def test_bad_input_is_refused_with_one_line(args: list[str], says: str) -> None:
     assert line.startswith("relay: db trigger: ") and says in line, line
 
 
+@pytest.mark.slow
 def test_a_table_that_is_not_there_is_named_with_its_near_miss(app_database: str) -> None:
     line = _one_line_failure(_relay_cli("db", "trigger", "subscription", "--channel", "S",
                                         DATABASE_URL=app_database))
@@ -250,6 +258,7 @@ def test_a_table_that_is_not_there_is_named_with_its_near_miss(app_database: str
                     'case-sensitive; did you mean public."Subscription"?)')
 
 
+@pytest.mark.slow
 def test_a_missing_column_names_the_option(app_database: str) -> None:
     line = _one_line_failure(_relay_cli("db", "trigger", "Subscription", "--channel", "S",
                                         DATABASE_URL=app_database))
@@ -260,6 +269,7 @@ def test_a_missing_column_names_the_option(app_database: str) -> None:
     assert 'has no column "secret" (--columns;' in line
 
 
+@pytest.mark.slow
 def test_without_db_install_it_says_what_to_run_first(empty_database: str) -> None:
     _sql(empty_database, PRISMA_TABLE)
     line = _one_line_failure(_relay_cli("db", "trigger", "Subscription", "--channel", "S",
@@ -268,6 +278,7 @@ def test_without_db_install_it_says_what_to_run_first(empty_database: str) -> No
     assert line.endswith("run python -m relay db install first")
 
 
+@pytest.mark.slow
 def test_a_migration_of_the_printed_sql_sets_up_an_empty_database(empty_database: str) -> None:
     # A Prisma migration (also replayed into Prisma's empty shadow database by `migrate dev`):
     # the app's table, relay's functions, then the trigger, in one script.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support import (
     Client,
     RelayProcess,
@@ -12,6 +14,8 @@ from tests.support import (
     notify,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def test_update_reaches_only_its_user(relay: RelayProcess, postgres_url: str) -> None:

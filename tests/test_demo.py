@@ -7,7 +7,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+import pytest
+
 from tests.support import RelayProcess
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def _get(url: str) -> tuple[int, bytes]:

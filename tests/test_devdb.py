@@ -20,6 +20,8 @@ import pytest
 
 from relay.devdb import EmbeddedPostgres, EmbeddedPostgresError, ensure_dev_database
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 running_as_root = os.geteuid() == 0
 
 

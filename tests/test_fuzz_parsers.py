@@ -18,6 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +53,7 @@ def _chunked(data: bytes, sizes: list[int]) -> Callable[[int], bytes]:
 
 # ----- client messages -----
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(st.one_of(st.text(max_size=200), json_values.map(json.dumps),
                  st.builds(lambda depth: "[" * depth + "]" * depth, st.integers(0, 5000))))
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
@@ -64,6 +66,7 @@ def test_client_message_parses_to_a_typed_object_or_is_1008(text: str) -> None:
     assert isinstance(message, dict) and isinstance(message["type"], str)
 
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300).map(
     lambda b: b.decode("latin-1")), json_values))
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
@@ -74,6 +77,7 @@ def test_any_token_value_is_claims_or_auth_error(token: object) -> None:
         pass
 
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(header=st.dictionaries(st.sampled_from(["alg", "typ", "kid", "crit", "b64", "jku", "x"]),
                               json_values, max_size=4),
        claims=st.dictionaries(st.sampled_from(["userId", "exp", "iat", "nbf", "iss", "aud",
@@ -103,6 +107,7 @@ cursors = st.one_of(
 )
 
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(cursors)
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
 def test_history_replay_never_fails_on_any_cursor(cursor: object) -> None:
@@ -185,6 +190,7 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(name)
 
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(st.one_of(st.text(max_size=300), json_values.map(json.dumps),
                  st.builds(lambda depth: "[" * depth + "]" * depth, st.integers(0, 3000))))
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
@@ -208,6 +214,7 @@ def test_encode_update_edge_payloads() -> None:
 
 # ----- WebSocket frames -----
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(st.binary(max_size=200), st.lists(st.integers(1, 16), max_size=50))
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
 def test_websocket_frame_reader_never_fails_otherwise(data: bytes, sizes: list[int]) -> None:
@@ -225,6 +232,7 @@ messages = st.lists(st.tuples(st.text(max_size=40), st.integers(1, 4),
                     min_size=1, max_size=6)
 
 
+@pytest.mark.slow  # hundreds of examples: the long fuzz, not the quick loop
 @given(messages, st.lists(st.integers(1, 9), max_size=200))
 @settings(max_examples=300, deadline=None)  # a busy machine is slow, not wrong
 def test_websocket_frame_reader_reads_what_a_client_sent(
@@ -286,6 +294,7 @@ def test_websocket_frame_reader_refuses_before_reading_the_payload() -> None:
 
 # ----- live: a worker and the listener -----
 
+@pytest.mark.slow
 @given(st.one_of(json_values, st.fixed_dictionaries(
     {"type": st.sampled_from(["auth", "refresh", "pong", "AUTH", ""]),
      "token": json_values, "resume": json_values})))
@@ -303,6 +312,7 @@ def test_any_first_message_is_refused_with_a_client_code(relay: RelayProcess,
     assert code in (1008, 4001, 4003), code
 
 
+@pytest.mark.slow
 @given(st.one_of(json_values, st.fixed_dictionaries(
     {"type": st.sampled_from(["refresh", "pong", "auth", "resume"]), "token": json_values})))
 @settings(max_examples=30, deadline=None,
@@ -322,6 +332,7 @@ def test_any_message_after_auth_is_answered_or_refused_with_a_client_code(
         client.close()
 
 
+@pytest.mark.slow
 @given(st.one_of(json_values.map(json.dumps), st.text(max_size=100)))
 @example("[" * 2000)  # deeper than json's recursion limit, short enough for a request line
 @example("NaN")
@@ -348,6 +359,7 @@ def test_any_resume_in_the_query_connects_or_is_refused_with_1008(relay: RelayPr
         client.close()
 
 
+@pytest.mark.slow
 def test_garbage_on_the_listener_socket_does_not_hurt_it(relay: RelayProcess,
                                                          postgres_url: str) -> None:
     client = relay.connect("fuzz-bystander")

@@ -22,6 +22,8 @@ import pytest
 from tests.conformance.wire import RawClient, frame
 from tests.support import RelayProcess, notify, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 CLOSE, PING, CONT, TEXT = 0x8, 0x9, 0x0, 0x1
 MB = 2**20
 USER_CAP = 20

@@ -15,6 +15,8 @@ import pytest
 
 from tests.support import RelayProcess, notify, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 KEY = base64.b64encode(os.urandom(16)).decode()
 
 

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support import SECRET, RelayProcess, database_connections, notify, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 KEY = SECRET.encode()
 NOW = int(time.time())
 HEADER = {"alg": "HS256", "typ": "JWT"}

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from tests.support import (
     RelayProcess,
@@ -17,6 +18,8 @@ from tests.support import (
     execute,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def _listener_query(database_url: str) -> str:

@@ -26,6 +26,7 @@ def _get(url: str) -> int:
         return exc.code
 
 
+@pytest.mark.slow
 def test_no_token_or_query_string_reaches_any_log_line(
         relay_factory: Callable[..., RelayProcess]) -> None:
     relay = relay_factory()
@@ -82,6 +83,7 @@ def _send_raw(port: int, request: bytes) -> bytes:
             return b""
 
 
+@pytest.mark.slow
 def test_every_line_is_json_with_level_pid_and_the_user(
         relay_factory: Callable[..., RelayProcess]) -> None:
     relay = relay_factory()
@@ -114,6 +116,7 @@ def test_every_line_is_json_with_level_pid_and_the_user(
     assert len(pids) >= 4  # master, supervisor, listener, workers: each says who it is
 
 
+@pytest.mark.slow
 def test_text_logs_in_development_mode(relay_factory: Callable[..., RelayProcess]) -> None:
     relay = relay_factory({"RELAY_LOG_FORMAT": "text"})
     relay.connect("text-user").close()

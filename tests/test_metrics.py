@@ -16,11 +16,14 @@ from collections.abc import Callable
 from email.message import Message
 
 import psutil
+import pytest
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.extensions import make_dsn
 
 from tests.support import ROOT, SECRET, Client, RelayProcess, execute, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -122,6 +122,7 @@ def _copy_like_docker(spec: dict[str, Any], root: Path) -> Path:
     return root / PurePosixPath(spec["workdir"]).relative_to("/")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
         postgres_url: str, schema_installed: list[str], empty_database: str) -> None:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.support import RelayProcess
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 
 def test_soft_limit_is_raised_for_the_pool_and_a_short_hard_limit_is_reported(
         relay_factory: Callable[..., RelayProcess]) -> None:

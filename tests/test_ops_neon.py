@@ -25,6 +25,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 from tests.support import ROOT, SECRET, RelayProcess, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 
 def test_gunicorn_refuses_a_pooler_url_with_one_line() -> None:
     env = {"PATH": os.environ["PATH"], "WEBSOCKET_JWT_SECRET": SECRET,

@@ -7,7 +7,11 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
+import pytest
+
 from tests.support import RelayProcess, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def test_hup_closes_clients_with_1012_and_they_resume_without_loss(

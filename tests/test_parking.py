@@ -19,6 +19,8 @@ import pytest
 from tests.conformance.wire import frame
 from tests.support import RelayProcess, notify, raw_connected, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 TEXT, CLOSE, PING, PONG, CONT = 0x1, 0x8, 0x9, 0xA, 0x0
 PAUSE = 0.3  # long enough for the connection to park between two writes
 IDLE_CONNECTIONS = 1000

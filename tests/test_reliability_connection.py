@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from tests.support import (
     Client,
@@ -21,6 +22,8 @@ from tests.support import (
     notify,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def test_client_that_never_pongs_is_closed_with_4011(

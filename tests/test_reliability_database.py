@@ -45,6 +45,7 @@ def _recovers(relay: RelayProcess, url: str, users: list[str], clients: dict) ->
     wait_for(lambda: database_connections(url) == 1, 10, message="one database connection")
 
 
+@pytest.mark.slow
 def test_postgresql_restart(relay_factory: Callable[..., RelayProcess],
                             own_postgres: EmbeddedPostgres) -> None:
     relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
@@ -60,6 +61,7 @@ def test_postgresql_restart(relay_factory: Callable[..., RelayProcess],
         client.close()
 
 
+@pytest.mark.slow
 def test_terminated_backend(relay_factory: Callable[..., RelayProcess],
                             own_postgres: EmbeddedPostgres) -> None:
     relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
@@ -75,6 +77,7 @@ def test_terminated_backend(relay_factory: Callable[..., RelayProcess],
     clients["t1"].close()
 
 
+@pytest.mark.slow
 def test_silent_database_is_detected_by_the_health_query(
         relay_factory: Callable[..., RelayProcess], own_postgres: EmbeddedPostgres) -> None:
     relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
@@ -102,6 +105,7 @@ def _terminate_listener_backend(url: str) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_updates_across_a_terminated_backend_never_skip_silently(
         relay_factory: Callable[..., RelayProcess], own_postgres: EmbeddedPostgres) -> None:
     """Under a steady stream of notifications: the old stream without gaps, then exactly one
@@ -152,6 +156,7 @@ def _frozen(server: EmbeddedPostgres) -> Iterator[None]:
                 pass
 
 
+@pytest.mark.slow
 def test_frozen_postgresql_is_503_within_10_s_and_recovers(
         relay_factory: Callable[..., RelayProcess], own_postgres: EmbeddedPostgres) -> None:
     relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
@@ -185,6 +190,7 @@ def test_frozen_postgresql_is_503_within_10_s_and_recovers(
         client.close()
 
 
+@pytest.mark.slow
 def test_a_connection_that_dies_right_after_connecting_is_retried_with_backoff(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     """Connecting succeeds, then the server closes the session at once (a 20 ms

@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from tests.support import Client, RelayProcess, notify
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 DRAIN_SECONDS = 2
 GRACEFUL_TIMEOUT = DRAIN_SECONDS + 10  # gunicorn.conf.py: int(drain_seconds) + 10

@@ -8,9 +8,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import RelayProcess, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 HEARTBEAT = {"RELAY_PING_INTERVAL": "0.5", "RELAY_PONG_TIMEOUT": "1"}
 

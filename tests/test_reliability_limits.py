@@ -15,9 +15,12 @@ import urllib.request
 from collections.abc import Callable
 
 import psutil
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Client, RelayProcess, execute, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def _bystander_served(bystander: Client, url: str) -> None:

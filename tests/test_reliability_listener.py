@@ -9,9 +9,12 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
 import websocket
 
 from tests.support import Client, RelayProcess, database_connections, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def _connect_to_a_serving_worker(relay: RelayProcess, user: str) -> Client:

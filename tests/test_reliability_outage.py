@@ -11,8 +11,12 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import RelayProcess, database_connections, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 @contextmanager

@@ -8,8 +8,12 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import RelayProcess, assert_marker_comes_next, execute, notify, wait_for
+
+pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
 def _cursors(messages: list[dict], start: dict[str, str]) -> dict[str, str]:

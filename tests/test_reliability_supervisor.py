@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from relay.supervisor import SupervisorProcess
 from tests.support import RelayProcess, database_connections, notify, wait_for
@@ -67,6 +68,7 @@ def _helpers_of(master: int) -> list[psutil.Process]:
                                  for pid in ids)]
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_supervisor_brings_a_new_one_and_a_new_listener_clients_resync(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory()
@@ -95,6 +97,7 @@ def test_kill_9_of_the_supervisor_brings_a_new_one_and_a_new_listener_clients_re
         client.close()
 
 
+@pytest.mark.slow
 def test_after_a_hup_a_killed_supervisor_is_still_replaced_by_exactly_one(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory()
@@ -122,6 +125,7 @@ def test_after_a_hup_a_killed_supervisor_is_still_replaced_by_exactly_one(
     client.close()
 
 
+@pytest.mark.slow
 def test_term_leaves_no_supervisor_or_listener_even_one_killed_during_the_stop(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory()

@@ -90,6 +90,7 @@ def by_name(url: str, name: str = "localhost") -> str:
     return url.replace(host, name, 1)
 
 
+@pytest.mark.slow
 def test_libpq_connects_with_the_resolved_address(postgres_url: str) -> None:
     by_name_url = by_name(postgres_url)
     address = libpq_address(by_name_url)
@@ -103,6 +104,7 @@ def test_libpq_connects_with_the_resolved_address(postgres_url: str) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_relay_serves_with_a_host_name_in_database_url(postgres_url: str,
                                                         schema_installed: list[str],
                                                         tmp_path: Any) -> None:
@@ -113,6 +115,7 @@ def test_relay_serves_with_a_host_name_in_database_url(postgres_url: str,
         client.close()
 
 
+@pytest.mark.slow
 def test_relay_reports_an_unresolvable_database_host(postgres_url: str,
                                                      schema_installed: list[str],
                                                      tmp_path: Any) -> None:

@@ -18,6 +18,8 @@ from psycopg2.extensions import make_dsn
 from relay.schema import install_schema
 from tests.support import RelayProcess, assert_marker_comes_next, execute, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 
 @pytest.fixture
 def own_database(postgres_url: str) -> Iterator[str]:

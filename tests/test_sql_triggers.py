@@ -16,6 +16,8 @@ from psycopg2 import sql
 from relay.schema import install_schema, schema_files
 from tests.support import NotifyListener
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 NOTIFY_PAYLOAD_LIMIT = 8000
 
 

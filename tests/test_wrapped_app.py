@@ -14,6 +14,8 @@ import pytest
 from tests.conformance.wire import frame
 from tests.support import RelayProcess, notify, raw_connected, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
 

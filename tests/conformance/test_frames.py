@@ -22,6 +22,8 @@ from relay.closecodes import BY_CODE
 from tests.conformance.wire import RawClient, frame, header_only
 from tests.support import ROOT, SECRET, Client, RelayProcess, notify, wait_for
 
+pytestmark = pytest.mark.slow  # every test here boots real processes
+
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 LIMIT = 131072  # RELAY_MAX_MESSAGE_BYTES of the relay under test (default 16384)
 
