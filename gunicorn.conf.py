@@ -30,9 +30,9 @@ except ConfigError as exc:
 bind = [_settings.bind_address]
 # WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
-worker_class = "relay.worker.RelayWorker"
+worker_class = "relay.worker.process.RelayWorker"
 # RELAY_WORKER_CONNECTIONS (10000): the gevent pool of a worker, which a WebSocket holds only
-# during its handshake (then it parks, see relay/connection.py), and the base of the number
+# during its handshake (then it parks, see relay/worker/connection.py), and the base of the number
 # of WebSockets the worker keeps (Settings.worker_connection_limit).
 worker_connections = _settings.worker_connections
 # RELAY_WORKER_TIMEOUT (30 s): a worker whose event loop has not run for this long (it

@@ -380,7 +380,7 @@ def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> 
 def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
     """Notifying (and, for contrast, plain) commits/s, with fsync off and on.
 
-    The embedded cluster runs with fsync off (relay.devdb); a notifying commit holds
+    The embedded cluster runs with fsync off (relay.dev.postgres); a notifying commit holds
     PostgreSQL's NOTIFY lock until its commit record is flushed, so the run with fsync on is
     the one that stands for a durable database. With ``--notify-dsn`` the given database is
     measured as it is configured."""

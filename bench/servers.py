@@ -1,6 +1,6 @@
 """The processes a benchmark run starts: PostgreSQL, the servers under test, the clients.
 
-* ``Database`` — an embedded PostgreSQL in the run's temporary directory (``relay.devdb``),
+* ``Database`` — an embedded PostgreSQL in the run's temporary directory (``relay.dev.postgres``),
   with ``max_connections`` raised through ``ALTER SYSTEM`` so that the per-client design can
   be measured; it reports the connections and the memory of the backends a server uses.
 * ``RelayServer`` — ``gunicorn -c gunicorn.conf.py wsgi:app`` exactly as production runs it
@@ -64,7 +64,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 class Database:
     def __init__(self, workdir: Path, max_connections: int) -> None:
-        from relay.devdb import EmbeddedPostgres
+        from relay.dev.postgres import EmbeddedPostgres
 
         self.server = EmbeddedPostgres(workdir / "pg")
         self.max_connections = max_connections
@@ -81,7 +81,7 @@ class Database:
             conn = psycopg2.connect(self.url)
             conn.autocommit = True
             with conn.cursor() as cur:
-                # postgresql.auto.conf is read after relay.devdb's settings file.
+                # postgresql.auto.conf is read after relay.dev.postgres's settings file.
                 cur.execute(f"ALTER SYSTEM SET max_connections = {int(self.max_connections)}")
             conn.close()
             self.server.restart()

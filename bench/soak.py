@@ -263,7 +263,7 @@ def soak(plan: Plan, workers: int, drop_every: int = 0) -> dict[str, Any]:
     import psutil
     import psycopg2
 
-    from relay.devdb import EmbeddedPostgres
+    from relay.dev.postgres import EmbeddedPostgres
     from relay.schema import install_schema
 
     workdir = Path(tempfile.mkdtemp(prefix="relay-soak-"))

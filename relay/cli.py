@@ -149,7 +149,7 @@ def _listen(args: argparse.Namespace) -> int:
     monkey.patch_all()
     from relay import logs
     from relay.config import Settings
-    from relay.listener import run_listener
+    from relay.listener.server import run_listener
     from relay.supervisor import die_with_parent
 
     settings = Settings.from_env()
@@ -337,7 +337,7 @@ _WATCH_CLOSE_ADVICE = {
 
 def _dev(args: argparse.Namespace) -> int:
     """`make run`: embedded PostgreSQL, schema, secret, gunicorn with 2 workers, a banner."""
-    from relay.devdb import ensure_dev_database
+    from relay.dev.postgres import ensure_dev_database
     from relay.schema import install_schema
 
     env = dict(os.environ)

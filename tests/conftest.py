@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.devdb import EmbeddedPostgres
+from relay.dev.postgres import EmbeddedPostgres
 from relay.schema import install_schema
 from tests.support import RelayProcess
 

@@ -17,9 +17,9 @@ import gevent.server  # noqa: E402
 
 from relay import bus  # noqa: E402
 from relay.config import Settings  # noqa: E402
-from relay.hub import Hub  # noqa: E402
-from relay.link import ListenerLink  # noqa: E402
-from relay.node import Node  # noqa: E402
+from relay.worker.hub import Hub  # noqa: E402
+from relay.worker.link import ListenerLink  # noqa: E402
+from relay.worker.node import Node  # noqa: E402
 
 
 class Listener:

@@ -13,8 +13,8 @@ from typing import Any
 import gevent
 
 from relay.config import Settings
-from relay.connection import Connection
-from relay.websocket import text_frame
+from relay.worker.connection import Connection
+from relay.worker.websocket import text_frame
 
 
 class _Node:

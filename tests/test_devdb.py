@@ -18,7 +18,7 @@ import psutil
 import psycopg2
 import pytest
 
-from relay.devdb import EmbeddedPostgres, EmbeddedPostgresError, ensure_dev_database
+from relay.dev.postgres import EmbeddedPostgres, EmbeddedPostgresError, ensure_dev_database
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
 

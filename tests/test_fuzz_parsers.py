@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from relay import bus, closecodes
 from relay.auth import AuthError, verify_token
-from relay.connection import _parse
-from relay.history import History
-from relay.listener import encode_update
-from relay.websocket import ConnectionEnded, FrameReader, ProtocolViolation
+from relay.listener.history import History
+from relay.listener.server import encode_update
+from relay.worker.connection import _parse
+from relay.worker.websocket import ConnectionEnded, FrameReader, ProtocolViolation
 from tests.conformance.wire import frame
 from tests.support import SECRET, Client, RelayProcess, notify
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.history import History
+from relay.listener.history import History
 
 
 def _filled(count: int, **caps: int) -> History:

@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 
 from relay.config import Settings
-from relay.devdb import EmbeddedPostgres
-from relay.listener import next_backoff
+from relay.dev.postgres import EmbeddedPostgres
+from relay.listener.server import next_backoff
 from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import RelayProcess, database_connections, notify, wait_for
 

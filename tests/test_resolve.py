@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from relay.resolve import ResolveError, libpq_address
+from relay.listener.resolve import ResolveError, libpq_address
 from tests.support import RelayProcess
 
 

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs
 from flask import Flask, Response, jsonify, request
 
 from relay.config import Settings
-from relay.connection import Connection
-from relay.node import Node
+from relay.worker.connection import Connection
+from relay.worker.node import Node
 
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        from relay.metrics import render
+        from relay.worker.metrics import render
 
         if settings.metrics_token and not _bearer_matches(
                 request.headers.get("Authorization", ""), settings.metrics_token):
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
         return response
 
     if settings.dev_mode:
-        from relay.demo import demo_blueprint
+        from relay.dev.demo import demo_blueprint
 
         app.register_blueprint(demo_blueprint(settings))
 

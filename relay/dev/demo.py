@@ -16,7 +16,7 @@ from relay.channels import InvalidChannel, channels_for
 from relay.config import Settings
 
 STATIC = Path(__file__).resolve().parent / "static"
-CLIENT_SRC = Path(__file__).resolve().parent.parent / "client" / "src"
+CLIENT_SRC = Path(__file__).resolve().parents[2] / "client" / "src"
 
 
 def demo_blueprint(settings: Settings) -> Blueprint:

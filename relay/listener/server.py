@@ -41,8 +41,8 @@ from psycopg2 import sql
 from relay import bus, listener_socket
 from relay.channels import table_of, valid_channel
 from relay.config import Settings
-from relay.history import History
-from relay.resolve import libpq_address
+from relay.listener.history import History
+from relay.listener.resolve import libpq_address
 
 log = logging.getLogger("relay.listener")
 

@@ -22,10 +22,10 @@ import gevent
 import gevent.event
 
 from relay import bus, listener_socket
-from relay.hub import Hub
+from relay.worker.hub import Hub
 
 if TYPE_CHECKING:
-    from relay.connection import Connection
+    from relay.worker.connection import Connection
 
 log = logging.getLogger("relay.link")
 

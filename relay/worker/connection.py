@@ -30,7 +30,7 @@ from relay import closecodes
 from relay.auth import AuthError, InvalidUserId, verify_token
 from relay.channels import InvalidChannel, channels_for, valid_channel
 from relay.closecodes import CloseCode
-from relay.websocket import (
+from relay.worker.websocket import (
     OP_PONG,
     ConnectionEnded,
     Event,
@@ -42,7 +42,7 @@ from relay.websocket import (
 )
 
 if TYPE_CHECKING:
-    from relay.node import Node
+    from relay.worker.node import Node
 
 log = logging.getLogger("relay.connection")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from relay.websocket import text_frame
+from relay.worker.websocket import text_frame
 
 if TYPE_CHECKING:
-    from relay.connection import Connection
+    from relay.worker.connection import Connection
 
 
 class Hub:

@@ -19,8 +19,8 @@ import gevent
 from relay import closecodes
 from relay.closecodes import CloseCode
 from relay.config import Settings
-from relay.hub import Hub
-from relay.link import ListenerLink
+from relay.worker.hub import Hub
+from relay.worker.link import ListenerLink
 
 log = logging.getLogger("relay.node")
 

@@ -1,6 +1,6 @@
 """The gunicorn worker class: gevent + relay's handshake handler + drain on SIGTERM.
 
-Use it as ``worker_class = "relay.worker.RelayWorker"`` (gunicorn.conf.py does). gunicorn's
+Use it as ``worker_class = "relay.worker.process.RelayWorker"`` (gunicorn.conf.py does). gunicorn's
 gevent worker waits for its pool to empty on SIGTERM, which WebSockets never do by
 themselves (trap 8): this worker starts the node's drain, which closes every client with
 1012 over ``RELAY_DRAIN_SECONDS``, well inside ``graceful_timeout``. A live WebSocket holds
@@ -18,8 +18,8 @@ import gevent
 from gevent.pywsgi import LoggingLogAdapter
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
-from relay.handshake import RelayHandler
-from relay.node import nodes
+from relay.worker.handshake import RelayHandler
+from relay.worker.node import nodes
 
 
 class RelayServer(PyWSGIServer):

@@ -167,7 +167,7 @@ class EmbeddedPostgres:
             ],
         )
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write(f"\n# Settings owned by relay.devdb, rewritten on every start.\n"
+            conf.write(f"\n# Settings owned by relay.dev.postgres, rewritten on every start.\n"
                        f"include_if_exists '{SETTINGS_FILE}'\n")
 
     def _remove_stale_pid_file(self) -> None:
@@ -215,7 +215,7 @@ class EmbeddedPostgres:
             )
         settings = {**_SERVER_SETTINGS, "port": self._port,
                     "unix_socket_directories": str(self.socket_dir)}
-        lines = ["# Written by relay.devdb on every start; change the code, not this file."]
+        lines = ["# Written by relay.dev.postgres on every start; change the code, not this file."]
         lines += [f"{name} = {_conf_value(value)}" for name, value in settings.items()]
         target = self.data_dir / SETTINGS_FILE
         scratch = target.with_name(SETTINGS_FILE + ".tmp")
