@@ -4,8 +4,9 @@ The folders say which process a module runs in. ``relay/listener/``: the one pro
 instance that holds the only database connection. ``relay/worker/``: the gunicorn gevent
 workers that serve ``/ws``, ``/health`` and ``/metrics``. ``relay/dev/``: development only.
 The modules at the top are shared by them, or are the processes' doors: the settings
-(``config``), the wire between listener and workers (``bus``), close codes, channels,
-auth, logs, the listener's socket, the supervisor (gunicorn's master and its helper process) and the command line (``cli``).
+(``config``), the wire between listener and workers (``bus``), the client protocol's
+messages (``protocol``), close codes, channels, auth, logs, the listener's socket, the
+supervisor (gunicorn's master and its helper process) and the command line (``cli``).
 docs/architecture.md has the table.
 """
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from relay import bus, closecodes
 from relay.auth import AuthError, verify_token
 from relay.listener.history import History
-from relay.listener.server import encode_update
+from relay.protocol import encode_update
 from relay.worker.connection import _parse
 from relay.worker.websocket import ConnectionEnded, FrameReader, ProtocolViolation
 from tests.conformance.wire import frame

@@ -168,3 +168,54 @@ def test_closing_a_channel_gives_its_bytes_back() -> None:
     history.close("a")
     assert history.get("a") is None
     assert history.total_bytes == 3
+
+
+# ----- planning a client's resume within its outbound queue's budget -----
+
+
+def _two_channels() -> tuple[History, dict[str, str]]:
+    history = History("ep", 100, 300, 1 << 20)
+    starts = {}
+    for channel in ("a", "b"):
+        starts[channel] = history.open(channel).cursor
+        for i in range(3):
+            _record(history, channel, b"%s%d" % (channel.encode(), i), now=1.0)
+    return history, starts
+
+
+def test_resume_replays_each_channel_in_turn_from_its_cursor() -> None:
+    history, starts = _two_channels()
+    plan = history.resume(["a", "b"], starts, max_bytes=1000, max_messages=100, now=2.0)
+    assert plan.replay == (b"a0", b"a1", b"a2", b"b0", b"b1", b"b2")
+    assert plan.resync == () and plan.reason == ""
+
+
+def test_resume_skips_channels_without_a_cursor() -> None:
+    history, starts = _two_channels()
+    plan = history.resume(["a", "b"], {"b": starts["b"]}, max_bytes=1000, max_messages=100,
+                          now=2.0)
+    assert plan.replay == (b"b0", b"b1", b"b2")
+
+
+def test_a_channel_over_the_budget_is_resynced_as_too_far_behind() -> None:
+    history, starts = _two_channels()
+    # 6 bytes of messages and 3 of overhead per channel: "a" fits, then "b" no longer does.
+    plan = history.resume(["a", "b"], starts, max_bytes=10, max_messages=100, overhead=1,
+                          now=2.0)
+    assert plan.replay == (b"a0", b"a1", b"a2")
+    assert plan.resync == ("b",) and plan.reason == "too far behind"
+    by_count = history.resume(["a", "b"], starts, max_bytes=1000, max_messages=2, now=2.0)
+    assert by_count.replay == () and by_count.resync == ("a", "b")
+
+
+def test_a_resync_names_the_first_channels_cause() -> None:
+    history, starts = _two_channels()
+    plan = history.resume(["a", "b"], {"a": "gone-1:1", "b": starts["b"]}, 1000, 100, now=2.0)
+    assert plan.resync == ("a",) and plan.reason == "history unavailable"
+    assert plan.replay == (b"b0", b"b1", b"b2")
+
+
+def test_cursors_name_the_head_of_each_open_channel() -> None:
+    history, starts = _two_channels()
+    assert history.cursors(["a", "b", "unknown"]) == {
+        "a": starts["a"][:-1] + "3", "b": starts["b"][:-1] + "3"}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from relay.listener.server import encode_update
+from relay.protocol import encode_update
 
 
 def test_update_splices_the_payload_in_after_the_envelope() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from relay.config import Settings
 from relay.dev.postgres import EmbeddedPostgres
-from relay.listener.server import next_backoff
+from relay.listener.database import next_backoff
 from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
 from tests.support import RelayProcess, database_connections, notify, wait_for
 

@@ -1,6 +1,8 @@
 """Bounded recent history of each channel's updates, so a reconnecting client can resume.
 
-Owned by the listener. Each channel has a *stream*: a name that changes whenever the
+Owned by the listener's ``Listener``, which asks it for the next ``seq`` of a channel,
+records each update, and plans a client's resume with it (``resume``); nothing else in the
+listener looks inside. Each channel has a *stream*: a name that changes whenever the
 listener (re)starts LISTENing on it, because NOTIFY has no replay and anything sent while we
 were not listening is lost. A cursor ``"<stream>:<seq>"`` is resumable only on the current
 stream and only while every later update is still held. History is capped per channel
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 _stream_ids = itertools.count(1)
@@ -42,6 +45,16 @@ class Replay:
 
     messages: tuple[bytes, ...]
     resync: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A client's resume over its channels: the messages to replay, in order, and the
+    channels to resync instead (``reason``: the first channel's cause)."""
+
+    replay: tuple[bytes, ...]
+    resync: tuple[str, ...]
     reason: str = ""
 
 
@@ -128,3 +141,37 @@ class History:
         if not entries or entries[0][_SEQ] > seq + 1:
             return Replay((), True, "history evicted")
         return Replay(tuple(e[_MESSAGE] for e in entries if e[_SEQ] > seq), False)
+
+    def cursors(self, channels: Iterable[str]) -> dict[str, str]:
+        """The current cursor of each channel that has a stream."""
+        return {channel: stream.cursor for channel in channels
+                if (stream := self._streams.get(channel)) is not None}
+
+    def resume(self, channels: Iterable[str], cursors: Mapping[str, object], max_bytes: int,
+               max_messages: int, overhead: int = 0, now: float | None = None) -> Resume:
+        """What a client that was at ``cursors`` missed on ``channels``, within a budget.
+
+        The replay is queued to the client at once: more than its outbound queue could hold
+        would close it 4009 and the same resume would overflow again, for ever. So the
+        replay is bounded by ``max_bytes`` (each message counting ``overhead`` more, its
+        frame header) and ``max_messages`` over all channels; a channel that does not fit is
+        resynced ("too far behind"), as is one whose cursor the history cannot serve."""
+        replay: list[bytes] = []
+        resync: list[str] = []
+        reasons: list[str] = []
+        for channel in channels:
+            if channel not in cursors:
+                continue
+            outcome = self.replay(channel, cursors[channel], now)
+            size = sum(len(message) + overhead for message in outcome.messages)
+            if outcome.resync:
+                resync.append(channel)
+                reasons.append(outcome.reason)
+            elif size > max_bytes or len(outcome.messages) > max_messages:
+                resync.append(channel)
+                reasons.append("too far behind")
+            else:
+                max_bytes -= size
+                max_messages -= len(outcome.messages)
+                replay.extend(outcome.messages)
+        return Resume(tuple(replay), tuple(resync), reasons[0] if reasons else "")

@@ -1,0 +1,111 @@
+"""One connected worker as the listener sees it: its socket, its outbound queue, and what
+its connections have attached.
+
+The listener's ``Listener`` accepts the worker and reads its frames; everything written to
+the worker goes through ``send``, drained by one writer greenlet (trap 3) that joins what
+is queued into one ``sendall`` and, while busy, lets a millisecond's worth gather first. A
+worker that stops reading is dropped rather than queued for without bound: it reconnects,
+and its clients resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import gevent.event
+
+from relay.listener.refcounts import release
+
+log = logging.getLogger("relay.listener")
+
+# A worker that does not read for this long (its queue over this many bytes) is dropped;
+# it reconnects and its clients resync. Workers are local and normally drain in microseconds.
+_QUEUE_LIMIT = 64 << 20
+_COALESCE_SECONDS = 0.001
+
+
+class WorkerPeer:
+    def __init__(self, sock: socket.socket, number: int) -> None:
+        self.sock = sock
+        self.number = number
+        self.pid = 0  # told by its HELLO
+        self.counters: dict[str, Any] = {}  # its latest COUNTERS snapshot
+        self.users: Counter[str] = Counter()  # user → connections on this worker
+        self.channels: Counter[str] = Counter()  # channel → connections on this worker
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._wakeup = gevent.event.Event()
+        self.closed = False
+
+    # ----- what the worker told -----
+
+    def hello(self, pid: int) -> None:
+        self.pid = pid
+
+    def report(self, counters: dict[str, Any]) -> None:
+        self.counters = counters
+
+    def attach(self, user: str, channels: Iterable[str]) -> None:
+        """One connection of ``user`` on this worker now holds ``channels``."""
+        self.users[user] += 1
+        for channel in channels:
+            self.channels[channel] += 1
+
+    def detach(self, user: str, channels: Iterable[str]) -> list[str] | None:
+        """One connection of ``user`` is gone: the channels it held here (``None`` if this
+        worker had no connection of that user, which the listener then ignores)."""
+        if self.users.get(user, 0) <= 0:
+            return None
+        release(self.users, user)
+        held = [channel for channel in channels if self.channels.get(channel, 0) > 0]
+        for channel in held:
+            release(self.channels, channel)
+        return held
+
+    # ----- writing to it -----
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._queued_bytes > _QUEUE_LIMIT:
+            log.error("worker %s is not reading; dropping it", self.pid)
+            self.close()
+            return
+        self._wakeup.set()
+
+    def writer(self) -> None:
+        """The one greenlet that writes to the worker's socket."""
+        last_flush = 0.0
+        try:
+            while not self.closed:
+                self._wakeup.wait()
+                if time.monotonic() - last_flush < _COALESCE_SECONDS:
+                    # Busy: let a little more gather, so that a flood of small transactions
+                    # costs the worker one wake-up per millisecond, not one per transaction.
+                    gevent.sleep(_COALESCE_SECONDS)
+                self._wakeup.clear()
+                last_flush = time.monotonic()
+                while self._queue:
+                    batch = b"".join(self._queue)
+                    self._queue.clear()
+                    self._queued_bytes = 0
+                    self.sock.sendall(batch)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._wakeup.set()
+            try:
+                self.sock.close()
+            except OSError:
+                pass

@@ -1,0 +1,31 @@
+"""Unit tests of the listener's instance figures: the commit→listener latency histogram and
+the workers' counters summed so that they never go backwards."""
+
+from __future__ import annotations
+
+from relay.listener.stats import LATENCY_BUCKETS, LatencyHistogram, WorkerTotals
+
+
+def test_latency_is_read_from_the_payloads_ts_and_reported_cumulative() -> None:
+    histogram = LatencyHistogram(clock=lambda: 10000.0)
+    histogram.observe('{"row": {"id": 1}, "ts": 9999.998}')  # 2 ms
+    histogram.observe('{"ts":9999.5}')  # 500 ms
+    histogram.observe('{"row": 1}')  # no ts: not observed
+    histogram.observe('{"ts": "soon"}')  # not a number
+    histogram.observe('{"ts": 1.0}')  # over an hour: a clock problem, not a latency
+    snapshot = histogram.snapshot()
+    buckets = dict(snapshot["buckets"])
+    assert snapshot["count"] == 2 and abs(snapshot["sum"] - 0.502) < 1e-6
+    assert (buckets[0.001], buckets[0.0025], buckets[0.25], buckets[0.5]) == (0, 1, 1, 2)
+    assert buckets[float("inf")] == 2 and len(buckets) == len(LATENCY_BUCKETS)
+
+
+def test_worker_totals_keep_a_gone_workers_counters() -> None:
+    totals = WorkerTotals()
+    first = {"counters": {"delivered": 5}, "closes": {"4009": 1}, "authFailures": {}}
+    second = {"counters": {"delivered": 2, "bogus": "x"}, "closes": {}, "authFailures": {}}
+    assert totals.sum([first, second])["counters"] == {"delivered": 7}
+    totals.retire(first)
+    summed = totals.sum([second])
+    assert summed["counters"] == {"delivered": 7} and summed["closes"] == {"4009": 1}
+    assert set(summed) == {"counters", "closes", "authFailures"}
