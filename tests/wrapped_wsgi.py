@@ -1,5 +1,5 @@
 """relay's app behind a WSGI middleware, as a deployment might wrap it (ProxyFix, an error
-reporter): the handshake handler no longer sees ``relay_serve_websocket`` and goes through
+reporter): the handshake handler no longer sees ``app.extensions["relay"]`` and goes through
 Flask's ``/ws`` route, whose connection keeps its greenlet (tests/test_wrapped_app.py)."""
 
 from __future__ import annotations

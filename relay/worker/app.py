@@ -1,8 +1,11 @@
-"""The Flask app of a worker: ``/ws`` (the WebSocket) and ``/health``.
+"""The Flask app of a worker: ``/ws`` (the WebSocket), ``/health`` and ``/metrics``.
 
-``create_app(settings)`` builds the app and its ``Node``; ``wsgi.py`` only calls it. The
-``/ws`` route is declared with ``websocket=True`` (trap 1); the handshake checks themselves
-live in ``handshake`` and run before Flask sees the request.
+``create_app(settings)`` builds the app and its ``Node``; ``wsgi.py`` only calls it. relay's
+state on the app is Flask's extension slot, ``app.extensions["relay"]`` (a
+``RelayExtension``): the handshake handler reads the settings there, and hands each
+upgraded WebSocket to its ``serve_websocket``. The ``/ws`` route is declared with
+``websocket=True`` (trap 1); the handshake checks themselves live in ``handshake`` and run
+before Flask sees the request.
 """
 
 from __future__ import annotations
@@ -58,26 +61,35 @@ def _bearer_matches(header: str, token: str) -> bool:
     return hmac.compare_digest(received, f"Bearer {token}".encode())
 
 
+class RelayExtension:
+    """``app.extensions["relay"]``: the settings and the worker's node, and the door through
+    which the handshake handler hands over an upgraded WebSocket."""
+
+    def __init__(self, settings: Settings, node: Node) -> None:
+        self.settings = settings
+        self.node = node
+
+    def serve_websocket(self, environ: dict[str, Any], sock: Any, rfile: Any,
+                        owned: bool) -> None:
+        """Start one upgraded WebSocket (called once the 101 has been sent). ``owned``: the
+        socket is the connection's to keep, so this returns once the connection is attached;
+        otherwise this runs the connection to its end.
+
+        The handshake handler calls this directly, so a connection that lives for hours
+        holds neither a Flask request context nor Flask's frames on its greenlet's stack."""
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        conn = Connection(self.node, sock, rfile, client_address(environ))
+        start = conn.serve if owned else conn.run
+        start(query.get("token", [None])[0], query.get("resume", [None])[0])
+
+
 def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("relay")
     node = Node(settings)
-    app.relay_settings = settings  # type: ignore[attr-defined]  # read by the handshake
+    relay = RelayExtension(settings, node)
+    app.extensions["relay"] = relay
     worker_started = time.time()
-
-    def serve_websocket(environ: dict[str, Any], sock: Any, rfile: Any, owned: bool) -> None:
-        """Start one upgraded WebSocket (called once the 101 has been sent). ``owned``: the
-        socket is the connection's to keep, so this returns once the connection is attached;
-        otherwise this runs the connection to its end."""
-        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        peer = client_address(environ)
-        conn = Connection(node, sock, rfile, peer)
-        start = conn.serve if owned else conn.run
-        start(query.get("token", [None])[0], query.get("resume", [None])[0])
-
-    # The handshake handler calls this directly, so a connection that lives for hours holds
-    # neither a Flask request context nor Flask's frames on its greenlet's stack.
-    app.relay_serve_websocket = serve_websocket  # type: ignore[attr-defined]
 
     @app.route("/ws", websocket=True)
     def websocket() -> Response:
@@ -86,7 +98,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
         if ws is None:  # a plain GET that Werkzeug still matched
             return Response("WebSocket upgrade required\n", status=426,
                             headers={"Upgrade": "websocket"})
-        serve_websocket(request.environ, ws.handler.socket, ws.handler.rfile, False)
+        relay.serve_websocket(request.environ, ws.handler.socket, ws.handler.rfile, False)
         return Response(b"")
 
     @app.get("/health")
@@ -94,7 +106,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
         stats = node.link.stats(timeout=2.0)
         healthy = bool(stats) and stats.get("database") == "connected"
         local_users = len(node.hub.by_user)
-        local_conns = len(node.hub.connections)
+        local_conns = len(node.connections)
         body: dict[str, Any] = {
             "status": "healthy" if healthy else "unhealthy",
             "timestamp": iso_now(),
@@ -129,7 +141,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
             return Response("unauthorized\n", status=401,
                             headers={"WWW-Authenticate": "Bearer"})
         stats = node.link.stats(timeout=2.0)
-        body = render(stats, {"connections": len(node.hub.connections)})
+        body = render(stats, {"connections": len(node.connections)})
         return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 

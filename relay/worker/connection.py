@@ -7,29 +7,30 @@ greenlet reads and handles every frame that has arrived, and parks the connectio
 (``_read_buffered``). A greenlet per idle connection was most of relay's memory per
 connection (bench idle), and an idle connection is what relay holds most of.
 
-Everything sent to the client goes through one bounded queue drained by one writer
-greenlet, spawned only while there is something to write (trap 3); when nothing is queued,
-a frame is first tried with one non-blocking send, and only what the socket did not take
-is queued. A client that lets the queue overflow is closed with 4009. Heartbeats and token
-expiry are checked by the worker's ``Node`` housekeeping, not by a timer per connection.
+Everything sent to the client goes through the connection's ``Writer`` (its bounded queue
+and backpressure policy); a client that lets the queue overflow is closed with 4009. The
+messages themselves are built by ``relay.protocol``. Heartbeats and token expiry are checked
+by the worker's ``Node`` housekeeping, not by a timer per connection. The node is the only
+part of the worker a connection talks to.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
 
-from relay import closecodes
+from relay import closecodes, protocol
 from relay.auth import AuthError, InvalidUserId, verify_token
-from relay.channels import InvalidChannel, channels_for, valid_channel
+from relay.channels import InvalidChannel, channels_for
 from relay.closecodes import CloseCode
+from relay.protocol import InvalidMessage
+from relay.worker.node import Node
 from relay.worker.websocket import (
     OP_PONG,
     ConnectionEnded,
@@ -40,16 +41,14 @@ from relay.worker.websocket import (
     encode_frame,
     text_frame,
 )
-
-if TYPE_CHECKING:
-    from relay.worker.node import Node
+from relay.worker.writer import Writer
 
 log = logging.getLogger("relay.connection")
 
 CLOSE_HANDSHAKE_TIMEOUT = 3.0
 LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
 ATTACH_TIMEOUT = 10.0
-_PING = text_frame(b'{"type":"ping"}')
+_PING = text_frame(protocol.ENCODED_PING)
 
 
 class Connection:
@@ -75,19 +74,13 @@ class Connection:
         self.closing: CloseCode | None = None
         self.close_detail = ""
         self.live = gevent.event.Event()  # set once attached (or refused)
-        self.pending_attach = False
-        self.attached = False  # the current listener counts this connection
         self._resume_requested = False
         self.opened_at = time.monotonic()
         self.next_ping = 0.0
         self.awaiting_pong_since: float | None = None
         self.expiry_warned = False
-        # A list, not a deque: it is only appended to and emptied whole, and an empty deque
-        # costs 770 bytes against 64 (bench idle, per connection).
-        self._queue: list[bytes] = []
-        self._queued_bytes = 0
-        self._head_partial = False  # the queue's first item is the rest of a begun frame
-        self._writer: gevent.Greenlet | None = None
+        self._writer = Writer(sock, self.settings.queue_max_messages,
+                              self.settings.queue_max_bytes)
         self._abort_timer: gevent.Greenlet | None = None
         self._tokens = self.settings.client_msg_rate * 2
         self._tokens_at = self.opened_at
@@ -97,58 +90,13 @@ class Connection:
     def enqueue(self, frame: bytes) -> None:
         if self.closing is not None:
             return
-        if self._writer is None and not self._queue:
-            # Nothing in flight: write now, without a writer greenlet (spawning one per message
-            # was 40% of a worker's CPU in the bench's steady scenario). gevent's send with
-            # timeout 0 never waits, so this greenlet cannot be switched out mid-write.
-            try:
-                sent = self.sock.send(frame, 0, 0.0)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._abort()
-                return
-            if sent == len(frame):
-                return
-            if sent:
-                # The rest of a frame already begun on the wire: it must go out whole, even
-                # if the queue overflows below, or the client's framing would be corrupt.
-                self._queue.append(frame[sent:])
-                self._queued_bytes += len(frame) - sent
-                self._head_partial = True
-                self._writer = gevent.spawn(self._write_loop)
-                return
-        if (len(self._queue) >= self.settings.queue_max_messages
-                or self._queued_bytes + len(frame) > self.settings.queue_max_bytes):
+        refusal = self._writer.enqueue(frame)
+        if refusal is not None:  # the writer's policy: this client is too slow
             self.node.count("slow_consumer")
-            head = self._queue[0] if self._head_partial and self._queue else None
-            self._queue.clear()
-            self._queued_bytes = 0
-            if head is not None:
-                self._queue.append(head)
-                self._queued_bytes = len(head)
-            self.close(closecodes.SLOW_CONSUMER, "outbound queue overflow")
-            return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._writer is None:
-            self._writer = gevent.spawn(self._write_loop)
+            self.close(refusal, "outbound queue overflow")
 
-    def send_json(self, message: dict[str, Any]) -> None:
-        self.enqueue(text_frame(json.dumps(message, separators=(",", ":")).encode()))
-
-    def _write_loop(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-                self._queue.clear()
-                self._queued_bytes = 0
-                self._head_partial = False
-                self.sock.sendall(batch)
-        except OSError:
-            self._abort()
-        finally:
-            self._writer = None
+    def _send(self, message: bytes) -> None:
+        self.enqueue(text_frame(message))
 
     def close(self, code: CloseCode, detail: str = "", reason: str | None = None) -> None:
         """Start the closing handshake: the close frame goes after what is already queued."""
@@ -157,24 +105,15 @@ class Connection:
         self.closing = code
         self.close_detail = detail or code.reason
         self.node.closed_with(code)
-        self._queue.append(close_frame(code.code, reason or detail or code.reason))
-        if self._writer is None:
-            self._writer = gevent.spawn(self._write_loop)
-        self._abort_timer = gevent.spawn_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort)
-
-    def _abort(self) -> None:
-        """Stop reading and writing at once: the reader sees the end of the stream."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._writer.send_last(close_frame(code.code, reason or detail or code.reason))
+        self._abort_timer = gevent.spawn_later(CLOSE_HANDSHAKE_TIMEOUT, self._writer.abort)
 
     # ----- life cycle -----
 
     def serve(self, query_token: str | None, query_resume: str | None) -> None:
         """Authenticate and attach, then park the connection and return (it lives on)."""
-        self.node.hub.connections.add(self)
-        self._drive(self._start, query_token, query_resume)
+        refusal = self.node.register(self)
+        self._drive(self._start, refusal, query_token, query_resume)
 
     def run(self, query_token: str | None, query_resume: str | None) -> None:
         """``serve``, then wait until the connection is finished: for a caller that cannot
@@ -192,6 +131,9 @@ class Connection:
         except ProtocolViolation as exc:
             self.close(exc.code, exc.detail)
             self._linger()
+        except InvalidMessage as exc:
+            self.close(closecodes.POLICY_VIOLATION, str(exc))
+            self._linger()
         except ConnectionEnded:
             pass
         except Exception:
@@ -202,11 +144,10 @@ class Connection:
             if not parked:
                 self._finish()
 
-    def _start(self, query_token: str | None, query_resume: str | None) -> bool:
-        if self.node.draining:  # accepted in the moment before the worker stopped listening
-            self.close(closecodes.SERVICE_RESTART, "server restarting")
-        elif len(self.node.hub.connections) > self.settings.worker_connection_limit:
-            self.close(closecodes.TRY_AGAIN_LATER, "worker at capacity")
+    def _start(self, refusal: tuple[CloseCode, str] | None, query_token: str | None,
+               query_resume: str | None) -> bool:
+        if refusal is not None:
+            self.close(*refusal)
         elif not self._authenticate(query_token, query_resume):
             return False
         return self._read_buffered(readable=False)
@@ -241,11 +182,7 @@ class Connection:
         if query_token is not None:
             token: object = query_token
             if query_resume:
-                try:
-                    resume = json.loads(query_resume)
-                except (ValueError, RecursionError):  # deep nesting fits in a request line
-                    raise ProtocolViolation(closecodes.POLICY_VIOLATION,
-                                            "invalid resume: not JSON") from None
+                resume = protocol.parse_resume_query(query_resume)
         else:
             try:
                 with gevent.Timeout(self.settings.auth_timeout):
@@ -256,7 +193,7 @@ class Connection:
                 return True
             if message is None:
                 return False
-            if message.get("type") != "auth":
+            if message.get("type") != protocol.AUTH:
                 self.node.count_auth_failure("no auth message")
                 self.close(closecodes.UNAUTHORIZED, "expected an auth message")
                 return True
@@ -277,10 +214,9 @@ class Connection:
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
-        cursors = resume_cursors(resume, channels)
-        self.pending_attach = True
+        cursors = protocol.resume_cursors(resume, channels)
         self._resume_requested = bool(cursors)
-        self.node.link.attach(self, cursors)
+        self.node.attach(self, cursors)
         if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
             self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         return True
@@ -292,14 +228,11 @@ class Connection:
         self.close(code, reason)
 
     def on_refused(self, code: int, reason: str) -> None:
-        self.pending_attach = False
         self.close(closecodes.BY_CODE.get(code, closecodes.TRY_AGAIN_LATER), reason)
         self.live.set()
 
     def on_attached(self, reply: dict[str, Any], reattach: bool) -> None:
         """Runs in the link's reader greenlet, in stream order (see ``link``)."""
-        self.pending_attach = False
-        self.attached = True
         cursors = reply.get("cursors") or {}
         if reattach:
             self.on_resync("listener restarted", cursors)
@@ -308,19 +241,16 @@ class Connection:
         replay = reply.get("replay") or []
         now = time.monotonic()
         self.next_ping = now + self.settings.ping_interval
-        self.send_json({
-            "type": "connected", "userId": self.user_id, "channels": list(self.channels),
-            "epoch": reply.get("epoch"), "cursors": cursors, "expiresAt": self.expires_at,
-            "pingInterval": self.settings.ping_interval,
-            "resumed": self._resume_requested and not resync,
-        })
+        self._send(protocol.encode_connected(
+            self.user_id, self.channels, reply.get("epoch"), cursors, self.expires_at,
+            self.settings.ping_interval, self._resume_requested and not resync))
         for message in replay:
             self.enqueue(text_frame(message.encode()))
         if resync:
             self.node.count("resync", len(resync))
-            self.send_json({"type": "resync",
-                            "reason": str(reply.get("reason") or "history unavailable"),
-                            "channels": resync, "cursors": {c: cursors.get(c) for c in resync}})
+            self._send(protocol.encode_resync(
+                str(reply.get("reason") or "history unavailable"), resync,
+                {c: cursors.get(c) for c in resync}))
         log.info("user %s connected from %s (%d replayed, %d resync)",
                  self.user_id, self.peer, len(replay), len(resync),
                  extra={"user": self.user_id, "event": "connected"})
@@ -328,8 +258,7 @@ class Connection:
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
         self.node.count("resync")
-        self.send_json({"type": "resync", "reason": reason, "channels": list(self.channels),
-                        "cursors": cursors})
+        self._send(protocol.encode_resync(reason, list(self.channels), cursors))
 
     def _read_frame(self) -> bool:
         """Read and handle one frame; ``False`` once the closing handshake is complete."""
@@ -338,7 +267,7 @@ class Connection:
             return True
         if event.kind == "text":
             if self.closing is None:
-                self._handle(_parse(event.text))
+                self._handle(protocol.parse_client_message(event.text))
             return True
         return self._control(event)
 
@@ -349,7 +278,7 @@ class Connection:
             if event.kind == "text":
                 if self.closing is not None:
                     continue
-                return _parse(event.text)
+                return protocol.parse_client_message(event.text)
             if not self._control(event):
                 return None
 
@@ -380,9 +309,9 @@ class Connection:
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "pong":
+        if kind == protocol.PONG:
             self.awaiting_pong_since = None
-        elif kind == "refresh":
+        elif kind == protocol.REFRESH:
             self._refresh(message.get("token"))
         else:
             raise ProtocolViolation(closecodes.POLICY_VIOLATION, "unexpected message type")
@@ -398,7 +327,7 @@ class Connection:
             return
         self.expires_at = claims.expires_at
         self.expiry_warned = False
-        self.send_json({"type": "token_refreshed", "expiresAt": self.expires_at})
+        self._send(protocol.encode_token_refreshed(self.expires_at))
 
     def tick(self, now: float, wall: float) -> None:
         """Heartbeat and token expiry; called by the worker's housekeeping about once a second.
@@ -414,8 +343,7 @@ class Connection:
         remaining = self.expires_at - wall
         if not self.expiry_warned and remaining <= self.settings.token_refresh_window:
             self.expiry_warned = True
-            self.send_json({"type": "token_expiring", "expiresAt": self.expires_at,
-                            "in": max(0, int(remaining))})
+            self._send(protocol.encode_token_expiring(self.expires_at, max(0, int(remaining))))
         if self.awaiting_pong_since is not None and (
             now - self.awaiting_pong_since > self.settings.pong_timeout
         ):
@@ -454,14 +382,11 @@ class Connection:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        writer = self._writer
-        if writer is not None:
-            writer.join(timeout=CLOSE_HANDSHAKE_TIMEOUT)
+        self._writer.wait(CLOSE_HANDSHAKE_TIMEOUT)
         if self._abort_timer is not None:
             self._abort_timer.kill(block=False)
         self.closed = True
-        self.node.hub.remove(self)
-        self.node.link.release(self)
+        self.node.detach(self)
         try:
             self.sock.close()
         except OSError:
@@ -476,47 +401,3 @@ class Connection:
                         "seconds": seconds})
         if self._finished is not None:
             self._finished.set()
-
-
-# A resume map names at most a user's own channels; these bounds leave room for more
-# templates than anyone configures while keeping every request to the listener small.
-MAX_RESUME_ENTRIES = 32
-MAX_CURSOR_CHARS = 128
-
-
-def resume_cursors(resume: object, channels: tuple[str, ...]) -> dict[str, str]:
-    """The cursors of a client's ``resume`` that concern its channels.
-
-    Checked strictly before anything is sent to the listener: an object of channel name →
-    cursor string (or null), bounded in entries and sizes; anything else is a 1008 with a reason (a
-    deeply nested value used to fail only when the worker re-encoded it, a 1011 that left
-    its request behind for the worker's life). Well-formed entries for other channels are
-    ignored, not refused: a client whose user changed may still hold the previous user's
-    cursors, a refusal would make it reconnect in a loop, and ignoring them discloses
-    nothing."""
-    if resume is None:
-        return {}
-    if not isinstance(resume, dict):
-        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "invalid resume: not an object")
-    if len(resume) > MAX_RESUME_ENTRIES:
-        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "invalid resume: too many entries")
-    for channel, cursor in resume.items():
-        if not valid_channel(channel):
-            raise ProtocolViolation(closecodes.POLICY_VIOLATION,
-                                    "invalid resume: a key is not a channel name")
-        # null is what a resync gives for a channel with no position yet (docs/protocol.md).
-        if cursor is not None and (not isinstance(cursor, str)
-                                   or len(cursor) > MAX_CURSOR_CHARS):
-            raise ProtocolViolation(closecodes.POLICY_VIOLATION,
-                                    "invalid resume: a cursor is not a short string")
-    return {channel: cursor for channel, cursor in resume.items() if channel in channels}
-
-
-def _parse(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message is not JSON") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message has no type")
-    return message

@@ -25,7 +25,7 @@ import base64
 import binascii
 import re
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from geventwebsocket.handler import WebSocketHandler
@@ -47,6 +47,23 @@ _READ_SIZE = 4096  # a socket read after the handshake: client messages are smal
 _KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
                  "REMOTE_ADDR", "REMOTE_PORT", "HTTP_FLY_CLIENT_IP", "HTTP_USER_AGENT",
                  "HTTP_REFERER")
+
+
+class RelayApp(Protocol):
+    """What the handler uses of relay's Flask app: ``app.extensions["relay"]``
+    (``relay.worker.app.RelayExtension``)."""
+
+    settings: Settings
+
+    def serve_websocket(self, environ: dict[str, Any], sock: Any, rfile: Any,
+                        owned: bool) -> None: ...
+
+
+def relay_of(application: Any) -> RelayApp | None:
+    """relay's extension of the app gunicorn loaded; ``None`` when that app is a WSGI
+    middleware around relay's (its WebSockets then go through Flask's ``/ws`` route)."""
+    extensions = getattr(application, "extensions", None)
+    return extensions.get("relay") if isinstance(extensions, dict) else None
 
 
 def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
@@ -171,8 +188,8 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         return None
 
     def _handshake_timeout(self) -> float:
-        settings = getattr(self.server.application, "relay_settings", None)
-        return settings.handshake_timeout if settings is not None else HANDSHAKE_TIMEOUT
+        relay = relay_of(self.server.application)
+        return relay.settings.handshake_timeout if relay is not None else HANDSHAKE_TIMEOUT
 
     def read_request(self, raw_requestline: str) -> Any:
         deadline = getattr(self, "_request_deadline", None)
@@ -203,10 +220,8 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         return super()._handle_client_error(ex)
 
     def _settings(self) -> Settings:
-        settings = getattr(self.application, "relay_settings", None)
-        if settings is None:
-            settings = Settings.from_env()
-        return settings
+        relay = relay_of(self.application)
+        return relay.settings if relay is not None else Settings.from_env()
 
     def _refuse(self, status: str, message: str, headers: list[tuple[str, str]] | None = None
                 ) -> list[bytes]:
@@ -253,13 +268,13 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         # Unlike gevent-websocket's version, never call its WebSocket.close(): relay's
         # connection has already sent a proper close frame (with a code) itself.
         self.websocket.closed = True
-        serve = getattr(self.application, "relay_serve_websocket", None)
+        relay = relay_of(self.application)
         try:
-            if serve is not None:
+            if relay is not None:
                 sock, reader = SocketReader.take_over(self.socket, self.rfile)
                 self.socket = None  # the connection's now: pywsgi must neither read nor close it
                 self._release_handshake()
-                serve(self.environ, sock, reader, True)
+                relay.serve_websocket(self.environ, sock, reader, True)
             else:
                 list(self.application(self.environ, lambda s, h, e=None: []))
         finally:

@@ -2,11 +2,14 @@
 
 Sends attach/detach/stats requests (``bus`` framing) and reads the listener's stream. The
 stream is handled strictly in order in one greenlet, which is what makes delivery exact:
-a connection joins the hub at the moment its ``ATTACHED`` answer is read, so every update
-after that answer reaches it and none before it does (those are in its replay, if any).
+the handler (the worker's ``Node``) routes a connection in its hub at the moment that
+connection's ``ATTACHED`` answer is read, so every update after that answer reaches it and
+none before it does (those are in its replay, if any).
 
-If the listener dies, the link reconnects forever; every attached connection is attached
-again and told to resync (the new listener has a new epoch and no history).
+The link knows a connection only as an ``Attachment`` (a user and its channels) that it
+hands back to its ``LinkHandler``. If the listener dies, the link reconnects for ever and
+tells the handler, which attaches its connections again and tells their clients to resync
+(the new listener has a new epoch and no history).
 """
 
 from __future__ import annotations
@@ -16,78 +19,99 @@ import logging
 import os
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import gevent
 import gevent.event
 
-from relay import bus, listener_socket
-from relay.worker.hub import Hub
-
-if TYPE_CHECKING:
-    from relay.worker.connection import Connection
+from relay import bus, closecodes, listener_socket
 
 log = logging.getLogger("relay.link")
 
 
-class _Pending:
+class Attachment(Protocol):
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def channels(self) -> tuple[str, ...]: ...
+
+
+A = TypeVar("A", bound=Attachment)
+A_contra = TypeVar("A_contra", bound=Attachment, contravariant=True)
+
+
+class LinkHandler(Protocol[A_contra]):
+    """What the link reports, from its reader greenlet, in the order of the stream."""
+
+    def on_update(self, channel: str, message: bytes) -> None: ...
+
+    def on_attached(self, attachment: A_contra, reply: dict[str, Any], reattach: bool
+                    ) -> None: ...
+
+    def on_refused(self, attachment: A_contra, code: int, reason: str) -> None: ...
+
+    def on_resync(self, reason: str, cursors: dict[str, str]) -> None: ...
+
+    def on_lost(self) -> None:
+        """The listener is gone: nothing it counted is counted any more."""
+
+    def on_reconnected(self) -> None:
+        """A listener answers again (not the first time): attach again what was attached."""
+
+
+class _Pending(Generic[A]):
     """An ATTACH in flight: its frame (encoded before it is registered, so that a request
     that cannot be encoded never leaves an entry behind) and whose answer it awaits. A
     connection that finishes while its request is in flight on a live listener leaves only a
-    small tombstone (``conn`` None) so that the answer is followed by a DETACH; a tombstone
-    is dropped with the listener connection it was sent on."""
+    small tombstone (``attachment`` None) so that the answer is followed by a DETACH; a
+    tombstone is dropped with the listener connection it was sent on."""
 
-    __slots__ = ("conn", "frame", "reattach", "user", "channels")
+    __slots__ = ("attachment", "frame", "reattach", "user", "channels")
 
-    def __init__(self, conn: Connection | None, frame: bytes, reattach: bool, user: str,
+    def __init__(self, attachment: A | None, frame: bytes, reattach: bool, user: str,
                  channels: list[str]) -> None:
-        self.conn = conn
+        self.attachment = attachment
         self.frame = frame
         self.reattach = reattach
         self.user = user
         self.channels = channels
 
 
-class ListenerLink:
-    def __init__(self, socket_path: str, hub: Hub) -> None:
+class ListenerLink(Generic[A]):
+    def __init__(self, socket_path: str, handler: LinkHandler[A]) -> None:
         self.socket_path = socket_path
-        self.hub = hub
+        self._handler = handler
         self.connected = gevent.event.Event()
-        self.reconnects = 0
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._request_of: dict[Connection, int] = {}  # connections with an ATTACH in flight
+        self._pending: dict[int, _Pending[A]] = {}
+        self._request_of: dict[A, int] = {}  # attachments with an ATTACH in flight
         self._stats: dict[int, gevent.event.AsyncResult] = {}
         self._out: deque[bytes] = deque()
         self._out_ready = gevent.event.Event()
-        self._greenlets: list[gevent.Greenlet] = []
-        self._orphans: list[Connection] = []
 
     def start(self) -> None:
-        self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._writer)]
-
-    def stop(self) -> None:
-        gevent.killall(self._greenlets, block=False)
-        if self._sock is not None:
-            self._sock.close()
+        gevent.spawn(self._run)
+        gevent.spawn(self._writer)
 
     # ----- requests -----
 
-    def attach(self, conn: Connection, resume: dict[str, str], reattach: bool = False) -> None:
-        """Ask the listener for ``conn``'s channels; ``conn.on_attached`` runs on the answer."""
+    def attach(self, attachment: A, resume: dict[str, str], reattach: bool = False) -> None:
+        """Ask the listener for the attachment's channels; the handler hears the answer."""
         req = next(self._ids)
-        channels = list(conn.channels)
-        frame = bus.encode(bus.ATTACH, {"req": req, "user": conn.user_id, "channels": channels,
-                                        "resume": resume})
-        self._pending[req] = _Pending(conn, frame, reattach, conn.user_id, channels)
-        self._request_of[conn] = req
+        channels = list(attachment.channels)
+        frame = bus.encode(bus.ATTACH, {"req": req, "user": attachment.user_id,
+                                        "channels": channels, "resume": resume})
+        self._pending[req] = _Pending(attachment, frame, reattach, attachment.user_id, channels)
+        self._request_of[attachment] = req
         if self.connected.is_set():
             self._send(frame)
 
-    def release(self, conn: Connection) -> None:
-        """``conn`` is finished: the listener stops counting it, whatever state it was in."""
-        req = self._request_of.pop(conn, None)
+    def release(self, attachment: A, attached: bool) -> None:
+        """The attachment is finished: the listener stops counting it, whatever state it was
+        in (``attached``: the current listener's answer admitted it)."""
+        req = self._request_of.pop(attachment, None)
         if req is not None:
             pending = self._pending.pop(req)
             if self.connected.is_set():
@@ -95,9 +119,8 @@ class ListenerLink:
                 # next): its answer must be followed by a DETACH, if it counted the connection.
                 self._pending[req] = _Pending(None, b"", False, pending.user, pending.channels)
             # Otherwise no listener has it: it would only have been sent to the next one.
-        elif conn.attached:
-            conn.attached = False
-            self._detach(conn.user_id, list(conn.channels))
+        elif attached:
+            self._detach(attachment.user_id, list(attachment.channels))
 
     def _detach(self, user: str, channels: list[str]) -> None:
         if self.connected.is_set():
@@ -161,13 +184,7 @@ class ListenerLink:
             self._sock = sock
             self._out.clear()  # frames for the previous listener are meaningless now
             if not first:
-                self.reconnects += 1
-                log.warning("reconnected to the listener; re-attaching %d connections",
-                            len(self.hub.connections))
-                for conn in self._orphans:
-                    if not conn.closed:
-                        self.attach(conn, {}, reattach=True)
-                self._orphans = []
+                self._handler.on_reconnected()  # its attaches go out with the pending ones
             first = False
             self.connected.set()
             for pending in self._pending.values():
@@ -185,13 +202,9 @@ class ListenerLink:
             self._sock = None
             sock.close()
             # Tombstones die with the listener they were sent to; live requests go to the next.
-            self._pending = {req: p for req, p in self._pending.items() if p.conn is not None}
-            # No route survives the listener: each connection is attached again, and told to
-            # resync, once a new listener answers.
-            orphans = self.hub.unroute_all()
-            for conn in orphans:
-                conn.attached = False
-            self._orphans.extend(orphans)
+            self._pending = {req: p for req, p in self._pending.items()
+                             if p.attachment is not None}
+            self._handler.on_lost()
             for result in self._stats.values():
                 result.set(None)
             log.warning("lost the listener; reconnecting")
@@ -231,11 +244,13 @@ class ListenerLink:
             for kind, body in reader.feed(data):
                 if kind == bus.UPDATE:
                     channel, message = bus.decode_update(body)
-                    self.hub.publish(channel, message)
+                    self._handler.on_update(channel, message)
                 elif kind == bus.ATTACHED:
                     self._on_attached(bus.decode_json(body))
                 elif kind == bus.RESYNC:
-                    self._on_resync(bus.decode_json(body))
+                    message = bus.decode_json(body)
+                    self._handler.on_resync(str(message.get("reason", "resync")),
+                                            message.get("cursors") or {})
                 elif kind == bus.STATS_REPLY:
                     reply = bus.decode_json(body)
                     result = self._stats.get(reply.get("req"))  # type: ignore[arg-type]
@@ -248,20 +263,14 @@ class ListenerLink:
         pending = self._pending.pop(reply.get("req"), None)  # type: ignore[arg-type]
         if pending is None:
             return
-        conn = pending.conn
-        if conn is None:  # finished while in flight
+        attachment = pending.attachment
+        if attachment is None:  # finished while in flight
             if reply.get("ok"):
                 self._detach(pending.user, pending.channels)
             return
-        del self._request_of[conn]
+        del self._request_of[attachment]
         if not reply.get("ok"):
-            conn.on_refused(int(reply.get("code", 1013)), str(reply.get("reason", "")))
+            code = int(reply.get("code", closecodes.TRY_AGAIN_LATER.code))
+            self._handler.on_refused(attachment, code, str(reply.get("reason", "")))
             return
-        self.hub.add(conn)
-        conn.on_attached(reply, pending.reattach)
-
-    def _on_resync(self, message: dict[str, Any]) -> None:
-        cursors = message.get("cursors") or {}
-        reason = str(message.get("reason", "resync"))
-        for conn in list(self.hub.attached()):
-            conn.on_resync(reason, {ch: cursors[ch] for ch in conn.channels if ch in cursors})
+        self._handler.on_attached(attachment, reply, pending.reattach)

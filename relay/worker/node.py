@@ -1,10 +1,14 @@
-"""A worker's realtime node: the hub, the listener link, housekeeping and drain.
+"""A worker's realtime node: the one door its connections use, and the listener link's handler.
 
-``create_app`` builds one ``Node`` per worker process. It owns the worker-wide pieces that
-connections share, runs one housekeeping greenlet for every connection's heartbeat and
-token expiry (not a timer per connection), and on SIGTERM drains: closes its clients with
-1012 spread over ``RELAY_DRAIN_SECONDS`` so that they do not all reconnect in the same
-second, then lets gunicorn's worker exit (trap 8).
+``create_app`` builds one ``Node`` per worker process. A ``Connection`` talks to the node
+alone: ``register`` when it opens (the node may refuse it: draining, or at capacity),
+``attach`` once authenticated, ``detach`` when it is finished, and the counters. The node
+owns what connections share: the ``Hub`` of routes, the ``ListenerLink`` (whose handler it
+is: it routes a connection at its ``ATTACHED`` answer, hands every update to the hub, and
+attaches everything again after a listener restart), one housekeeping greenlet for every
+connection's heartbeat and token expiry (not a timer per connection), and on SIGTERM the
+drain: clients closed with 1012 spread over ``RELAY_DRAIN_SECONDS`` so that they do not all
+reconnect in the same second, before gunicorn's worker exits (trap 8).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 import weakref
 from collections import Counter
+from typing import Any, Protocol
 
 import gevent
 
@@ -29,8 +34,31 @@ log = logging.getLogger("relay.node")
 _TICK_SLICE = 500
 
 
-# Every node of this process, for the worker's drain: it must find the node even when the
-# app gunicorn loaded is a middleware around relay's Flask app.
+class Client(Protocol):
+    """A connection as the node sees it (``relay.worker.connection.Connection``)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def channels(self) -> tuple[str, ...]: ...
+
+    def enqueue(self, frame: bytes) -> None: ...
+
+    def tick(self, now: float, wall: float) -> None: ...
+
+    def close(self, code: CloseCode, detail: str = "") -> None: ...
+
+    def on_attached(self, reply: dict[str, Any], reattach: bool) -> None: ...
+
+    def on_refused(self, code: int, reason: str) -> None: ...
+
+    def on_resync(self, reason: str, cursors: dict[str, str]) -> None: ...
+
+
+# Every node of this process, for the gunicorn worker's drain (relay.worker.process). It must
+# find the node even when the app gunicorn loaded is a WSGI middleware around relay's Flask
+# app, where neither the app nor its extensions can be seen.
 _nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 
 
@@ -43,17 +71,41 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         _nodes.add(self)
         self.settings = settings
-        self.hub = Hub()
-        self.link = ListenerLink(settings.socket_path, self.hub)
+        self.hub: Hub[Client] = Hub()
+        self.link: ListenerLink[Client] = ListenerLink(settings.socket_path, self)
+        self.connections: set[Client] = set()  # every open WebSocket, attached or not
         self.counters: Counter[str] = Counter()
         self.closes: Counter[int | str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.draining = False
-        self._greenlets: list[gevent.Greenlet] = []
+        self._orphans: list[Client] = []  # attached to a listener that is gone
 
     def start(self) -> None:
         self.link.start()
-        self._greenlets.append(gevent.spawn(self._housekeeping))
+        gevent.spawn(self._housekeeping)
+
+    # ----- the door for connections -----
+
+    def register(self, conn: Client) -> tuple[CloseCode, str] | None:
+        """A new WebSocket: counted from now until ``detach``. Returns the close code and
+        reason to refuse it with, if the worker cannot take it."""
+        self.connections.add(conn)
+        if self.draining:  # accepted in the moment before the worker stopped listening
+            return closecodes.SERVICE_RESTART, "server restarting"
+        if len(self.connections) > self.settings.worker_connection_limit:
+            return closecodes.TRY_AGAIN_LATER, "worker at capacity"
+        return None
+
+    def attach(self, conn: Client, resume: dict[str, str]) -> None:
+        """Ask the listener for ``conn``'s channels; ``conn.on_attached`` (or ``on_refused``)
+        runs on its answer."""
+        self.link.attach(conn, resume)
+
+    def detach(self, conn: Client) -> None:
+        """``conn`` is finished: no more routes, and the listener stops counting it."""
+        self.connections.discard(conn)
+        attached = self.hub.remove(conn)
+        self.link.release(conn, attached)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -66,6 +118,37 @@ class Node:
     def count_auth_failure(self, reason: str) -> None:
         self.auth_failures[reason] += 1
 
+    # ----- the listener link's handler (its reader greenlet, in stream order) -----
+
+    def on_update(self, channel: str, message: bytes) -> None:
+        self.hub.publish(channel, message)
+
+    def on_attached(self, conn: Client, reply: dict[str, Any], reattach: bool) -> None:
+        self.hub.add(conn)
+        conn.on_attached(reply, reattach)
+
+    def on_refused(self, conn: Client, code: int, reason: str) -> None:
+        conn.on_refused(code, reason)
+
+    def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
+        for conn in list(self.hub.attached()):
+            conn.on_resync(reason, {ch: cursors[ch] for ch in conn.channels if ch in cursors})
+
+    def on_lost(self) -> None:
+        # No route survives the listener: each connection is attached again, and told to
+        # resync, once a new listener answers.
+        self._orphans.extend(self.hub.unroute_all())
+
+    def on_reconnected(self) -> None:
+        orphans, self._orphans = self._orphans, []
+        log.warning("reconnected to the listener; re-attaching %d connections",
+                    len(self.connections))
+        for conn in orphans:
+            if conn in self.connections:  # not finished meanwhile
+                self.link.attach(conn, {}, reattach=True)
+
+    # ----- housekeeping and drain -----
+
     def _housekeeping(self) -> None:
         tick = max(0.05, min(1.0, self.settings.ping_interval / 4,
                              self.settings.pong_timeout / 4))
@@ -73,7 +156,7 @@ class Node:
         while True:
             # Slices spread over the period: the ticks, the pings they send and the pongs that
             # come back no longer arrive all at once, ahead of every delivery in the worker.
-            conns = tuple(self.hub.connections)
+            conns = tuple(self.connections)
             slices = max(1, -(-len(conns) // _TICK_SLICE))
             for index in range(slices):
                 gevent.sleep(tick / slices)
@@ -104,7 +187,7 @@ class Node:
         if self.draining:
             return
         self.draining = True
-        conns = list(self.hub.connections)
+        conns = list(self.connections)
         window = self.settings.drain_seconds
         log.info("draining %d connections over %.1fs", len(conns), window)
         started = time.monotonic()
@@ -116,10 +199,10 @@ class Node:
             conn.close(closecodes.SERVICE_RESTART, "server restarting")
         # Connections accepted after the snapshot (gunicorn stops listening up to a second
         # after the signal) would otherwise hold the worker until graceful_timeout.
-        for conn in list(self.hub.connections):
+        for conn in list(self.connections):
             conn.close(closecodes.SERVICE_RESTART, "server restarting")
         # Give the last close handshakes a moment; connections end on their own after that.
         deadline = time.monotonic() + 3.0
-        while self.hub.connections and time.monotonic() < deadline:
+        while self.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
         log.info("drain finished in %.1fs", time.monotonic() - started)

@@ -39,7 +39,7 @@ class RelayWorker(GeventPyWSGIWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         # A worker still booting may have no node yet (nothing to drain); it must not fail
         # here: an exit with WORKER_BOOT_ERROR halts the whole server (two quick HUPs did).
-        # The nodes come from relay.node's registry, not from ``self.wsgi``, which may be a
+        # The nodes come from relay.worker.node's registry, not from ``self.wsgi``, which may be a
         # middleware around relay's app.
         for node in nodes():
             if not node.draining:
@@ -52,6 +52,6 @@ class RelayWorker(GeventPyWSGIWorker):
             if not node.draining:  # stopped without SIGTERM (e.g. its parent went away)
                 gevent.spawn(node.drain)
         deadline = time.monotonic() + self.cfg.graceful_timeout
-        while any(node.hub.connections for node in nodes()) and time.monotonic() < deadline:
+        while any(node.connections for node in nodes()) and time.monotonic() < deadline:
             self.notify()
             gevent.sleep(0.1)

@@ -1,7 +1,7 @@
-"""Unit tests of one connection's outbound queue and its backpressure policy: a frame the
-socket takes goes out at once; a queue over RELAY_QUEUE_MAX_MESSAGES or _BYTES closes the
-client with 4009; whatever overflows, the bytes that reach the socket are whole WebSocket
-frames, ending with the 4009 close frame."""
+"""Unit tests of one connection's writer, its outbound queue and backpressure decision: a
+frame the socket takes goes out at once; a queue over RELAY_QUEUE_MAX_MESSAGES or _BYTES is
+a slow consumer (4009), which the connection obeys; whatever overflows, the bytes that reach
+the socket are whole WebSocket frames, ending with the close frame."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import Any
 
 import gevent
 
+from relay import closecodes
 from relay.config import Settings
 from relay.worker.connection import Connection
-from relay.worker.websocket import text_frame
+from relay.worker.websocket import close_frame, text_frame
+from relay.worker.writer import Writer
 
 
 class _Node:
@@ -86,10 +88,10 @@ def test_overflow_keeps_the_rest_of_a_begun_frame() -> None:
     assert conn.node.counters["slow_consumer"] == 1
 
 
-def _connection(first: int = 0, **limits: int) -> tuple[Connection, _Socket]:
-    settings = Settings(database_url="postgresql://x", jwt_secret=b"k" * 32, **limits)
+def _writer(first: int = 0, max_messages: int = 1000, max_bytes: int = 1 << 20
+            ) -> tuple[Writer, _Socket]:
     sock = _Socket(first)
-    return Connection(_Node(settings), sock, io.BytesIO(), "test"), sock  # type: ignore[arg-type]
+    return Writer(sock, max_messages, max_bytes), sock  # type: ignore[arg-type]
 
 
 def _close_code(frame: tuple[int, bytes]) -> int | None:
@@ -98,52 +100,58 @@ def _close_code(frame: tuple[int, bytes]) -> int | None:
 
 
 def test_a_frame_the_socket_takes_whole_goes_out_at_once() -> None:
-    conn, sock = _connection(first=1 << 20)
-    conn.enqueue(text_frame(b'{"n":1}'))
+    writer, sock = _writer(first=1 << 20)
+    assert writer.enqueue(text_frame(b'{"n":1}')) is None
     assert _frames(bytes(sock.wire)) == [(0x1, b'{"n":1}')]
-    assert conn.closing is None
 
 
 def test_a_queue_at_its_message_limit_is_kept() -> None:
-    conn, sock = _connection(queue_max_messages=3)
-    for i in range(3):
-        conn.enqueue(text_frame(b"%d" % i))
-    assert conn.closing is None
+    writer, sock = _writer(max_messages=3)
+    assert [writer.enqueue(text_frame(b"%d" % i)) for i in range(3)] == [None] * 3
     sock.blocked.set()
     gevent.sleep(0.01)
     assert _frames(bytes(sock.wire)) == [(0x1, b"0"), (0x1, b"1"), (0x1, b"2")]
 
 
-def test_one_message_over_the_limit_closes_4009_and_drops_the_queue() -> None:
-    conn, sock = _connection(queue_max_messages=3)
-    for i in range(4):
-        conn.enqueue(text_frame(b"%d" % i))
-    assert conn.closing is not None and conn.closing.code == 4009
-    assert conn.node.counters["slow_consumer"] == 1
-    assert conn.node.counters["close 4009"] == 1
+def test_one_message_over_the_limit_is_a_slow_consumer_and_drops_the_queue() -> None:
+    writer, sock = _writer(max_messages=3)
+    decisions = [writer.enqueue(text_frame(b"%d" % i)) for i in range(4)]
+    assert decisions == [None, None, None, closecodes.SLOW_CONSUMER]
+    writer.send_last(close_frame(4009, "slow"))
     sock.blocked.set()
     gevent.sleep(0.01)
     # Nothing of the queue had begun on the wire: only the close frame goes.
     assert [_close_code(f) for f in _frames(bytes(sock.wire))] == [4009]
 
 
-def test_bytes_over_the_limit_close_4009() -> None:
-    conn, _ = _connection(queue_max_bytes=1024)
-    conn.enqueue(text_frame(b"x" * 500))
-    conn.enqueue(text_frame(b"x" * 500))
-    assert conn.closing is None  # two frames of 504 bytes queued
-    conn.enqueue(text_frame(b"x" * 14))  # 16 more: 1024 is the limit, not over it
-    assert conn.closing is None
-    conn.enqueue(text_frame(b""))
-    assert conn.closing is not None and conn.closing.code == 4009
+def test_bytes_over_the_limit_are_a_slow_consumer() -> None:
+    writer, _ = _writer(max_bytes=1024)
+    assert writer.enqueue(text_frame(b"x" * 500)) is None
+    assert writer.enqueue(text_frame(b"x" * 500)) is None  # two frames of 504 bytes queued
+    assert writer.enqueue(text_frame(b"x" * 14)) is None  # 16 more: 1024 is the limit
+    assert writer.enqueue(text_frame(b"")) is closecodes.SLOW_CONSUMER
 
 
-def test_nothing_is_queued_after_the_close() -> None:
-    conn, sock = _connection(queue_max_messages=1)
+def test_the_last_frame_goes_out_whatever_the_limits() -> None:
+    writer, sock = _writer(max_messages=1)
+    assert writer.enqueue(text_frame(b"a")) is None
+    writer.send_last(close_frame(1000, "bye"))  # past the limit of one message
+    sock.blocked.set()
+    gevent.sleep(0.01)
+    assert [f[0] for f in _frames(bytes(sock.wire))] == [0x1, 0x8]
+
+
+def test_a_connection_closes_4009_counts_a_slow_consumer_and_then_queues_nothing() -> None:
+    settings = Settings(database_url="postgresql://x", jwt_secret=b"k" * 32,
+                        queue_max_messages=1)
+    sock = _Socket(first=0)
+    conn = Connection(_Node(settings), sock, io.BytesIO(), "test")  # type: ignore[arg-type]
     conn.enqueue(text_frame(b"a"))
     conn.enqueue(text_frame(b"b"))  # over: 4009
     conn.enqueue(text_frame(b"c"))
+    assert conn.closing is not None and conn.closing.code == 4009
     sock.blocked.set()
     gevent.sleep(0.01)
     assert [_close_code(f) for f in _frames(bytes(sock.wire))] == [4009]
     assert conn.node.counters["slow_consumer"] == 1
+    assert conn.node.counters["close 4009"] == 1
