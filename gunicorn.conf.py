@@ -93,11 +93,13 @@ def on_starting(server):
 
     _raise_open_files_limit(server)
     # The listener's socket: RELAY_SOCKET_PATH, or a 0700 directory of this master's own
-    # (a guessable path in the shared /tmp could be squatted by another local user). The
-    # supervisor, the listener and the workers (forked later, and this file re-executed on
-    # HUP) all read it from the environment.
+    # (a guessable path in the shared /tmp could be squatted by another local user). Chosen
+    # once, here: the supervisor, the listener and the workers (forked later, and this file
+    # re-executed on HUP) inherit it as RELAY_SOCKET_PATH, which their Settings read;
+    # nothing computes it again.
     server.relay_socket_dir_created = not _settings.socket_path
     socket_path = _settings.socket_path or private_socket_path()
+    server.relay_socket_path = socket_path
     os.environ["RELAY_SOCKET_PATH"] = socket_path
     server.relay_supervisor = SupervisorProcess()
     server.relay_supervisor.start()
@@ -123,4 +125,4 @@ def on_exit(server):
     if supervisor is not None:
         supervisor.stop()
         # The listener is gone: its socket, and the directory if the master made it.
-        remove(os.environ["RELAY_SOCKET_PATH"], server.relay_socket_dir_created)
+        remove(server.relay_socket_path, server.relay_socket_dir_created)

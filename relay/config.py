@@ -2,7 +2,9 @@
 
 Nothing else in relay reads ``os.environ``: gunicorn.conf.py, the listener, the workers and
 the CLI all build a ``Settings`` with ``Settings.from_env()`` and fail fast with a
-``ConfigError`` whose message names the variable.
+``ConfigError`` whose message names the variable; the tools that need one variable alone
+read it with the functions below, and a child process's environment comes from
+``child_environment``.
 """
 
 from __future__ import annotations
@@ -184,6 +186,26 @@ def _host(raw: str) -> str:
 def read_channel_templates(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """``RELAY_CHANNELS`` alone, validated (for ``python -m relay db trigger``'s advice)."""
     return _templates((os.environ if environ is None else environ).get("RELAY_CHANNELS", ""))
+
+
+def jwt_secret_if_set(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """``WEBSOCKET_JWT_SECRET`` validated, or ``None`` when it is not set (for the tools,
+    which fall back to the secret ``make run`` generated)."""
+    env = os.environ if environ is None else environ
+    return read_jwt_secret(env) if env.get("WEBSOCKET_JWT_SECRET", "").strip() else None
+
+
+def database_url_if_set(environ: Mapping[str, str] | None = None) -> str | None:
+    """``DATABASE_URL`` as given, or ``None`` when it is not set (for ``relay db``, which
+    falls back to the database ``make run`` used; a pooled endpoint installs fine)."""
+    env = os.environ if environ is None else environ
+    return env.get("DATABASE_URL", "").strip() or None
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides``, for a child it starts (``make run``'s
+    gunicorn, the embedded PostgreSQL's commands)."""
+    return {**os.environ, **overrides}
 
 
 class _Reader:

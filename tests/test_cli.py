@@ -66,7 +66,7 @@ def test_db_touch_fires_the_trigger(relay: RelayProcess, postgres_url: str) -> N
 
 
 def test_development_banner_prints_no_token(capsys: pytest.CaptureFixture[str]) -> None:
-    from relay.cli import _banner
+    from relay.dev.run import _banner
 
     _banner("3000", {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
                      "WEBSOCKET_JWT_SECRET": SECRET})
@@ -77,7 +77,7 @@ def test_development_banner_prints_no_token(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_development_secret_file_is_private_from_its_first_byte(tmp_path: Path) -> None:
-    from relay.cli import _write_private
+    from relay.dev.run import _write_private
 
     old_umask = os.umask(0)  # a permissive umask must not leak the secret either
     try:

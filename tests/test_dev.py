@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from relay.cli import _dev_origins
+from relay.dev.run import _dev_origins
 from tests.support import ROOT, SECRET, ProcessOutput, free_port
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
+from relay.config import child_environment
+
 _logger = logging.getLogger(__name__)
 
 DATABASE_ROLE = "postgres"
@@ -294,7 +296,7 @@ class EmbeddedPostgres:
         self._run("pg_ctl", args)
 
     def _run(self, program: str, args: Sequence[str]) -> str:
-        kwargs: dict[str, Any] = {"cwd": "/", "env": {**os.environ, "LC_ALL": "C"}}
+        kwargs: dict[str, Any] = {"cwd": "/", "env": child_environment(LC_ALL="C")}
         if self._account is not None:
             uid, gid = self._account
             kwargs.update(user=uid, group=gid, extra_groups=[])
