@@ -52,6 +52,11 @@ ALL: tuple[CloseCode, ...] = (
 )
 BY_CODE = {c.code: c for c in ALL}
 
+# Reserved by RFC 6455 (7.4.1): never sent in a close frame, only reported where a close is
+# observed (log lines, the watch tool).
+NO_STATUS_RECEIVED = 1005  # a close frame without a code
+ABNORMAL_CLOSURE = 1006  # the connection ended without any close frame
+
 
 def as_javascript() -> str:
     """client/src/closeCodes.js: the table, one entry per line, and the codes by name."""

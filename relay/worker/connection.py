@@ -291,7 +291,7 @@ class Connection:
         elif event.kind == "close":
             if self.closing is None:
                 # Echo the client's (validated) code, as RFC 6455 5.5.1 suggests.
-                code = event.close_code or 1000
+                code = event.close_code or closecodes.NORMAL.code
                 echo = closecodes.BY_CODE.get(code) or closecodes.CloseCode(
                     code, f"CLIENT_{code}", "client closed", "no")
                 self.close(echo, "client closed")
@@ -391,7 +391,7 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-        code = self.closing.code if self.closing else 1006
+        code = self.closing.code if self.closing else closecodes.ABNORMAL_CLOSURE
         # The access line of a WebSocket is written at its 101; this one carries how long it
         # lived, for the operator who wants session lengths.
         seconds = round(time.monotonic() - self.opened_at, 3)
