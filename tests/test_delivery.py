@@ -51,17 +51,19 @@ def test_token_in_query_string_is_accepted(relay: RelayProcess) -> None:
 
 def test_clients_spread_over_two_workers_all_receive(relay: RelayProcess,
                                                       postgres_url: str) -> None:
-    clients = [relay.connect(f"spread{i}") for i in range(12)]
-    status, health = relay.health()
-    assert status == 200
-    # The kernel spreads accepts over both workers; each must have served some.
-    pids = set()
-    for _ in range(20):
-        _, body = relay.health()
-        if body["worker"]["connections"]:
-            pids.add(body["worker"]["pid"])
+    # The kernel spreads accepts over both workers, but not evenly on a busy machine: more
+    # clients connect until both workers hold some (each /health names the worker answering).
+    clients: list[Client] = []
+    pids: set[int] = set()
+    while len(pids) < 2 and len(clients) < 60:
+        clients += [relay.connect(f"spread{len(clients) + i}") for i in range(6)]
+        for _ in range(20):
+            status, body = relay.health()
+            assert status == 200
+            if body["worker"]["connections"]:
+                pids.add(body["worker"]["pid"])
     assert len(pids) == 2, f"connections did not reach both workers: {pids}"
-    for i in range(12):
+    for i in range(len(clients)):
         notify(postgres_url, f"user_Subscription_spread{i}", json.dumps({"n": i}))
     for i, client in enumerate(clients):
         assert client.expect("update")["data"] == {"n": i}
