@@ -24,7 +24,7 @@ import gevent
 from relay import closecodes
 from relay.closecodes import CloseCode
 from relay.config import Settings
-from relay.worker.hub import Hub
+from relay.worker.hub import Hub, Member
 from relay.worker.link import ListenerLink
 
 log = logging.getLogger("relay.node")
@@ -34,16 +34,9 @@ log = logging.getLogger("relay.node")
 _TICK_SLICE = 500
 
 
-class Client(Protocol):
-    """A connection as the node sees it (``relay.worker.connection.Connection``)."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def channels(self) -> tuple[str, ...]: ...
-
-    def enqueue(self, frame: bytes) -> None: ...
+class Client(Member, Protocol):
+    """A connection as the node sees it (``relay.worker.connection.Connection``): a member
+    of the hub that also keeps its own time and hears the listener's answers."""
 
     def tick(self, now: float, wall: float) -> None: ...
 
