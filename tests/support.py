@@ -231,6 +231,7 @@ class Client:
         headers = {"suppress_origin": True} if origin is None else {"origin": origin}
         self.ws = websocket.create_connection(url, timeout=timeout, **headers)
         self.answer_pings = answer_pings
+        self.pings_answered = 0
         self.connected: dict[str, Any] = {}
         self.received: list[dict[str, Any]] = []
         self.close_code: int | None = None
@@ -259,6 +260,7 @@ class Client:
             message = json.loads(data)
             if message.get("type") == "ping" and self.answer_pings:
                 self.send({"type": "pong"})
+                self.pings_answered += 1
                 continue
             self.received.append(message)
             return message

@@ -35,40 +35,46 @@ def test_listener_away_connections_keep_heartbeat_and_token_limits_then_resync(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
     relay = relay_factory({"RELAY_PING_INTERVAL": "0.5", "RELAY_PONG_TIMEOUT": "3",
                            "RELAY_TOKEN_REFRESH_WINDOW": "1"})
-    steady = relay.connect("away1", answer_pings=False)
+    # Read in the background, answering its pings, while the test waits on the others: a
+    # client that does not answer for RELAY_PONG_TIMEOUT is (rightly) closed 4011.
+    steady = MessageReader(relay.connect("away1"))
     short = relay.connect(token=relay.token("away2", ttl=5))
     old_epoch = relay.health()[1]["listener"]["epoch"]
-    with _listener_away(relay):
-        wait_for(lambda: relay.health()[0] == 503, 10, message="503 without a listener")
-        assert relay.health()[1]["reason"] == "listener unreachable"
-        newcomer = relay.connect("away3", expect_connected=False)
-        # The connection is kept alive by its worker: pings go on, and it answers them.
-        assert steady.pings_within(3) >= 3
-        # A connection never outlives its token, listener or not.
-        code, reason = short.expect_close(timeout=10)
-        assert code == 4001 and "expired" in reason
-    # A listener again: the newcomer is connected, the steady client told to resync.
-    connected = newcomer.expect("connected", timeout=15)
-    assert connected["userId"] == "away3"
-    while (message := steady.recv(timeout=15)) is not None and message["type"] == "ping":
-        steady.send({"type": "pong"})
-    assert message is not None and message["type"] == "resync"
-    assert message["reason"] == "listener restarted"
-    # The newcomer waited: its `connected` carries the epoch of the listener that came back,
-    # which did not exist while the listener was away.
-    assert connected["epoch"] == relay.wait_healthy()["listener"]["epoch"] != old_epoch
-    for user, client in (("away1", steady), ("away3", newcomer)):
-        notify(postgres_url, f"user_Usage_{user}", '{"back": 1}')
-        while (message := client.recv()) is not None and message["type"] in ("ping",
-                                                                              "resync"):
-            if message["type"] == "ping":
-                client.send({"type": "pong"})
-        assert message is not None and message["data"] == {"back": 1}
+    with running(steady):
+        with _listener_away(relay):
+            wait_for(lambda: relay.health()[0] == 503, 10, message="503 without a listener")
+            assert relay.health()[1]["reason"] == "listener unreachable"
+            newcomer = relay.connect("away3", expect_connected=False)
+            # The connection is kept alive by its worker: pings go on, and it answers them.
+            pings = steady.client.pings_answered
+            wait_for(lambda: steady.client.pings_answered >= pings + 3, 3,
+                     message="three pings while the listener is away")
+            # A connection never outlives its token, listener or not.
+            code, reason = short.expect_close(timeout=10)
+            assert code == 4001 and "expired" in reason
+        # A listener again: the newcomer is connected, the steady client told to resync.
+        connected = newcomer.expect("connected", timeout=15)
+        assert connected["userId"] == "away3"
+        back = MessageReader(newcomer)
+        with running(back):
+            resync = wait_for(lambda: next((m for _, m in steady.received
+                                            if m["type"] == "resync"), None), 15,
+                              message="the steady client's resync")
+            assert resync["reason"] == "listener restarted"
+            # The newcomer waited: its `connected` carries the epoch of the listener that
+            # came back, which did not exist while the listener was away.
+            assert connected["epoch"] == relay.wait_healthy()["listener"]["epoch"] != old_epoch
+            for user, reader in (("away1", steady), ("away3", back)):
+                notify(postgres_url, f"user_Usage_{user}", '{"back": 1}')
+                wait_for(lambda r=reader: any(m.get("data") == {"back": 1}
+                                              for _, m in r.received), 10,
+                         message=f"{user}'s update")
+    for client in (steady.client, newcomer):
         assert client.close_code is None
     assert len(relay.listener_pids()) == 1
     wait_for(lambda: database_connections(postgres_url) == 1, 10,
              message="one database connection")
-    for client in (steady, newcomer):
+    for client in (steady.client, newcomer):
         client.close()
 
 
