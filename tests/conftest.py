@@ -68,7 +68,7 @@ def relay(postgres_url: str, schema_installed: list[str],
     try:
         yield process
     finally:
-        process.stop()
+        process.shut_down()
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def relay_factory(postgres_url: str, schema_installed: list[str],
 
     yield start
     for process in started:
-        process.stop()
+        process.shut_down()
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def flood_relay(postgres_url: str, schema_installed: list[str],
         "RELAY_CLIENT_MSG_RATE": "20", "RELAY_MAX_CONNECTIONS_PER_USER": str(USER_CAP)})
     relay.start()
     yield relay
-    relay.stop()
+    relay.shut_down()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def hs_relay(postgres_url: str, schema_installed: list[str],
                          env={"RELAY_HANDSHAKE_TIMEOUT": "1"})
     relay.start()
     yield relay
-    relay.stop()
+    relay.shut_down()
 
 
 def _request(relay: RelayProcess, raw: bytes) -> tuple[int, dict[str, str]]:

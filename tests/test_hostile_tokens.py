@@ -140,7 +140,7 @@ def tok_relay(postgres_url: str, schema_installed: list[str],
     relay.start()
     PIDS_AT_START.append((relay.worker_pids(), relay.listener_pids()))
     yield relay
-    relay.stop()
+    relay.shut_down()
 
 
 @pytest.mark.parametrize("via", ["message", "query"])

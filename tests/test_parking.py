@@ -32,7 +32,7 @@ def one_worker(postgres_url: str, schema_installed: list[str],
     relay = RelayProcess(postgres_url, tmp_path_factory.mktemp("parking"), workers=1)
     relay.start()
     yield relay
-    relay.stop()
+    relay.shut_down()
 
 
 def test_a_frame_split_over_pauses_is_read_whole(one_worker: RelayProcess) -> None:

@@ -25,7 +25,7 @@ def wrapped(postgres_url: str, schema_installed: list[str], tmp_path: Path
     relay = RelayProcess(postgres_url, tmp_path, workers=1, app="tests.wrapped_wsgi:app")
     relay.start()
     yield relay
-    relay.stop()
+    relay.shut_down()
 
 
 def test_a_wrapped_app_serves_websockets(wrapped: RelayProcess, postgres_url: str) -> None:

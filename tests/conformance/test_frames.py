@@ -248,7 +248,7 @@ def conformance_relay(postgres_url: str, schema_installed: list[str],
                               "RELAY_CLIENT_MSG_RATE": "1000"})
     relay.start()
     yield relay
-    relay.stop()
+    relay.shut_down()
     _write_table()
 
 
