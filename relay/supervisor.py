@@ -142,9 +142,13 @@ class SupervisorProcess:
         self.restarts += 1
         log.error("%s; restarted it (pid %s)", self._death, self.proc.pid)
 
+    def stop_restarting(self) -> None:
+        """The master is stopping: a supervisor that dies from now on stays dead."""
+        self.stopping = True
+
     def stop(self, timeout: float = 10.0) -> None:
         """Clean halt (``on_exit``): no more restarts, and the current one is stopped."""
-        self.stopping = True
+        self.stop_restarting()
         if self.proc is not None:
             stop_supervisor(self.proc, timeout)
 
@@ -171,7 +175,7 @@ def watch_from_arbiter(arbiter: Any, supervisor: SupervisorProcess) -> None:
         reap_workers()
 
     def stop_restarting(graceful: bool = True) -> None:
-        supervisor.stopping = True
+        supervisor.stop_restarting()
         stop(graceful)
 
     arbiter.manage_workers = manage_workers_and_supervisor
