@@ -49,45 +49,45 @@ class Listener:
         self.settings = settings
         self.started_at = time.time()
         self.instance_started_at = instance_started_at or self.started_at
-        self.peers: set[WorkerPeer] = set()
-        self.refcounts = ChannelRefcounts(settings.linger_seconds)
-        self.users: Counter[str] = Counter()  # user → connections over all workers
-        self.epoch = secrets.token_hex(3)
-        self.history = self._new_history()
-        self.db = DatabaseLink(settings, self)
+        self._peers: set[WorkerPeer] = set()
+        self._refcounts = ChannelRefcounts(settings.linger_seconds)
+        self._users: Counter[str] = Counter()  # user → connections over all workers
+        self._epoch = secrets.token_hex(3)
+        self._history = self._new_history()
+        self._db = DatabaseLink(settings, self)
         self._sessions = 0  # database connections made so far
         self._resync_due = False  # the database came back: tell the workers once synced
         self._pending: list[tuple[WorkerPeer, dict[str, Any]]] = []  # attaches awaiting LISTEN
         self._peer_numbers = 0
-        self.notifications = 0
-        self.deliveries = 0
-        self.latency = LatencyHistogram()
-        self.worker_totals = WorkerTotals()
+        self._notifications = 0
+        self._deliveries = 0
+        self._latency = LatencyHistogram()
+        self._worker_totals = WorkerTotals()
 
     def _new_history(self) -> History:
         s = self.settings
-        return History(self.epoch, s.history_size, s.history_ttl, s.history_max_bytes)
+        return History(self._epoch, s.history_size, s.history_ttl, s.history_max_bytes)
 
     # ----- the database link's handler -----
 
     @property
     def wanted_version(self) -> int:
-        return self.refcounts.version
+        return self._refcounts.version
 
     def wanted_channels(self) -> AbstractSet[str]:
-        return self.refcounts.wanted()
+        return self._refcounts.wanted()
 
     def on_connected(self) -> None:
         self._sessions += 1
         if self._sessions > 1:  # a new epoch: nothing before it can be resumed
-            self.epoch = secrets.token_hex(3)
-            self.history = self._new_history()
+            self._epoch = secrets.token_hex(3)
+            self._history = self._new_history()
 
     def on_listening(self, channel: str) -> None:
-        self.history.open(channel)
+        self._history.open(channel)
 
     def on_unlistened(self, channel: str) -> None:
-        self.history.close(channel)
+        self._history.close(channel)
 
     def on_synced(self) -> None:
         """Every wanted channel is LISTENed: answer the attaches waiting for that, then (after
@@ -96,30 +96,30 @@ class Listener:
         for peer, request in pending:
             # An attach that arrived during this sync waits for the next one (its new channels
             # bumped the refcounts' version): `connected` must never precede the LISTEN.
-            if all(ch in self.db.listening for ch in _str_list(request.get("channels"))):
+            if all(ch in self._db.listening for ch in _str_list(request.get("channels"))):
                 self._answer_attach(peer, request)
             else:
                 self._pending.append((peer, request))
         if self._resync_due:
             self._resync_due = False
-            cursors = self.history.cursors(self.db.listening)
+            cursors = self._history.cursors(self._db.listening)
             frame = bus.encode(bus.RESYNC, {"reason": "database reconnected", "cursors": cursors})
-            for peer in list(self.peers):
+            for peer in list(self._peers):
                 peer.send(frame)
-            log.info("told %d workers to resync %d channels", len(self.peers), len(cursors))
+            log.info("told %d workers to resync %d channels", len(self._peers), len(cursors))
 
     def on_notification(self, channel: str, payload: str) -> None:
-        self.notifications += 1
-        self.latency.observe(payload)
-        stream, seq = self.history.next_seq(channel)
+        self._notifications += 1
+        self._latency.observe(payload)
+        stream, seq = self._history.next_seq(channel)
         message = encode_update(channel, payload, stream, seq)
-        self.history.record(channel, seq, message)
+        self._history.record(channel, seq, message)
         frame = bus.encode_update(channel, message)
-        for peer in self.peers:
+        for peer in self._peers:
             subscribers = peer.channels.get(channel)
             if subscribers:
                 peer.send(frame)
-                self.deliveries += subscribers
+                self._deliveries += subscribers
 
     def on_disconnected(self) -> None:
         self._resync_due = True
@@ -136,8 +136,8 @@ class Listener:
         finally:
             os.umask(old_umask)
         server.listen(256)
-        log.info("listener ready on %s (epoch %s)", path, self.epoch)
-        gevent.spawn(self.db.run)
+        log.info("listener ready on %s (epoch %s)", path, self._epoch)
+        gevent.spawn(self._db.run)
         gevent.spawn(self._housekeeping)
         while True:
             sock, _ = server.accept()
@@ -149,7 +149,7 @@ class Listener:
                 continue
             self._peer_numbers += 1
             peer = WorkerPeer(sock, self._peer_numbers)
-            self.peers.add(peer)
+            self._peers.add(peer)
             gevent.spawn(peer.writer)
             gevent.spawn(self._read_peer, peer)
 
@@ -195,7 +195,7 @@ class Listener:
             # A worker only sends channels_for()'s names; an empty one would make every LISTEN
             # a syntax error, and the database link reconnect for ever.
             raise bus.BusProtocolError("attach with an invalid channel name")
-        if self.users[user] >= self.settings.max_connections_per_user:
+        if self._users[user] >= self.settings.max_connections_per_user:
             refusal = closecodes.TOO_MANY_CONNECTIONS
             peer.send(bus.encode(bus.ATTACHED, {
                 "req": request.get("req"), "ok": False, "code": refusal.code,
@@ -204,13 +204,13 @@ class Listener:
         # Count the connection now, so that the channel is wanted and a concurrent detach
         # of the same user's last other connection does not UNLISTEN it under us.
         peer.attach(user, channels)
-        self.users[user] += 1
-        self.refcounts.add(channels)
-        if self.db.connected and all(ch in self.db.listening for ch in channels):
+        self._users[user] += 1
+        self._refcounts.add(channels)
+        if self._db.connected and all(ch in self._db.listening for ch in channels):
             self._answer_attach(peer, request)
         else:
             self._pending.append((peer, request))
-            self.db.wake()
+            self._db.wake()
 
     def _answer_attach(self, peer: WorkerPeer, request: dict[str, Any]) -> None:
         if peer.closed:
@@ -218,13 +218,13 @@ class Listener:
         channels = _str_list(request.get("channels"))
         resume = request.get("resume") if isinstance(request.get("resume"), dict) else {}
         # Half the client's outbound queue at most (see History.resume).
-        plan = self.history.resume(
+        plan = self._history.resume(
             channels, resume,
             max_bytes=min(self.settings.queue_max_bytes, bus.MAX_FRAME_BYTES) // 2,
             max_messages=self.settings.queue_max_messages // 2, overhead=_WS_HEADER_BYTES)
         answer: dict[str, Any] = {
-            "req": request.get("req"), "ok": True, "epoch": self.epoch,
-            "cursors": self.history.cursors(channels),
+            "req": request.get("req"), "ok": True, "epoch": self._epoch,
+            "cursors": self._history.cursors(channels),
             "replay": [message.decode() for message in plan.replay], "resync": list(plan.resync)}
         if plan.reason:
             answer["reason"] = plan.reason
@@ -234,54 +234,54 @@ class Listener:
         held = peer.detach(user, channels)
         if held is None:
             return
-        release(self.users, user)
+        release(self._users, user)
         self._unwant(held)
 
     def _unwant(self, channels: list[str], count: int = 1) -> None:
-        version = self.refcounts.version
-        self.refcounts.remove(channels, count)
-        if self.refcounts.version != version:  # no linger: UNLISTEN now
-            self.db.wake()
+        version = self._refcounts.version
+        self._refcounts.remove(channels, count)
+        if self._refcounts.version != version:  # no linger: UNLISTEN now
+            self._db.wake()
 
     def _forget(self, peer: WorkerPeer) -> None:
-        if peer not in self.peers:
+        if peer not in self._peers:
             return
-        self.peers.discard(peer)
+        self._peers.discard(peer)
         peer.close()
-        self.worker_totals.retire(peer.counters)
+        self._worker_totals.retire(peer.counters)
         log.info("worker %s disconnected", peer.pid)
         self._pending = [(p, r) for p, r in self._pending if p is not peer]
         for user, count in peer.users.items():
-            release(self.users, user, count)
+            release(self._users, user, count)
         for channel, count in peer.channels.items():
             self._unwant([channel], count)
 
     def _housekeeping(self) -> None:
         while True:
             gevent.sleep(min(1.0, max(0.05, self.settings.linger_seconds / 4)))
-            if self.refcounts.expire():
-                self.db.wake()
-            self.history.expire()
+            if self._refcounts.expire():
+                self._db.wake()
+            self._history.expire()
 
     def stats(self) -> dict[str, Any]:
         """The instance's figures, for /health and /metrics (``STATS_REPLY``)."""
         return {
-            "database": "connected" if self.db.connected else "disconnected",
-            "connectedUsers": len(self.users),
-            "totalConnections": sum(self.users.values()),
-            "channels": len(self.db.listening),
-            "lingering": self.refcounts.lingering,
-            "workers": len(self.peers),
-            "epoch": self.epoch,
+            "database": "connected" if self._db.connected else "disconnected",
+            "connectedUsers": len(self._users),
+            "totalConnections": sum(self._users.values()),
+            "channels": len(self._db.listening),
+            "lingering": self._refcounts.lingering,
+            "workers": len(self._peers),
+            "epoch": self._epoch,
             "listenerPid": os.getpid(),
             "listenerStartedAt": self.started_at,
             "instanceStartedAt": self.instance_started_at,
-            "notifications": self.notifications,
-            "deliveries": self.deliveries,
-            "databaseReconnects": self.db.reconnects,
-            "historyBytes": self.history.total_bytes,
-            "latency": self.latency.snapshot(),
-            **self.worker_totals.sum(peer.counters for peer in self.peers),
+            "notifications": self._notifications,
+            "deliveries": self._deliveries,
+            "databaseReconnects": self._db.reconnects,
+            "historyBytes": self._history.total_bytes,
+            "latency": self._latency.snapshot(),
+            **self._worker_totals.sum(peer.counters for peer in self._peers),
         }
 
 

@@ -103,9 +103,9 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
 
     @app.get("/health")
     def health() -> Response:
-        stats = node.link.stats(timeout=2.0)
+        stats = node.instance_stats(timeout=2.0)
         healthy = bool(stats) and stats.get("database") == "connected"
-        local_users = len(node.hub.by_user)
+        local_users = node.users_here()
         local_conns = len(node.connections)
         body: dict[str, Any] = {
             "status": "healthy" if healthy else "unhealthy",
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
                 "databaseReconnects": (stats or {}).get("databaseReconnects", 0),
             },
             "worker": {"pid": os.getpid(), "connections": local_conns, "users": local_users,
-                       "draining": node.draining, "attachesInFlight": node.link.in_flight()},
+                       "draining": node.draining, "attachesInFlight": node.attaches_in_flight()},
         }
         if not healthy:
             body["reason"] = ("listener unreachable" if not stats
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
                 request.headers.get("Authorization", ""), settings.metrics_token):
             return Response("unauthorized\n", status=401,
                             headers={"WWW-Authenticate": "Bearer"})
-        stats = node.link.stats(timeout=2.0)
+        stats = node.instance_stats(timeout=2.0)
         body = render(stats, {"connections": len(node.connections)})
         return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

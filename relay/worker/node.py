@@ -64,8 +64,8 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         _nodes.add(self)
         self.settings = settings
-        self.hub: Hub[Client] = Hub()
-        self.link: ListenerLink[Client] = ListenerLink(settings.socket_path, self)
+        self._hub: Hub[Client] = Hub()
+        self._link: ListenerLink[Client] = ListenerLink(settings.socket_path, self)
         self.connections: set[Client] = set()  # every open WebSocket, attached or not
         self.counters: Counter[str] = Counter()
         self.closes: Counter[int | str] = Counter()
@@ -74,7 +74,7 @@ class Node:
         self._orphans: list[Client] = []  # attached to a listener that is gone
 
     def start(self) -> None:
-        self.link.start()
+        self._link.start()
         gevent.spawn(self._housekeeping)
 
     # ----- the door for connections -----
@@ -92,13 +92,13 @@ class Node:
     def attach(self, conn: Client, resume: dict[str, str]) -> None:
         """Ask the listener for ``conn``'s channels; ``conn.on_attached`` (or ``on_refused``)
         runs on its answer."""
-        self.link.attach(conn, resume)
+        self._link.attach(conn, resume)
 
     def detach(self, conn: Client) -> None:
         """``conn`` is finished: no more routes, and the listener stops counting it."""
         self.connections.discard(conn)
-        attached = self.hub.remove(conn)
-        self.link.release(conn, attached)
+        attached = self._hub.remove(conn)
+        self._link.release(conn, attached)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -111,26 +111,39 @@ class Node:
     def count_auth_failure(self, reason: str) -> None:
         self.auth_failures[reason] += 1
 
+    # ----- what the app asks -----
+
+    def instance_stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The listener's figures for the whole instance; ``None`` if it does not answer."""
+        return self._link.stats(timeout)
+
+    def attaches_in_flight(self) -> int:
+        return self._link.in_flight()
+
+    def users_here(self) -> int:
+        """Distinct users with an attached connection on this worker."""
+        return len(self._hub.by_user)
+
     # ----- the listener link's handler (its reader greenlet, in stream order) -----
 
     def on_update(self, channel: str, message: bytes) -> None:
-        self.hub.publish(channel, message)
+        self._hub.publish(channel, message)
 
     def on_attached(self, conn: Client, reply: dict[str, Any], reattach: bool) -> None:
-        self.hub.add(conn)
+        self._hub.add(conn)
         conn.on_attached(reply, reattach)
 
     def on_refused(self, conn: Client, code: int, reason: str) -> None:
         conn.on_refused(code, reason)
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
-        for conn in list(self.hub.attached()):
+        for conn in list(self._hub.attached()):
             conn.on_resync(reason, {ch: cursors[ch] for ch in conn.channels if ch in cursors})
 
     def on_lost(self) -> None:
         # No route survives the listener: each connection is attached again, and told to
         # resync, once a new listener answers.
-        self._orphans.extend(self.hub.unroute_all())
+        self._orphans.extend(self._hub.unroute_all())
 
     def on_reconnected(self) -> None:
         orphans, self._orphans = self._orphans, []
@@ -138,7 +151,7 @@ class Node:
                     len(self.connections))
         for conn in orphans:
             if conn in self.connections:  # not finished meanwhile
-                self.link.attach(conn, {}, reattach=True)
+                self._link.attach(conn, {}, reattach=True)
 
     # ----- housekeeping and drain -----
 
@@ -165,13 +178,13 @@ class Node:
                         conn.close(closecodes.INTERNAL_ERROR)
             if now >= next_push:
                 next_push = now + 1.0
-                self.link.push_counters(self.snapshot())
+                self._link.push_counters(self.snapshot())
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Cumulative counters of this worker (sent to the listener about once a second)."""
         counters = dict(self.counters)
-        counters["published"] = self.hub.published
-        counters["delivered"] = self.hub.delivered
+        counters["published"] = self._hub.published
+        counters["delivered"] = self._hub.delivered
         return {"counters": counters, "closes": {str(k): v for k, v in self.closes.items()},
                 "authFailures": dict(self.auth_failures)}
 
