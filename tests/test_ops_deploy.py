@@ -134,7 +134,7 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
     leftovers: list[str] = ["(not run)"]
     try:
         app = _copy_like_docker(spec, root)
-        assert (app / "wsgi.py").exists() and (app / "relay" / "app.py").exists()
+        assert (app / "wsgi.py").exists() and (app / "relay" / "worker" / "app.py").exists()
         assert not (app / "tests").exists() and not (app / "requirements-dev.txt").exists()
         env_dir = root / "venv"
         venv.create(env_dir, with_pip=True)
