@@ -9,7 +9,9 @@ import { join } from 'node:path';
 const root = join(import.meta.dirname, '..');
 const vendor = join(root, 'vendor');
 mkdirSync(vendor, { recursive: true });
-const [packed] = JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', vendor],
-  { cwd: join(root, '..', '..', 'client'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+const out = execFileSync('npm', ['pack', '--json', '--pack-destination', vendor],
+  { cwd: join(root, '..', '..', 'client'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+// The client's prepack check prints its verdict first; npm's JSON follows.
+const [packed] = JSON.parse(out.slice(out.indexOf('[')));
 renameSync(join(vendor, packed.filename), join(vendor, 'relay-client.tgz'));
 console.log(`vendor/relay-client.tgz: ${packed.name}@${packed.version}, ${packed.size} bytes`);
