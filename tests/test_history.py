@@ -219,3 +219,30 @@ def test_cursors_name_the_head_of_each_open_channel() -> None:
     history, starts = _two_channels()
     assert history.cursors(["a", "b", "unknown"]) == {
         "a": starts["a"][:-1] + "3", "b": starts["b"][:-1] + "3"}
+
+
+# ----- at scale: silent channels cost next to nothing, housekeeping costs what it drops -----
+
+
+def test_channels_opened_together_share_one_stream_and_start_at_zero() -> None:
+    history = History("ep", 100, 300, 1 << 20)
+    cursor = history.open_many(["a", "b", "c"])
+    assert cursor.endswith(":0")
+    assert history.cursors(["a", "b", "c", "d"]) == {"a": cursor, "b": cursor, "c": cursor}
+    _record(history, "b", b"m")
+    assert history.cursors(["a", "b"]) == {"a": cursor, "b": cursor[:-1] + "1"}
+    history.open("a")  # opened again on its own: a stream of its own
+    assert history.cursors(["a"])["a"] != cursor and history.open_channels == 3
+
+
+def test_expiry_and_eviction_look_only_at_channels_holding_entries() -> None:
+    history = History("ep", 100, 10, 1 << 20)
+    history.open_many([f"silent{i}" for i in range(1000)])
+    _record(history, "busy", b"old", now=0.0)
+    _record(history, "busy", b"new", now=8.0)
+    assert len(history._aging) == 1  # one heap item for the one channel with entries
+    history.expire(now=12.0)
+    assert _held(history, "busy") == [b"new"] and history.total_bytes == 3
+    history.expire(now=30.0)
+    assert _held(history, "busy") == [] and history.total_bytes == 0
+    assert history._aging == [] and history._entries == {}

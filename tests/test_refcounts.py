@@ -85,3 +85,32 @@ def test_release_says_when_the_last_of_a_key_is_gone() -> None:
     assert release(counts, "u") is False and counts["u"] == 1
     assert release(counts, "u") is True and "u" not in counts
     assert release(counts, "u") is False and "u" not in counts
+
+
+def test_changes_are_tracked_only_when_asked_and_taken_once() -> None:
+    clock = [0.0]
+    refs = ChannelRefcounts(1.0, clock=lambda: clock[0])
+    assert refs.add(["a", "b"]) == ["a", "b"]
+    assert refs.take_changes() == set()  # untracked: nothing remembered, nothing to grow
+    refs.track_changes(True)
+    assert refs.add(["b", "c"]) == ["c"]  # only a channel that opens is a change
+    refs.remove(["a"])  # lingers: still open, not a change
+    assert refs.take_changes() == {"c"} and refs.take_changes() == set()
+    clock[0] = 2.0
+    assert refs.expire() == ["a"]
+    assert refs.take_changes() == {"a"} and not refs.is_open("a") and refs.is_open("c")
+
+
+def test_expiry_stops_at_the_first_channel_still_lingering() -> None:
+    clock = [0.0]
+    refs = ChannelRefcounts(10.0, clock=lambda: clock[0])
+    for i in range(5):
+        refs.add([f"c{i}"])
+    for i in range(5):
+        clock[0] = float(i)
+        refs.remove([f"c{i}"])  # c0 lingers until 10, c1 until 11, …
+    refs.add(["c0"])  # taken back: no longer lingering
+    refs.remove(["c0"])  # lingers again, now until 14: last in line
+    clock[0] = 12.5
+    assert refs.expire() == ["c1", "c2"]
+    assert refs.lingering == 3 and refs.open_count == 3

@@ -1,16 +1,25 @@
 """Bounded recent history of each channel's updates, so a reconnecting client can resume.
 
-Owned by the listener's ``Listener``, which asks it for the next ``seq`` of a channel,
-records each update, and plans a client's resume with it (``resume``); nothing else in the
-listener looks inside. Each channel has a *stream*: a name that changes whenever the
-listener (re)starts LISTENing on it, because NOTIFY has no replay and anything sent while we
-were not listening is lost. A cursor ``"<stream>:<seq>"`` is resumable only on the current
-stream and only while every later update is still held. History is capped per channel
-(count), by age, and by total bytes over all channels.
+Owned by the listener's ``Listener``, which opens a channel when it becomes wanted and closes
+it when it is not any more, asks for the next ``seq`` of a channel, records each update, and
+plans a client's resume with it (``resume``); nothing else in the listener looks inside. Each
+open channel has a *stream*: a name that changes whenever the channel is opened again,
+because anything sent while it was closed was dropped. A cursor ``"<stream>:<seq>"`` is
+resumable only on the current stream and only while every later update is still held.
+History is capped per channel (count), by age, and by total bytes over all channels.
+
+Sized for 100,000 users with two channels each, most of them silent: an open channel that
+never had an update costs one dict entry (its stream number, shared by the channels opened
+together); its seq and its entries exist only once it has them. Age and byte eviction walk a
+heap of the channels that hold entries, oldest first, so neither looks at a silent channel.
+
+DURABLE HISTORY SEAM (issue 13): with the outbox, this becomes a cache in front of
+``relay.read_channel``; ``resume`` is the verb the durable store answers differently.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections.abc import Iterable, Mapping
@@ -28,10 +37,10 @@ _SEQ, _AT, _MESSAGE = 0, 1, 2
 
 @dataclass
 class ChannelStream:
+    """A channel's position, as ``History.get`` shows it (a copy, for inspection)."""
+
     stream: str
     seq: int = 0
-    # A list, not a deque: an empty deque costs 770 bytes against 64, every LISTENed channel
-    # has a stream, and the oldest of at most RELAY_HISTORY_SIZE entries is cheap to pop.
     entries: list[_Entry] = field(default_factory=list)
 
     @property
@@ -65,64 +74,119 @@ class History:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.total_bytes = 0
-        self._streams: dict[str, ChannelStream] = {}
+        self._streams: dict[str, int] = {}  # open channel → its stream number
+        self._seqs: dict[str, int] = {}  # channel → its last seq, once it has one
+        self._entries: dict[str, list[_Entry]] = {}  # channel → its entries, never empty
+        # (time of its oldest entry, tie-break, channel) for every channel with entries; an
+        # item may be early (its oldest entry went since) or stale (the channel closed):
+        # checked when it comes up.
+        self._aging: list[tuple[float, int, str]] = []
+        self._in_aging: set[str] = set()
+        self._ties = itertools.count()
+
+    # ----- opening and closing -----
 
     def open(self, channel: str) -> ChannelStream:
-        """Start a new stream for a channel we just began LISTENing on."""
+        """Start a new stream for a channel that just became wanted."""
         self.close(channel)
-        stream = ChannelStream(stream=f"{self.epoch}-{next(_stream_ids):x}")
-        self._streams[channel] = stream
-        return stream
+        self._streams[channel] = next(_stream_ids)
+        return self._view(channel)
+
+    def open_many(self, channels: Iterable[str]) -> str:
+        """Open every one of ``channels`` on one new stream (a reconnect's): returns the cursor
+        each of them has now, ``"<stream>:0"``."""
+        number = next(_stream_ids)
+        for channel in channels:
+            self.close(channel)
+            self._streams[channel] = number
+        return f"{self._stream_name(number)}:0"
 
     def close(self, channel: str) -> None:
-        stream = self._streams.pop(channel, None)
-        if stream is not None:
-            self.total_bytes -= sum(len(e[_MESSAGE]) for e in stream.entries)
+        if self._streams.pop(channel, None) is None:
+            return
+        self._seqs.pop(channel, None)
+        entries = self._entries.pop(channel, None)
+        if entries:
+            self.total_bytes -= sum(len(e[_MESSAGE]) for e in entries)
 
     def get(self, channel: str) -> ChannelStream | None:
-        return self._streams.get(channel)
+        return self._view(channel) if channel in self._streams else None
+
+    def _view(self, channel: str) -> ChannelStream:
+        return ChannelStream(self._stream_name(self._streams[channel]),
+                             self._seqs.get(channel, 0), list(self._entries.get(channel, ())))
+
+    def _stream_name(self, number: int) -> str:
+        return f"{self.epoch}-{number:x}"
+
+    @property
+    def open_channels(self) -> int:
+        return len(self._streams)
+
+    # ----- numbering and recording -----
 
     def next_seq(self, channel: str) -> tuple[str, int]:
-        stream = self._streams.get(channel) or self.open(channel)
-        stream.seq += 1
-        return stream.stream, stream.seq
+        number = self._streams.get(channel)
+        if number is None:
+            self.open(channel)
+            number = self._streams[channel]
+        seq = self._seqs.get(channel, 0) + 1
+        self._seqs[channel] = seq
+        return self._stream_name(number), seq
 
     def record(self, channel: str, seq: int, message: bytes, now: float | None = None) -> None:
         if self.max_per_channel == 0 or self.max_bytes == 0:
             return
-        stream = self._streams[channel]
         now = time.monotonic() if now is None else now
-        stream.entries.append((seq, now, message))
+        entries = self._entries.get(channel)
+        if entries is None:
+            entries = self._entries[channel] = []
+            if channel not in self._in_aging:
+                self._in_aging.add(channel)
+                heapq.heappush(self._aging, (now, next(self._ties), channel))
+        entries.append((seq, now, message))
         self.total_bytes += len(message)
-        while len(stream.entries) > self.max_per_channel:
-            self.total_bytes -= len(stream.entries.pop(0)[_MESSAGE])
-        self._evict_over_budget()
+        if len(entries) > self.max_per_channel:
+            self.total_bytes -= len(entries.pop(0)[_MESSAGE])
+        if self.total_bytes > self.max_bytes:
+            self._evict_over_budget()
 
     def _evict_over_budget(self) -> None:
-        # Over the memory cap: take the oldest entry of each channel in turn. Not a global
-        # LRU, but bounded work and no bookkeeping that could itself grow without bound.
-        while self.total_bytes > self.max_bytes:
-            evicted = False
-            for stream in self._streams.values():
-                if stream.entries:
-                    self.total_bytes -= len(stream.entries.pop(0)[_MESSAGE])
-                    evicted = True
-                    if self.total_bytes <= self.max_bytes:
-                        return
-            if not evicted:
-                return
+        # Over the memory cap: the oldest entry goes first, over all channels (equal times:
+        # each channel in turn).
+        while self.total_bytes > self.max_bytes and self._aging:
+            _, _, channel = heapq.heappop(self._aging)
+            entries = self._entries.get(channel)
+            if entries:
+                self.total_bytes -= len(entries.pop(0)[_MESSAGE])
+            self._requeue(channel)
 
     def expire(self, now: float | None = None) -> None:
+        """Drop the entries older than the TTL; costs what it drops, not what is held."""
         now = time.monotonic() if now is None else now
         limit = now - self.ttl
-        for stream in self._streams.values():
-            entries = stream.entries
+        while self._aging and self._aging[0][0] < limit:
+            _, _, channel = heapq.heappop(self._aging)
+            entries = self._entries.get(channel)
             while entries and entries[0][_AT] < limit:
                 self.total_bytes -= len(entries.pop(0)[_MESSAGE])
+            self._requeue(channel)
+
+    def _requeue(self, channel: str) -> None:
+        """``channel``'s heap item was taken: put it back at its oldest entry, if any is left."""
+        entries = self._entries.get(channel)
+        if entries:
+            heapq.heappush(self._aging, (entries[0][_AT], next(self._ties), channel))
+            return
+        self._in_aging.discard(channel)
+        if entries is not None:
+            del self._entries[channel]
+
+    # ----- resuming -----
 
     def replay(self, channel: str, cursor: object, now: float | None = None) -> Replay:
         """Messages after ``cursor`` on ``channel``, or a resync with the reason."""
-        stream = self._streams.get(channel)
+        number = self._streams.get(channel)
         if not isinstance(cursor, str) or ":" not in cursor:
             return Replay((), True, "invalid cursor")
         stream_id, _, seq_text = cursor.rpartition(":")
@@ -130,22 +194,23 @@ class History:
             seq = int(seq_text)
         except ValueError:
             return Replay((), True, "invalid cursor")
-        if stream is None or stream.stream != stream_id:
+        if number is None or self._stream_name(number) != stream_id:
             return Replay((), True, "history unavailable")
-        if seq > stream.seq or seq < 0:
+        head = self._seqs.get(channel, 0)
+        if seq > head or seq < 0:
             return Replay((), True, "invalid cursor")
-        if seq == stream.seq:
+        if seq == head:
             return Replay((), False)
         self.expire(now)
-        entries = stream.entries
+        entries = self._entries.get(channel, ())
         if not entries or entries[0][_SEQ] > seq + 1:
             return Replay((), True, "history evicted")
         return Replay(tuple(e[_MESSAGE] for e in entries if e[_SEQ] > seq), False)
 
     def cursors(self, channels: Iterable[str]) -> dict[str, str]:
-        """The current cursor of each channel that has a stream."""
-        return {channel: stream.cursor for channel in channels
-                if (stream := self._streams.get(channel)) is not None}
+        """The current cursor of each open one of ``channels``."""
+        return {channel: f"{self._stream_name(number)}:{self._seqs.get(channel, 0)}"
+                for channel in channels if (number := self._streams.get(channel)) is not None}
 
     def resume(self, channels: Iterable[str], cursors: Mapping[str, object], max_bytes: int,
                max_messages: int, overhead: int = 0, now: float | None = None) -> Resume:
