@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 
 MIN_SECRET_BYTES = 32
 DEFAULT_CHANNEL_TEMPLATES = ("user_Subscription_{userId}", "user_Usage_{userId}")
+DEFAULT_NOTIFY_CHANNEL = "relay"
+# RELAY_USER_CHANNELS: LISTEN each connected user's channels too (listen), never (off), or
+# while the database has none of relay's objects (auto). The shared channel is always heard.
+USER_CHANNEL_MODES = ("auto", "listen", "off")
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,8 @@ class Settings:
     worker_connections: int = 10000
     socket_path: str = ""  # "" until the gunicorn master has chosen a private one
     channel_templates: tuple[str, ...] = DEFAULT_CHANNEL_TEMPLATES
+    notify_channel: str = DEFAULT_NOTIFY_CHANNEL
+    user_channels: str = "auto"
     auth_timeout: float = 10.0
     handshake_timeout: float = 10.0
     ping_interval: float = 20.0
@@ -86,6 +92,8 @@ class Settings:
             worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
             socket_path=_socket_path(env.get("RELAY_SOCKET_PATH", "").strip()),
             channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
+            notify_channel=read_notify_channel(env),
+            user_channels=reader.choice("RELAY_USER_CHANNELS", "auto", USER_CHANNEL_MODES),
             auth_timeout=reader.number("RELAY_AUTH_TIMEOUT", 10.0, 0.1, 300),
             handshake_timeout=reader.number("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 300),
             ping_interval=reader.number("RELAY_PING_INTERVAL", 20.0, 0.1, 25),
@@ -186,6 +194,26 @@ def _host(raw: str) -> str:
 def read_channel_templates(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """``RELAY_CHANNELS`` alone, validated (for ``python -m relay db trigger``'s advice)."""
     return _templates((os.environ if environ is None else environ).get("RELAY_CHANNELS", ""))
+
+
+def read_notify_channel(environ: Mapping[str, str] | None = None) -> str:
+    """``RELAY_NOTIFY_CHANNEL`` alone, validated (``db install`` applies it to the database):
+    relay's one shared NOTIFY channel, a PostgreSQL channel name of 1 to 63 bytes."""
+    env = os.environ if environ is None else environ
+    raw = env.get("RELAY_NOTIFY_CHANNEL", "").strip()
+    if not raw:
+        return DEFAULT_NOTIFY_CHANNEL
+    if len(raw.encode()) > 63 or "\x00" in raw:
+        raise ConfigError("RELAY_NOTIFY_CHANNEL: a channel name of at most 63 bytes, "
+                          f"got {len(raw.encode())} bytes")
+    return raw
+
+
+def notify_channel_if_set(environ: Mapping[str, str] | None = None) -> str | None:
+    """``RELAY_NOTIFY_CHANNEL`` validated, or ``None`` when it is not set (``db install``
+    then keeps the database's own setting)."""
+    env = os.environ if environ is None else environ
+    return read_notify_channel(env) if env.get("RELAY_NOTIFY_CHANNEL", "").strip() else None
 
 
 def jwt_secret_if_set(environ: Mapping[str, str] | None = None) -> bytes | None:

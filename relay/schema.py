@@ -7,10 +7,16 @@ Files whose name contains ``example`` (``sql/010_example_tables.sql``: the ``sub
 and ``usage`` tables behind the default channels) are the demo's, not relay's: they are
 applied only when asked for (``make run``, the tests, ``db install --with-examples``), never
 into an app's database by default.
+
+``direct_notifiers`` finds what the install cannot fix for the app: its own functions that
+call ``pg_notify`` on per-user channels, which relay hears only while it LISTENs per user
+(``RELAY_USER_CHANNELS``); ``db install`` names them.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
@@ -32,15 +38,27 @@ def schema_files(examples: bool = False) -> list[Path]:
     return [path for path in files if examples or not is_example(path)]
 
 
-def schema_sql(examples: bool = False) -> str:
+def schema_sql(examples: bool = False, notify_channel: str | None = None) -> str:
     """What ``install_schema`` runs, as one script (``db install --print``, for a migration)."""
-    return "".join(f"-- relay: sql/{path.name}\n{path.read_text(encoding='utf-8').rstrip()}\n\n"
-                   for path in schema_files(examples))
+    script = "".join(f"-- relay: sql/{path.name}\n{path.read_text(encoding='utf-8').rstrip()}\n\n"
+                     for path in schema_files(examples))
+    if notify_channel is not None:
+        literal = "'" + notify_channel.replace("'", "''") + "'"
+        script += ("-- relay: RELAY_NOTIFY_CHANNEL\n"
+                   + _SET_CHANNEL.replace("%s", literal) + ";\n")
+    return script
 
 
-def install_schema(dsn: str, examples: bool = False) -> list[str]:
+# relay.set announces the change (kind c) on the old channel, so running relays follow it.
+_SET_CHANNEL = ("SELECT relay.set('notify_channel', %s) WHERE (SELECT value "
+                "FROM relay.settings WHERE name = 'notify_channel') <> %s")
+
+
+def install_schema(dsn: str, examples: bool = False,
+                   notify_channel: str | None = None) -> list[str]:
     """Apply relay's SQL files (and the example tables if ``examples``) to the database at
-    ``dsn``; return the applied file names."""
+    ``dsn``, and ``notify_channel`` (``RELAY_NOTIFY_CHANNEL``) when given; return the applied
+    file names."""
     files = schema_files(examples)
     if not files:
         raise FileNotFoundError(f"no SQL files in {SQL_DIR}")
@@ -50,6 +68,81 @@ def install_schema(dsn: str, examples: bool = False) -> list[str]:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
             for path in files:
                 cursor.execute(path.read_text(encoding="utf-8"))
+            if notify_channel is not None:
+                cursor.execute(_SET_CHANNEL, (notify_channel, notify_channel))
     finally:
         connection.close()
     return [path.name for path in files]
+
+
+def legacy_notify_on(dsn: str) -> bool:
+    """Whether relay_publish also notifies each user's own channel (``legacy_notify``: set by
+    an upgrade from relay's SQL before version 1, for the relays still running it)."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT value::boolean FROM relay.settings "
+                           "WHERE name = 'legacy_notify'")
+            row = cursor.fetchone()
+    finally:
+        connection.close()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class DirectNotifier:
+    """An app's function that calls ``pg_notify``/``NOTIFY`` itself, on what looks like a
+    per-user channel, and the triggers that run it."""
+
+    function: str  # its signature, as regprocedure prints it: public.notify_sub()
+    triggers: tuple[str, ...]  # "name ON table"
+    prefix: str  # the channel text that gave it away, e.g. user_
+
+
+_NOTIFY_CALL = re.compile(r"\bpg_notify\s*\(|\bnotify\s+[\w\"]", re.IGNORECASE)
+
+
+def channel_prefixes(templates: tuple[str, ...]) -> tuple[str, ...]:
+    """The fixed text a per-user channel starts with, per template, most telling first:
+    ``user_Subscription_{userId}`` → ``user_Subscription_``, then ``user_`` (an app that
+    builds ``'user_' || TG_ARGV[0] || '_' || id`` spells only that)."""
+    prefixes: list[str] = []
+    for template in templates:
+        head = template.split("{userId}", 1)[0]
+        if head:
+            prefixes.append(head)
+            first = head.split("_", 1)[0] + "_" if "_" in head else ""
+            if first and first != head:
+                prefixes.append(first)
+    return tuple(dict.fromkeys(prefixes))
+
+
+def direct_notifiers(dsn: str, templates: tuple[str, ...]) -> list[DirectNotifier]:
+    """Functions outside relay's own that NOTIFY a channel spelled like one of ``templates``'
+    (per-user channels): with the shared channel alone (``RELAY_USER_CHANNELS=off``, and
+    ``auto`` once relay's SQL is installed) relay no longer hears them."""
+    prefixes = channel_prefixes(templates)
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("""
+                SELECT p.oid::regprocedure::text, p.prosrc,
+                       array(SELECT format('%I ON %s', t.tgname, t.tgrelid::regclass)
+                             FROM pg_trigger t WHERE t.tgfoid = p.oid AND NOT t.tgisinternal
+                             ORDER BY 1)
+                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'relay')
+                  AND n.nspname NOT LIKE 'pg\\_%'
+                  AND p.prosrc ~* '(pg_notify|notify)'
+                ORDER BY 1""")
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    found = []
+    for signature, source, triggers in rows:
+        if not _NOTIFY_CALL.search(source):
+            continue
+        prefix = next((p for p in prefixes if p in source), None)
+        if prefix is not None:
+            found.append(DirectNotifier(signature, tuple(triggers), prefix))
+    return found

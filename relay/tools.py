@@ -15,6 +15,8 @@ from pathlib import Path
 from relay.config import (
     database_url_if_set,
     jwt_secret_if_set,
+    notify_channel_if_set,
+    read_channel_templates,
     read_database_url,
     read_jwt_secret,
 )
@@ -61,19 +63,43 @@ def db(args: argparse.Namespace) -> int:
     if args.db_command == "install" and args.print_only:
         from relay.schema import schema_sql
 
-        sys.stdout.write(schema_sql(examples=args.with_examples))
+        sys.stdout.write(schema_sql(examples=args.with_examples,
+                                    notify_channel=notify_channel_if_set()))
         return 0
     url = database_url()
     if args.db_command == "install":
-        from relay.schema import install_schema
-
-        for name in install_schema(url, examples=args.with_examples):
-            print(f"applied {name}")
-        if not args.with_examples:
-            print("(relay's functions only; attach them to your tables with "
-                  "python -m relay db trigger)")
-        return 0
+        return _db_install(url, args)
     return _db_touch(url, args)
+
+
+def _db_install(url: str, args: argparse.Namespace) -> int:
+    from relay.schema import direct_notifiers, install_schema, legacy_notify_on
+
+    channel = notify_channel_if_set()
+    for name in install_schema(url, examples=args.with_examples, notify_channel=channel):
+        print(f"applied {name}")
+    if channel is not None:
+        print(f"relay_publish notifies the channel {channel!r} (RELAY_NOTIFY_CHANNEL)")
+    if legacy_notify_on(url):
+        print("note: legacy_notify is on: relay_publish also notifies each user's own channel, "
+              "for relays of the version before (which LISTEN per user) still running during "
+              "this deploy. Once every machine runs this version: psql \"$DATABASE_URL\" -c "
+              "\"SELECT relay.set('legacy_notify', 'off')\"")
+    if not args.with_examples:
+        print("(relay's functions only; attach them to your tables with "
+              "python -m relay db trigger)")
+    # The app's own per-user pg_notify triggers are heard only while relay LISTENs per user:
+    # RELAY_USER_CHANNELS=auto stops doing so now that relay's objects are installed.
+    for found in direct_notifiers(url, read_channel_templates()):
+        fired_by = (f" (run by trigger {', trigger '.join(found.triggers)})" if found.triggers
+                    else "")
+        print(f"warning: function {found.function}{fired_by} calls pg_notify itself on "
+              f"per-user channels ({found.prefix}…): relay now listens to its shared channel "
+              "only (RELAY_USER_CHANNELS=auto) and no longer hears them. Replace it with relay's "
+              "trigger (python -m relay db trigger), or keep it with RELAY_USER_CHANNELS=listen: "
+              "see docs/operations.md, \"Migrating from per-user pg_notify triggers\"",
+              file=sys.stderr)
+    return 0
 
 
 def _db_trigger(args: argparse.Namespace) -> int:
@@ -89,8 +115,6 @@ def _db_trigger(args: argparse.Namespace) -> int:
         print(triggers.detach(url, spec))
         return 0
     print(triggers.attach(url, spec))
-    from relay.config import read_channel_templates
-
     templates = read_channel_templates()
     if spec.channel_pattern not in templates:
         print(f"note: relay delivers {spec.channel_pattern} only once RELAY_CHANNELS lists it "

@@ -39,7 +39,7 @@ class NotifyWriter(threading.Thread):
             while not self.stop.is_set():
                 n += 1
                 self.began[n] = time.time()
-                conn.cursor().execute("SELECT pg_notify(%s, %s)",
+                conn.cursor().execute("SELECT relay_publish(%s, %s::json)",
                                       (self.channel, json.dumps({"n": n})))
                 self.committed.add(n)
                 time.sleep(self.interval)

@@ -28,7 +28,6 @@ from typing import Any
 
 import psutil
 import psycopg2
-import psycopg2.extensions
 import pytest
 import websocket
 from psycopg2 import sql
@@ -210,6 +209,17 @@ class RelayProcess:
         except OSError:
             return 0, {}
 
+    def fresh_health(self) -> tuple[int, dict[str, Any]]:
+        """``/health`` from figures the listener built after this call began: workers serve
+        what it pushes every second, so a plain ``health()`` may be up to a second old."""
+        built = self.health()[1].get("listener", {}).get("statsBuilt", 0)
+
+        def fresh() -> tuple[int, dict[str, Any]] | None:
+            answer = self.health()
+            return answer if answer[1].get("listener", {}).get("statsBuilt", 0) >= built + 2 \
+                else None
+        return wait_for(fresh, 10, message="figures the listener built after the call")
+
     def token(self, user_id: str | int, ttl: int = 3600) -> str:
         return issue_token(user_id, SECRET.encode(), ttl)
 
@@ -352,7 +362,6 @@ def database_connections(database_url: str, application_name: str = "relay-liste
     """Live connections with that application_name: a backend whose client process is gone
     (a relay stopped by the previous test, while PostgreSQL is still reaping it) does not
     count — only backends whose client socket is still held by a process on this machine."""
-    import psycopg2
 
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT client_port FROM pg_stat_activity WHERE application_name = %s",
@@ -365,7 +374,6 @@ def database_connections(database_url: str, application_name: str = "relay-liste
 
 
 def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
-    import psycopg2
 
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
@@ -376,8 +384,48 @@ def execute(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> 
         conn.close()
 
 
+SHARED_CHANNEL = "relay"  # RELAY_NOTIFY_CHANNEL's default: what relay_publish notifies
+
+
 def notify(database_url: str, channel: str, payload: str) -> None:
+    """Publish ``payload`` to ``channel`` the way an app does with relay's SQL installed:
+    ``relay_publish`` (the shared channel). A payload that is not JSON cannot go that way: it
+    is ``pg_notify``-ed on the channel itself, which a relay hears with per-user LISTEN."""
+    try:
+        json.loads(payload)
+    except ValueError:
+        notify_directly(database_url, channel, payload)
+        return
+    execute(database_url, "SELECT relay_publish(%s, %s::json)", (channel, payload))
+
+
+def notify_directly(database_url: str, channel: str, payload: str) -> None:
+    """``pg_notify`` on the user's own channel, as an app's own trigger does: heard with
+    ``RELAY_USER_CHANNELS=listen`` (or ``auto`` before ``db install``)."""
     execute(database_url, "SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+class Published:
+    """One notification as a reader of relay's channels sees it: the logical ``channel`` and
+    its ``payload``, and whether it came through the shared channel (``via`` ``"shared"``,
+    with the raw NOTIFY payload in ``frame``) or on the channel itself (``"direct"``)."""
+
+    def __init__(self, channel: str, payload: str, via: str, frame: str = "") -> None:
+        self.channel, self.payload, self.via, self.frame = channel, payload, via, frame
+
+    def __repr__(self) -> str:
+        return f"Published({self.channel!r}, {self.payload[:60]!r}, {self.via})"
+
+
+def parse_frame(payload: str) -> tuple[str, str, str] | None:
+    """``(kind, channel, body)`` of an r1 frame (docs/architecture.md, "The shared channel"),
+    parsed independently of relay's own parser."""
+    if not payload.startswith("r1 "):
+        return None
+    _, kind, _pos, _seq, _tag, chlen, rest = payload.split(" ", 6)
+    length = int(chlen)
+    assert rest[length] == " ", payload[:200]
+    return kind, rest[:length], rest[length + 1:]
 
 
 class NotifyListener:
@@ -385,22 +433,32 @@ class NotifyListener:
 
     NOTIFY delivers in commit order, so once our sentinel (committed after the writes under
     test) arrives, every notification of those writes has arrived too: no sleeps, and "nothing
-    else was sent" is a real assertion.
+    else was sent" is a real assertion. It LISTENs relay's shared channel and reports the
+    messages (kind ``n``) of the channels it was asked to ``listen`` to, and LISTENs those
+    channels themselves too (what an app's own ``pg_notify`` uses).
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, shared: str | None = SHARED_CHANNEL) -> None:
         self.conn = conn
+        self.shared = shared  # None: read relay's channel like any other, frames unparsed
         self.sentinel = f"sentinel_{uuid.uuid4().hex}"
-        self.listen(self.sentinel)
+        self.channels: set[str] = set()
+        self._listen(self.sentinel)
+        if shared is not None:
+            self._listen(shared)
 
-    def listen(self, channel: str) -> None:
+    def _listen(self, channel: str) -> None:
         with self.conn.cursor() as cursor:
             cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
-    def collect(self, timeout: float = 5.0) -> list[psycopg2.extensions.Notify]:
+    def listen(self, channel: str) -> None:
+        self.channels.add(channel)
+        self._listen(channel)
+
+    def collect(self, timeout: float = 5.0) -> list[Published]:
         with self.conn.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", (self.sentinel,))
-        received: list[psycopg2.extensions.Notify] = []
+        received: list[Published] = []
         deadline = time.monotonic() + timeout
         while True:
             self.conn.poll()
@@ -408,7 +466,12 @@ class NotifyListener:
                 notify = self.conn.notifies.pop(0)
                 if notify.channel == self.sentinel:
                     return received
-                received.append(notify)
+                if notify.channel == self.shared:
+                    frame = parse_frame(notify.payload)
+                    if frame and frame[0] == "n" and frame[1] in self.channels:
+                        received.append(Published(frame[1], frame[2], "shared", notify.payload))
+                elif notify.channel in self.channels:
+                    received.append(Published(notify.channel, notify.payload, "direct"))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"sentinel not delivered within {timeout}s; got {received}")

@@ -34,7 +34,7 @@ def test_db_install_is_idempotent(postgres_url: str) -> None:
     for _ in range(2):
         result = _relay_cli("db", "install", DATABASE_URL=postgres_url)
         assert result.returncode == 0, result.stderr
-        assert "applied 001_notify_function.sql" in result.stdout
+        assert "applied 001_relay_schema.sql" in result.stdout
 
 
 def test_token_has_the_endpoints_claims() -> None:
@@ -101,7 +101,7 @@ def _public_tables(url: str) -> set[str]:
 def test_db_install_installs_relays_functions_and_no_example_tables(empty_database: str) -> None:
     result = _relay_cli("db", "install", DATABASE_URL=empty_database)
     assert result.returncode == 0, result.stderr
-    assert "applied 001_notify_function.sql" in result.stdout
+    assert "applied 003_relay_install.sql" in result.stdout
     assert "example" not in result.stdout.replace("db trigger", "")
     assert _public_tables(empty_database) == set()  # an app's database gets no demo tables
     with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:

@@ -19,6 +19,13 @@ def test_defaults() -> None:
     assert s.allowed_origins == frozenset()
     assert s.channel_templates == ("user_Subscription_{userId}", "user_Usage_{userId}")
     assert s.ping_interval <= 25
+    assert (s.notify_channel, s.user_channels) == ("relay", "auto")
+
+
+def test_the_shared_channel_and_per_user_listen_are_read() -> None:
+    s = Settings.from_env({**BASE, "RELAY_NOTIFY_CHANNEL": "relay_é\"x", "RELAY_USER_CHANNELS":
+                           "LISTEN"})
+    assert (s.notify_channel, s.user_channels) == ("relay_é\"x", "listen")
 
 
 @pytest.mark.parametrize(("env", "variable"), [
@@ -37,6 +44,9 @@ def test_defaults() -> None:
     ({"RELAY_PING_INTERVAL": "60"}, "RELAY_PING_INTERVAL"),
     ({"RELAY_DEV": "maybe"}, "RELAY_DEV"),
     ({"RELAY_CHANNELS": "user_Subscription"}, "RELAY_CHANNELS"),
+    ({"RELAY_USER_CHANNELS": "sometimes"}, "RELAY_USER_CHANNELS"),
+    ({"RELAY_NOTIFY_CHANNEL": "r" * 64}, "RELAY_NOTIFY_CHANNEL"),
+    ({"RELAY_NOTIFY_CHANNEL": "é" * 32}, "RELAY_NOTIFY_CHANNEL"),
     ({"RELAY_HOST": "relay.example.com"}, "RELAY_HOST"),
     ({"RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime"}, "RELAY_DEV"),
     ({"RELAY_DEV": "1", "FLY_APP_NAME": "papr-realtime", "RELAY_HOST": "127.0.0.1"}, "RELAY_DEV"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -95,7 +96,11 @@ def test_seq_increases_by_one_per_channel(relay: RelayProcess, postgres_url: str
     client.close()
 
 
-def test_non_json_payload_is_delivered_as_a_string(relay: RelayProcess, postgres_url: str) -> None:
+def test_non_json_payload_is_delivered_as_a_string(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    # relay_publish takes json: only an app's own pg_notify on the user's channel can send
+    # text that is not JSON, which a relay hears with per-user LISTEN.
+    relay = relay_factory({"RELAY_USER_CHANNELS": "listen"}, workers=1)
     client = relay.connect("raw")
     notify(postgres_url, "user_Usage_raw", "plain text, not JSON")
     update = client.expect("update")

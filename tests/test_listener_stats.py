@@ -29,3 +29,13 @@ def test_worker_totals_keep_a_gone_workers_counters() -> None:
     summed = totals.sum([second])
     assert summed["counters"] == {"delivered": 7} and summed["closes"] == {"4009": 1}
     assert set(summed) == {"counters", "closes", "authFailures"}
+
+
+def test_the_queue_gauge_warns_once_above_half_and_clears_under_40_percent() -> None:
+    from relay.listener.stats import QueueGauge
+
+    gauge = QueueGauge()
+    samples = [0.0, 0.3, 0.5, 0.7, 0.45, 0.6, 0.39, 0.2, 0.55]
+    assert [gauge.observe(s) for s in samples] == [
+        None, None, "warn", None, None, None, "clear", None, "warn"]
+    assert gauge.usage == 0.55

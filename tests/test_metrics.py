@@ -84,7 +84,10 @@ def test_metrics_aggregate_all_workers_and_the_listener(
     assert samples[("relay_workers", ())] == 2
     assert samples[("relay_connections", ())] == 6
     assert samples[("relay_users", ())] == 6
-    assert samples[("relay_channels_listened", ())] == 12
+    assert samples[("relay_channels", ())] == 12
+    assert samples[("relay_channels_listened", ())] == 1  # relay's shared channel alone
+    assert samples[("relay_user_channels_listen", ())] == 0
+    assert samples[("relay_notify_queue_usage", ())] == 0.0
     assert samples[("relay_notifications_total", ())] >= 6
     assert samples[("relay_closes_total", (("code", "4001"),))] >= 1
     # The trigger's "ts": every notification observed, each well under a minute.
@@ -212,7 +215,9 @@ def test_commit_to_listener_latency_lands_in_its_bucket(
         body = {"n": n} if ts_ago is None else {"n": n, "ts": time.time() - ts_ago}
         notify(postgres_url, "user_Usage_latency-1", json.dumps(body))
         assert client.expect("update")["data"]["n"] == n
-    samples = _samples(_scrape(relay)[1])
+    # The listener's figures reach the workers' /metrics once a second.
+    samples = wait_for(lambda: (s := _samples(_scrape(relay)[1])).get(
+        ("relay_commit_to_listener_seconds_count", ())) == 2 and s, 10)
 
     def bucket(le: str) -> float:
         return samples[("relay_commit_to_listener_seconds_bucket", (("le", le),))]

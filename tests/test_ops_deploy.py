@@ -191,7 +191,7 @@ def test_image_command_serves_health_from_a_clean_checkout_with_production_deps(
         result = subprocess.run(release, cwd=app, env={**env, "DATABASE_URL": empty_database},
                                 capture_output=True, text=True, timeout=120, **user)
         assert result.returncode == 0, result.stderr
-        assert "applied 001_notify_function.sql" in result.stdout
+        assert "applied 003_relay_install.sql" in result.stdout
         assert "example" not in result.stdout
         with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
             cur.execute("SELECT to_regprocedure('relay_notify()') IS NOT NULL, "

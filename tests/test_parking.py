@@ -92,7 +92,7 @@ def test_a_parked_connection_is_served_and_closes_cleanly(one_worker: RelayProce
 
 
 def test_a_reset_parked_connection_is_gone(one_worker: RelayProcess) -> None:
-    before = one_worker.health()[1]["totalConnections"]
+    before = one_worker.fresh_health()[1]["totalConnections"]
     client = raw_connected(one_worker, "park-reset")
     wait_for(lambda: one_worker.health()[1]["totalConnections"] == before + 1, 10)
     time.sleep(PAUSE)

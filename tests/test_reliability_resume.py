@@ -120,8 +120,8 @@ def test_seq_increases_by_one_per_channel_in_commit_order_on_every_worker(
     # Four connections of one user: with two workers, both are (almost surely) involved, and
     # every connection must see the same stream.
     clients = [relay.connect("order1") for _ in range(4)]
-    execute(postgres_url, "SELECT pg_notify(CASE WHEN mod(g, 3) = 0 THEN 'user_Usage_order1' "
-                          "ELSE 'user_Subscription_order1' END, json_build_object('g', g)::text)"
+    execute(postgres_url, "SELECT relay_publish(CASE WHEN mod(g, 3) = 0 THEN 'user_Usage_order1' "
+                          "ELSE 'user_Subscription_order1' END, json_build_object('g', g))"
                           " FROM generate_series(1, 60) AS g")  # one transaction
     for g in range(61, 81):  # and one transaction each
         notify(postgres_url, "user_Subscription_order1", json.dumps({"g": g}))
@@ -197,7 +197,7 @@ def test_resume_bigger_than_the_outbound_queue_is_a_resync(
     relay = relay_factory({"RELAY_QUEUE_MAX_MESSAGES": "20", "RELAY_HISTORY_SIZE": "100"})
     keeper = relay.connect("big1")
     start = keeper.connected["cursors"]
-    execute(postgres_url, "SELECT pg_notify('user_Usage_big1', json_build_object('i', i)::text)"
+    execute(postgres_url, "SELECT relay_publish('user_Usage_big1', json_build_object('i', i))"
                           " FROM generate_series(1, 30) AS i")
     for _ in range(30):
         keeper.expect("update")

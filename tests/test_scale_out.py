@@ -77,8 +77,8 @@ def test_two_instances_each_hold_one_connection_and_deliver_every_update(
     assert_marker_comes_next(own_database, both_first)  # "other"'s went nowhere else
 
     # Each instance reports its own clients only; the database still sees two connections.
-    assert first.health()[1]["totalConnections"] == 1
-    assert second.health()[1]["totalConnections"] == 2
+    wait_for(lambda: first.health()[1]["totalConnections"] == 1, 10)
+    wait_for(lambda: second.health()[1]["totalConnections"] == 2, 10)
     assert _listener_connections(own_database) == 2
     for client in (both_first, both_second, only_second):
         client.close()

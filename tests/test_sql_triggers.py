@@ -1,4 +1,7 @@
-"""The bundled triggers (sql/) against a real PostgreSQL: channel names, payloads, limits."""
+"""The bundled triggers (sql/) against a real PostgreSQL: channel names, payloads, limits.
+
+relay_notify publishes through relay_publish: one NOTIFY on relay's shared channel whose
+payload is an r1 frame carrying the logical channel (``NotifyListener`` reads both)."""
 
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
     )
 
     [notify] = listener.collect()
-    assert len(notify.payload.encode()) < NOTIFY_PAYLOAD_LIMIT
+    assert len(notify.frame.encode()) < NOTIFY_PAYLOAD_LIMIT
     payload = json.loads(notify.payload)
     assert set(payload) == {"table", "operation", "id", "truncated", "ts"}
     assert payload == {
@@ -151,9 +154,8 @@ def test_row_just_under_the_limit_is_sent_whole(listener: NotifyListener, writer
         writer, "INSERT INTO subscription (user_id) VALUES (%s) RETURNING id", (user,)
     )
     [empty] = listener.collect()
-    # Grow notes so the payload lands a few bytes under the limit (ts length may vary by a
-    # couple of digits, hence the margin).
-    notes = "n" * (NOTIFY_PAYLOAD_LIMIT - len(empty.payload.encode()) - 20)
+    # Grow notes so the frame (header, channel and payload) lands a few bytes under the limit.
+    notes = "n" * (NOTIFY_PAYLOAD_LIMIT - len(empty.frame.encode()) - 20)
 
     _write(writer, "UPDATE subscription SET notes = %s WHERE id = %s", (notes, row_id))
 
@@ -161,7 +163,32 @@ def test_row_just_under_the_limit_is_sent_whole(listener: NotifyListener, writer
     payload = json.loads(notify.payload)
     assert "truncated" not in payload
     assert payload["row"]["notes"] == notes
-    assert NOTIFY_PAYLOAD_LIMIT - 40 < len(notify.payload.encode()) < NOTIFY_PAYLOAD_LIMIT
+    assert NOTIFY_PAYLOAD_LIMIT - 40 < len(notify.frame.encode()) < NOTIFY_PAYLOAD_LIMIT
+
+
+def test_the_limit_counts_the_channel_that_travels_in_the_frame(
+    listener: NotifyListener, writer: Any
+) -> None:
+    # NOTIFY refuses 8000 bytes: a frame of 7,999 bytes goes whole, one byte more becomes the
+    # reference. The channel is part of the frame now, so a longer user id moves the row
+    # size at which that happens, byte for byte.
+    for user in (_unique_user(), _unique_user("a-much-longer-user-id-")):
+        listener.listen(f"user_Subscription_{user}")
+        (row_id,) = _write(writer, "INSERT INTO subscription (user_id, notes) VALUES (%s, 'n') "
+                                   "RETURNING id", (user,))
+        [first] = listener.collect()
+        room = NOTIFY_PAYLOAD_LIMIT - 1 - len(first.frame.encode())  # bytes left to 7,999
+        for extra, whole in ((room, True), (room + 1, False)):
+            # UPDATE and INSERT are the same length, and updated_at does not change.
+            _write(writer, "UPDATE subscription SET notes = %s WHERE id = %s",
+                   ("n" * (1 + extra), row_id))
+            [notify] = listener.collect()
+            payload = json.loads(notify.payload)
+            if whole:
+                assert len(notify.frame.encode()) == NOTIFY_PAYLOAD_LIMIT - 1
+                assert payload["row"]["notes"] == "n" * (1 + extra)
+            else:
+                assert payload["truncated"] is True and payload["id"] == row_id
 
 
 def test_changing_owner_notifies_old_owner_of_removal_and_new_owner_of_update(
@@ -262,7 +289,8 @@ def test_install_twice_is_idempotent_and_keeps_data(
     applied = install_schema(postgres_url, examples=True)
     assert install_schema(postgres_url, examples=True) == applied
     assert applied == [path.name for path in schema_files(examples=True)]
-    assert applied[:2] == ["001_notify_function.sql", "010_example_tables.sql"]
+    assert applied == ["001_relay_schema.sql", "002_relay_functions.sql",
+                       "003_relay_install.sql", "010_example_tables.sql"]
 
     assert _write(writer, "SELECT user_id FROM subscription WHERE id = %s", (row_id,)) == (user,)
     triggers = _write(

@@ -66,8 +66,10 @@ class EmbeddedPostgres:
     is already running (possibly started by another process).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None,
+                 settings: dict[str, str | int] | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self._settings = {**_SERVER_SETTINGS, **(settings or {})}  # a test's own, on top
         self._port_is_explicit = port is not None
         persisted = None if port is not None else self._persisted_port()
         # Only a port we just picked may be swapped for another when it turns out taken: an
@@ -215,7 +217,7 @@ class EmbeddedPostgres:
                 f"the Unix socket path {socket_path} is longer than {_UNIX_SOCKET_PATH_MAX} "
                 "bytes: use a shorter data directory"
             )
-        settings = {**_SERVER_SETTINGS, "port": self._port,
+        settings = {**self._settings, "port": self._port,
                     "unix_socket_directories": str(self.socket_dir)}
         lines = ["# Written by relay.dev.postgres on every start; change the code, not this file."]
         lines += [f"{name} = {_conf_value(value)}" for name, value in settings.items()]

@@ -7,6 +7,14 @@ with capped, jittered backoff, LISTENing every wanted channel again before it re
 connection usable. It knows nothing of workers or clients: it asks a ``DatabaseHandler``
 which channels are wanted and reports to it what happens, as centrifuge's broker reports to
 its BrokerEventHandler. The listener process's ``Listener`` is that handler.
+
+Two kinds of channel are LISTENed: relay's shared channel (``RELAY_NOTIFY_CHANNEL``, first,
+on every connection) and, while per-user LISTEN is on, the users' own channels. PostgreSQL up
+to 18 checks every notification in the database against a session's LISTENed channels one
+by one (trap 11), so after the first full LISTEN the link only ever looks at the channels
+that changed. What the database is (its version, whether relay's SQL is installed, what
+``relay.hello()`` says) is read on connect and on request (``refresh``); the periodic health
+query also samples ``pg_notification_queue_usage()``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import os
 import random
 import time
 from collections.abc import Set as AbstractSet
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import gevent
 import gevent.select
@@ -35,36 +44,64 @@ _LISTEN_BATCH = 500
 # The least a database connection must have lived for its loss to reset the reconnect
 # backoff (see DatabaseLink.run).
 _HEALTHY_SECONDS = 5.0
+# relay's SQL is installed when relay.hello() exists. Read from the catalog, which every role
+# may read (schema relay itself grants nothing to other roles).
+_INSTALLED = ("EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+              "ON n.oid = p.pronamespace WHERE n.nspname = 'relay' AND p.proname = 'hello' "
+              "AND p.pronargs = 0)")
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """What the database is, read on connect and on ``DatabaseLink.refresh``."""
+
+    server_version: int  # server_version_num: 160004 for 16.4
+    installed: bool  # relay's SQL (relay.hello()) is there
+    hello: dict[str, Any] | None = None  # what relay.hello() answered, if it could be called
 
 
 class DatabaseHandler(Protocol):
     """What the database link asks, and what it reports, in the order it happens.
 
-    Every call comes from the link's own greenlet. Per connection: ``on_connected``, then
-    ``on_unlistened``/``on_listening`` per channel as the link catches up with
-    ``wanted_channels()``, ``on_synced`` once every wanted channel is LISTENed (and again
-    after each later catch-up), ``on_notification`` for each notification on a LISTENed
-    channel (in commit order, none of this connection before its first ``on_synced``), and
-    ``on_disconnected`` when the connection is lost."""
+    Every call comes from the link's own greenlet. Per connection: ``on_connected``; then,
+    once the shared channels are LISTENed, ``on_database``; ``on_synced`` once every wanted
+    channel is LISTENed (and again after each later catch-up); ``on_notification`` for each
+    notification on a LISTENed channel (in commit order, none of this connection before its
+    first ``on_synced``); ``on_checked`` after each periodic health query; ``on_database``
+    again after each ``refresh``; and ``on_disconnected`` when the connection is lost."""
+
+    def shared_channels(self) -> tuple[str, ...]:
+        """Channels LISTENed on every connection whatever is wanted (relay's own), first."""
+        ...
 
     @property
     def wanted_version(self) -> int:
-        """Changes whenever ``wanted_channels()`` gains or loses a channel: the link compares
-        it on every wake-up instead of the set (rebuilding a set of every channel each time
-        was 44% of the listener's CPU at 20,000 channels, bench steady)."""
+        """Changes whenever the wanted channels (shared or per user) may have changed: the
+        link compares it on every wake-up instead of any set (rebuilding a set of every
+        channel each time was 44% of the listener's CPU at 20,000 channels, bench steady)."""
         ...
 
-    def wanted_channels(self) -> AbstractSet[str]: ...
+    def wanted_channels(self) -> AbstractSet[str]:
+        """Every per-user channel to LISTEN now (read after a (re)connect, and when
+        ``wanted_changes`` says so)."""
+        ...
+
+    def wanted_changes(self) -> AbstractSet[str] | None:
+        """The per-user channels that may have changed since the last call, to look at with
+        ``is_wanted``; ``None``: compare everything with ``wanted_channels()``."""
+        ...
+
+    def is_wanted(self, channel: str) -> bool: ...
 
     def on_connected(self) -> None: ...
 
-    def on_listening(self, channel: str) -> None: ...
-
-    def on_unlistened(self, channel: str) -> None: ...
+    def on_database(self, info: DatabaseInfo) -> None: ...
 
     def on_synced(self) -> None: ...
 
     def on_notification(self, channel: str, payload: str) -> None: ...
+
+    def on_checked(self, queue_usage: float, installed: bool) -> None: ...
 
     def on_disconnected(self) -> None: ...
 
@@ -80,6 +117,8 @@ class DatabaseLink:
         self._connected = False  # connected, and every wanted channel LISTENed once
         self.reconnects = 0
         self._synced_version = -1  # the handler's wanted_version at the last sync
+        self._refresh_due = False  # read DatabaseInfo again (relay's SQL changed)
+        self.server_version = 0
         # While re-LISTENing after a (re)connect, notifications wait here: they go out after
         # the RESYNC, so that a client never sees an update of the new epoch before it.
         self._held: list[tuple[str, str]] | None = None
@@ -103,6 +142,11 @@ class DatabaseLink:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass
+
+    def refresh(self) -> None:
+        """Read what the database is again soon, and report it (``on_database``)."""
+        self._refresh_due = True
+        self.wake()
 
     def run(self) -> None:
         """Connect, serve, and on any failure connect again, for ever (its own greenlet)."""
@@ -185,24 +229,54 @@ class DatabaseLink:
             else:
                 self._handler.on_notification(note.channel, note.payload)
 
-    def _sync_channels(self) -> None:
-        self._synced_version = self._handler.wanted_version
-        wanted = self._handler.wanted_channels()
-        gone = sorted(self._listening - wanted)
+    def _sync_channels(self, full: bool = False) -> None:
+        """LISTEN what is wanted and UNLISTEN what is not; after a (re)connect or when the
+        handler says so every channel is compared, otherwise only those that changed."""
+        handler = self._handler
+        self._synced_version = handler.wanted_version
+        changes = handler.wanted_changes()
+        shared = handler.shared_channels()
+        if full or changes is None:
+            wanted = set(handler.wanted_channels()).union(shared)
+            gone = sorted(self._listening - wanted)
+            new = sorted(wanted - self._listening)
+        else:
+            gone = sorted(c for c in changes
+                          if c in self._listening and c not in shared and not handler.is_wanted(c))
+            new = ([c for c in shared if c not in self._listening]
+                   + sorted(c for c in changes
+                            if c not in self._listening and handler.is_wanted(c)))
         # Out of `listening` before the UNLISTEN is sent: an attach that wants one of them
         # again meanwhile waits for the next sync (which LISTENs it afresh) instead of being
         # answered on a channel about to go deaf.
-        for channel in gone:
-            self._listening.discard(channel)
-            self._handler.on_unlistened(channel)
+        self._listening.difference_update(gone)
         for batch in _batches(gone):
             self._execute(_statements("UNLISTEN", batch))
-        for batch in _batches(sorted(wanted - self._listening)):
+        for batch in _batches(new):
             self._execute(_statements("LISTEN", batch), drain=False)
-            for channel in batch:
-                self._listening.add(channel)
-                self._handler.on_listening(channel)
+            self._listening.update(batch)
             self._drain()  # what arrived with the answer was committed after the LISTEN
+
+    def _read_info(self) -> DatabaseInfo:
+        assert self._conn is not None
+        with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
+            cur.execute(f"SELECT current_setting('server_version_num')::int, {_INSTALLED}")
+            version, installed = cur.fetchone()
+            hello = None
+            if installed:
+                try:
+                    cur.execute("SELECT relay.hello()")
+                    hello = cur.fetchone()[0]
+                except psycopg2.Error as exc:
+                    if self._conn.closed:
+                        raise
+                    # Not the installing role (schema relay grants nothing to others): the
+                    # shared channel still works, with RELAY_NOTIFY_CHANNEL's name.
+                    log.warning("cannot call relay.hello() (%s): connect relay as the role "
+                                "that ran `python -m relay db install`", _describe(exc))
+        self._drain()
+        self.server_version = version
+        return DatabaseInfo(version, bool(installed), hello if isinstance(hello, dict) else None)
 
     def _check_listen_works(self) -> None:
         """A NOTIFY to ourselves must come back: through a transaction-mode pooler it never
@@ -229,7 +303,14 @@ class DatabaseLink:
         self._check_listen_works()
         self._held = []
         try:
-            self._sync_channels()
+            # The shared channel first: relay's SQL announces its installation there, so
+            # nothing between reading what the database is and LISTENing can be missed.
+            shared = list(self._handler.shared_channels())
+            self._execute(_statements("LISTEN", shared), drain=False)
+            self._listening.update(shared)
+            self._refresh_due = False
+            self._handler.on_database(self._read_info())
+            self._sync_channels(full=True)
             self._connected = True
             self._handler.on_synced()  # answers waiting attaches, then the RESYNC
         finally:
@@ -251,14 +332,28 @@ class DatabaseLink:
             if fd in readable:
                 self._conn.poll()
                 self._drain()
+            if self._refresh_due:
+                self._refresh_due = False
+                self._handler.on_database(self._read_info())
             # Comparing the wanted set itself would rebuild a set of every channel on each
             # wake-up (44% of the listener's CPU at 20,000 channels, bench steady).
             if self._handler.wanted_version != self._synced_version:
                 self._sync_channels()
                 self._handler.on_synced()
             if time.monotonic() >= next_check:
-                self._execute("SELECT 1")  # trap 6: a dead TCP peer never wakes select()
+                self._check()  # trap 6: a dead TCP peer never wakes select()
                 next_check = time.monotonic() + self.settings.db_check_interval
+
+    def _check(self) -> None:
+        """The periodic health query, which also samples what only the database knows: how
+        full its NOTIFY queue is (writers' commits fail when it is full) and whether relay's
+        SQL is (still) installed."""
+        assert self._conn is not None
+        with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
+            cur.execute(f"SELECT pg_notification_queue_usage(), {_INSTALLED}")
+            usage, installed = cur.fetchone()
+        self._drain()
+        self._handler.on_checked(float(usage), bool(installed))
 
 
 def _batches(channels: list[str]) -> list[list[str]]:

@@ -3,11 +3,21 @@
 Started (and restarted) by ``relay.supervisor`` as ``python -m relay listen``; never by
 hand. ``Listener`` is the process's orchestrator: it serves the workers on the listener's
 Unix socket (``bus`` framing, one ``WorkerPeer`` each), counts what their connections
-attach (``ChannelRefcounts``, which decides what the ``DatabaseLink`` LISTENs), answers
-each attach once its channels are LISTENed, with a replay from the ``History`` or a resync,
-and routes every notification: the next ``seq`` of its channel, the client ``update``
-message encoded once (``relay.protocol``), and the same bytes to each worker that has a
-subscriber for the channel. It is the database link's ``DatabaseHandler``.
+attach (``ChannelRefcounts``: a channel is open while somebody wants it), answers each
+attach once it can hear its channels, with a replay from the ``History`` or a resync, and
+routes every notification: the next ``seq`` of its channel, the client ``update`` message
+encoded once (``relay.protocol``), and the same bytes to each worker that has a subscriber
+for the channel. It is the database link's ``DatabaseHandler``.
+
+Notifications come two ways. relay's own SQL publishes every message on one shared channel
+(``RELAY_NOTIFY_CHANNEL``, always LISTENed) with the logical channel in a fixed header
+(``relay.listener.frames``): a message for a channel nobody here wants is dropped after a
+dict lookup, so the database's cost does not grow with the users. An app's own triggers may
+``pg_notify`` each user's channel: those are heard only with per-user LISTEN, which
+``RELAY_USER_CHANNELS`` turns on (``listen``), off (``off``), or on while the database has
+none of relay's SQL (``auto``, switching when ``db install`` announces itself). A channel fed
+both ways is one stream: every notification, whichever way it came, is the next ``seq`` of
+its channel, in the order PostgreSQL delivers them (commit order); nothing is deduplicated.
 
 An **epoch** names one unbroken life of the database connection: after a reconnect, every
 channel was deaf for a while (NOTIFY has no replay), so the history starts afresh and the
@@ -32,16 +42,23 @@ import psycopg2.extras
 from relay import bus, closecodes, listener_socket
 from relay.channels import valid_channel
 from relay.config import Settings
-from relay.listener.database import DatabaseLink
+from relay.listener import frames
+from relay.listener.database import DatabaseInfo, DatabaseLink
 from relay.listener.history import History
 from relay.listener.peers import WorkerPeer
 from relay.listener.refcounts import ChannelRefcounts, release
-from relay.listener.stats import LatencyHistogram, WorkerTotals
+from relay.listener.stats import LatencyHistogram, QueueGauge, WorkerTotals
 from relay.protocol import encode_update
 
 log = logging.getLogger("relay.listener")
 
 _WS_HEADER_BYTES = 10  # the most a server text frame adds to a message
+# Workers serve /health and /metrics from the figures the listener pushes this often, so that
+# a flood of either costs the listener nothing per request (issue 14, item 7).
+STATS_PUSH_SECONDS = 1.0
+# PostgreSQL before 19 scans a session's LISTENed channels for every notification (trap 11).
+MANY_CHANNELS = 10_000
+_FIXED_LISTEN = 190000  # server_version_num of PostgreSQL 19, whose LISTEN uses hash tables
 
 
 class Listener:
@@ -52,17 +69,32 @@ class Listener:
         self._peers: set[WorkerPeer] = set()
         self._refcounts = ChannelRefcounts(settings.linger_seconds)
         self._users: Counter[str] = Counter()  # user → connections over all workers
+        self._connections = 0  # the sum of _users' values, kept as they change
         self._epoch = secrets.token_hex(3)
         self._history = self._new_history()
         self._db = DatabaseLink(settings, self)
         self._sessions = 0  # database connections made so far
         self._resync_due = False  # the database came back: tell the workers once synced
+        self._reconnect_cursor = ""  # every channel's cursor right after that reconnect
         self._pending: list[tuple[WorkerPeer, dict[str, Any]]] = []  # attaches awaiting LISTEN
         self._peer_numbers = 0
+        # The shared channel(s): RELAY_NOTIFY_CHANNEL, and the database's own if it differs.
+        self._shared: tuple[str, ...] = (settings.notify_channel,)
+        # Per-user LISTEN: `listen` always; `auto` until the database has relay's SQL.
+        self._installed = False
+        self._relay_sql: dict[str, Any] = {}
+        self._per_user = settings.user_channels != "off"
+        self._refcounts.track_changes(self._per_user)
+        self._full_sync = False  # the link must compare every channel (mode or shared changed)
+        self._mode_version = 0
+        self._warned: set[str] = set()  # one-time warnings already logged
         self._notifications = 0
+        self._dropped: Counter[str] = Counter()  # notifications not delivered, by reason
         self._deliveries = 0
         self._latency = LatencyHistogram()
+        self._queue = QueueGauge()
         self._worker_totals = WorkerTotals()
+        self._stats_built = 0
 
     def _new_history(self) -> History:
         s = self.settings
@@ -70,24 +102,91 @@ class Listener:
 
     # ----- the database link's handler -----
 
+    def shared_channels(self) -> tuple[str, ...]:
+        return self._shared
+
     @property
     def wanted_version(self) -> int:
-        return self._refcounts.version
+        return self._refcounts.version + self._mode_version
 
     def wanted_channels(self) -> AbstractSet[str]:
-        return self._refcounts.wanted()
+        return self._refcounts.wanted() if self._per_user else frozenset()
+
+    def wanted_changes(self) -> AbstractSet[str] | None:
+        changes = self._refcounts.take_changes()
+        if self._full_sync:
+            self._full_sync = False
+            return None
+        return changes
+
+    def is_wanted(self, channel: str) -> bool:
+        return self._per_user and self._refcounts.is_open(channel)
 
     def on_connected(self) -> None:
         self._sessions += 1
         if self._sessions > 1:  # a new epoch: nothing before it can be resumed
             self._epoch = secrets.token_hex(3)
             self._history = self._new_history()
+            # Every open channel starts again on one stream: the workers' resync says so in
+            # one field, not with a cursor per channel.
+            self._reconnect_cursor = self._history.open_many(self._refcounts.wanted())
 
-    def on_listening(self, channel: str) -> None:
-        self._history.open(channel)
+    def on_database(self, info: DatabaseInfo) -> None:
+        hello = info.hello or {}
+        self._relay_sql = hello
+        channel = hello.get("notifyChannel")
+        shared: tuple[str, ...] = (self.settings.notify_channel,)
+        if isinstance(channel, str) and channel and channel != self.settings.notify_channel:
+            self._warn_once(f"channel:{channel}",
+                            "RELAY_NOTIFY_CHANNEL is %r but this database's relay_publish "
+                            "notifies %r: listening to both; set RELAY_NOTIFY_CHANNEL=%s",
+                            self.settings.notify_channel, channel, channel)
+            shared += (channel,)
+        if shared != self._shared:
+            self._shared = shared
+            self._resync_link()
+        protocol = hello.get("protocol")
+        if protocol not in (None, 1):
+            self._warn_once(f"protocol:{protocol}",
+                            "relay's SQL in this database speaks wire protocol r%s; this relay "
+                            "speaks r1 and drops what it does not understand: upgrade relay",
+                            protocol)
+        self._set_installed(info.installed)
 
-    def on_unlistened(self, channel: str) -> None:
-        self._history.close(channel)
+    def on_checked(self, queue_usage: float, installed: bool) -> None:
+        change = self._queue.observe(queue_usage)
+        if change == "warn":
+            log.warning("PostgreSQL's NOTIFY queue is %.0f%% full: when it is full, every "
+                        "transaction that notifies fails at commit (a session that LISTENs "
+                        "and stays in a transaction holds it; see pg_stat_activity)",
+                        queue_usage * 100)
+        elif change == "clear":
+            log.info("PostgreSQL's NOTIFY queue is back to %.0f%% full", queue_usage * 100)
+        if installed and not self._installed:
+            self._db.refresh()  # read relay.hello(), then switch
+        elif not installed and self._installed:
+            self._set_installed(False)
+
+    def _set_installed(self, installed: bool) -> None:
+        self._installed = installed
+        mode = self.settings.user_channels
+        per_user = mode == "listen" or (mode == "auto" and not installed)
+        if per_user == self._per_user:
+            return
+        self._per_user = per_user
+        self._refcounts.track_changes(per_user)
+        if mode == "auto":
+            log.info("RELAY_USER_CHANNELS=auto: relay's SQL is %s: per-user LISTEN %s",
+                     "installed" if installed else "not installed",
+                     "off, the shared channel alone" if not per_user else "on")
+        self._resync_link()
+        self._push_stats()
+
+    def _resync_link(self) -> None:
+        """The link compares every channel on its next wake-up (mode or shared changed)."""
+        self._full_sync = True
+        self._mode_version += 1
+        self._db.wake()
 
     def on_synced(self) -> None:
         """Every wanted channel is LISTENed: answer the attaches waiting for that, then (after
@@ -96,19 +195,63 @@ class Listener:
         for peer, request in pending:
             # An attach that arrived during this sync waits for the next one (its new channels
             # bumped the refcounts' version): `connected` must never precede the LISTEN.
-            if all(ch in self._db.listening for ch in _str_list(request.get("channels"))):
+            if self._ready(_str_list(request.get("channels"))):
                 self._answer_attach(peer, request)
             else:
                 self._pending.append((peer, request))
         if self._resync_due:
             self._resync_due = False
-            cursors = self._history.cursors(self._db.listening)
-            frame = bus.encode(bus.RESYNC, {"reason": "database reconnected", "cursors": cursors})
+            # Right after a reconnect every open channel is at the start of one stream: a
+            # single cursor for all of them, one small frame per worker.
+            frame = bus.encode(bus.RESYNC, {"reason": "database reconnected", "cursors": {},
+                                            "cursor": self._reconnect_cursor})
             for peer in list(self._peers):
                 peer.send(frame)
-            log.info("told %d workers to resync %d channels", len(self._peers), len(cursors))
+            log.info("told %d workers to resync %d channels", len(self._peers),
+                     self._refcounts.open_count)
+            self._push_stats()
+        self._check_listened()
+
+    def _check_listened(self) -> None:
+        listened = len(self._db.listening)
+        if listened <= MANY_CHANNELS * 9 // 10:
+            self._warned.discard("many")
+        elif (listened > MANY_CHANNELS and self._db.server_version < _FIXED_LISTEN
+              and "many" not in self._warned):
+            self._warned.add("many")
+            log.warning(
+                "LISTENing %d channels, one per connected user's channel: PostgreSQL %s "
+                "checks every notification in the database against each of them in this one "
+                "backend (about 40 us per notification at 10,000 channels, 170 us at 50,000) "
+                "and a reconnect LISTENs them again one by one. RELAY_USER_CHANNELS=off (or "
+                "auto, after python -m relay db install) listens to relay's one shared "
+                "channel instead", listened, self._db.server_version // 10000)
 
     def on_notification(self, channel: str, payload: str) -> None:
+        if channel not in self._shared:
+            self._deliver(channel, payload)  # per-user LISTEN: an app's own pg_notify
+            return
+        frame = frames.parse(payload)
+        if frame is None:
+            # Another program's NOTIFY on relay's channel, or a forgery without the shape.
+            self._dropped["foreign"] += 1
+            self._warn_once("foreign", "a notification on relay's channel %r is not relay's "
+                            "(no r1 header); dropped (counted as foreign)", channel)
+        elif frame.kind == frames.MESSAGE:
+            self._deliver(frame.channel, frame.body)
+        elif frame.kind in (frames.INSTALLED, frames.SETTING):
+            self._db.refresh()  # re-read relay.hello(); `auto` switches on this
+        else:
+            # DURABLE HISTORY SEAM (issue 13): kinds m, r, s and e (numbered messages, a row
+            # to read, a sync, a new epoch) are handled here once the outbox exists.
+            self._dropped["unknown kind"] += 1
+            self._warn_once(f"kind:{frame.kind}", "relay's SQL sent kind %r, which this relay "
+                            "does not speak; dropped: upgrade relay", frame.kind)
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        if not self._refcounts.is_open(channel):
+            self._dropped["unsubscribed"] += 1  # nobody here wants it: O(1), then nothing
+            return
         self._notifications += 1
         self._latency.observe(payload)
         stream, seq = self._history.next_seq(channel)
@@ -123,6 +266,12 @@ class Listener:
 
     def on_disconnected(self) -> None:
         self._resync_due = True
+        self._push_stats()
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
 
     # ----- the workers -----
 
@@ -175,6 +324,7 @@ class Listener:
         if kind == bus.HELLO:
             peer.hello(int(message.get("pid", 0)))
             log.info("worker %s connected", peer.pid)
+            self._push_stats()  # its /health works at once, and the others count it
         elif kind == bus.ATTACH:
             self._attach(peer, message)
         elif kind == bus.DETACH:
@@ -182,7 +332,7 @@ class Listener:
         elif kind == bus.COUNTERS:
             peer.report(message)
         elif kind == bus.STATS:
-            peer.send(bus.encode(bus.STATS_REPLY, {"req": message.get("req"), **self.stats()}))
+            peer.send(bus.encode(bus.STATS_REPLY, {**self.stats(), "req": message.get("req")}))
         else:
             raise bus.BusProtocolError(f"kind {kind} is not for the listener")
 
@@ -202,15 +352,24 @@ class Listener:
                 "reason": refusal.reason}))
             return
         # Count the connection now, so that the channel is wanted and a concurrent detach
-        # of the same user's last other connection does not UNLISTEN it under us.
+        # of the same user's last other connection does not close it under us.
         peer.attach(user, channels)
         self._users[user] += 1
-        self._refcounts.add(channels)
-        if self._db.connected and all(ch in self._db.listening for ch in channels):
+        self._connections += 1
+        for channel in self._refcounts.add(channels):
+            self._history.open(channel)
+        if self._ready(channels):
             self._answer_attach(peer, request)
         else:
             self._pending.append((peer, request))
             self._db.wake()
+
+    def _ready(self, channels: list[str]) -> bool:
+        """Whether every notification on ``channels`` is heard from now on: always through
+        the shared channel once connected; with per-user LISTEN, once each is LISTENed."""
+        if not self._db.connected:
+            return False
+        return not self._per_user or all(ch in self._db.listening for ch in channels)
 
     def _answer_attach(self, peer: WorkerPeer, request: dict[str, Any]) -> None:
         if peer.closed:
@@ -235,13 +394,18 @@ class Listener:
         if held is None:
             return
         release(self._users, user)
+        self._connections -= 1
         self._unwant(held)
 
     def _unwant(self, channels: list[str], count: int = 1) -> None:
-        version = self._refcounts.version
-        self._refcounts.remove(channels, count)
-        if self._refcounts.version != version:  # no linger: UNLISTEN now
-            self._db.wake()
+        closed = self._refcounts.remove(channels, count)  # only without linger
+        self._closed(closed)
+
+    def _closed(self, channels: list[str]) -> None:
+        for channel in channels:
+            self._history.close(channel)
+        if channels and self._per_user:
+            self._db.wake()  # UNLISTEN them
 
     def _forget(self, peer: WorkerPeer) -> None:
         if peer not in self._peers:
@@ -253,33 +417,57 @@ class Listener:
         self._pending = [(p, r) for p, r in self._pending if p is not peer]
         for user, count in peer.users.items():
             release(self._users, user, count)
+            self._connections -= count
         for channel, count in peer.channels.items():
             self._unwant([channel], count)
+        self._push_stats()
 
     def _housekeeping(self) -> None:
+        next_push = 0.0
         while True:
-            gevent.sleep(min(1.0, max(0.05, self.settings.linger_seconds / 4)))
-            if self._refcounts.expire():
-                self._db.wake()
+            gevent.sleep(min(STATS_PUSH_SECONDS, max(0.05, self.settings.linger_seconds / 4)))
+            self._closed(self._refcounts.expire())
             self._history.expire()
+            if time.monotonic() >= next_push:
+                next_push = time.monotonic() + STATS_PUSH_SECONDS
+                self._push_stats()
+
+    def _push_stats(self) -> None:
+        """Every worker gets the instance's figures, for its /health and /metrics."""
+        if not self._peers:
+            return
+        frame = bus.encode(bus.STATS_REPLY, self.stats())
+        for peer in self._peers:
+            peer.send(frame)
 
     def stats(self) -> dict[str, Any]:
-        """The instance's figures, for /health and /metrics (``STATS_REPLY``)."""
+        """The instance's figures, for /health and /metrics (``STATS_REPLY``). Costs what
+        there are workers, never what there are users or channels."""
+        self._stats_built += 1
         return {
             "database": "connected" if self._db.connected else "disconnected",
             "connectedUsers": len(self._users),
-            "totalConnections": sum(self._users.values()),
-            "channels": len(self._db.listening),
+            "totalConnections": self._connections,
+            "channels": self._refcounts.open_count,
+            "listened": len(self._db.listening),
             "lingering": self._refcounts.lingering,
+            "userChannels": "listen" if self._per_user else "off",
+            "userChannelsSetting": self.settings.user_channels,
+            "notifyChannel": self._shared[-1],
+            "relaySql": self._relay_sql.get("version", 0) if self._installed else 0,
+            "notifyQueueUsage": self._queue.usage,
             "workers": len(self._peers),
             "epoch": self._epoch,
             "listenerPid": os.getpid(),
             "listenerStartedAt": self.started_at,
             "instanceStartedAt": self.instance_started_at,
             "notifications": self._notifications,
+            "notificationsDropped": dict(self._dropped),
             "deliveries": self._deliveries,
             "databaseReconnects": self._db.reconnects,
             "historyBytes": self._history.total_bytes,
+            "statsBuilt": self._stats_built,
+            "sentAt": time.time(),
             "latency": self._latency.snapshot(),
             **self._worker_totals.sum(peer.counters for peer in self._peers),
         }

@@ -78,3 +78,28 @@ class WorkerTotals:
                     if isinstance(value, int):
                         total[name] += value
         return {group: dict(total) for group, total in totals.items()}
+
+
+class QueueGauge:
+    """``pg_notification_queue_usage()``, sampled on the database link's periodic check, with
+    a warning when it crosses half full (and a note when it is back under 40 %): when the
+    queue is full, every transaction that notifies fails at its commit."""
+
+    WARN_AT = 0.5
+    CLEAR_AT = 0.4
+
+    def __init__(self) -> None:
+        self.usage = 0.0
+        self._high = False
+
+    def observe(self, usage: float) -> str | None:
+        """Record a sample; ``"warn"`` when it just crossed ``WARN_AT``, ``"clear"`` when it
+        just fell under ``CLEAR_AT``, else ``None``."""
+        self.usage = usage
+        if not self._high and usage >= self.WARN_AT:
+            self._high = True
+            return "warn"
+        if self._high and usage < self.CLEAR_AT:
+            self._high = False
+            return "clear"
+        return None

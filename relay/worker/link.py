@@ -1,6 +1,6 @@
 """A worker's link to the listener process over the Unix-domain socket.
 
-Sends attach/detach/stats requests (``bus`` framing) and reads the listener's stream. The
+Sends attach/detach requests (``bus`` framing) and reads the listener's stream. The
 stream is handled strictly in order in one greenlet, which is what makes delivery exact:
 the handler (the worker's ``Node``) routes a connection in its hub at the moment that
 connection's ``ATTACHED`` answer is read, so every update after that answer reaches it and
@@ -9,7 +9,9 @@ none before it does (those are in its replay, if any).
 The link knows a connection only as an ``Attachment`` (a user and its channels) that it
 hands back to its ``LinkHandler``. If the listener dies, the link reconnects for ever and
 tells the handler, which attaches its connections again and tells their clients to resync
-(the new listener has a new epoch and no history).
+(the new listener has a new epoch and no history). The listener pushes the instance's
+figures about once a second; the link keeps the latest for ``/health`` and ``/metrics``, so
+that those cost the listener nothing per request.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 from collections import deque
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -51,7 +54,9 @@ class LinkHandler(Protocol[A_contra]):
 
     def on_refused(self, attachment: A_contra, code: int, reason: str) -> None: ...
 
-    def on_resync(self, reason: str, cursors: dict[str, str]) -> None: ...
+    def on_resync(self, reason: str, cursors: dict[str, str], default: str | None) -> None:
+        """Updates may have been missed: ``cursors`` are the new positions, ``default`` that
+        of every channel not in it (after a database reconnect: all of them), if given."""
 
     def on_lost(self) -> None:
         """The listener is gone: nothing it counted is counted any more."""
@@ -87,7 +92,8 @@ class ListenerLink(Generic[A]):
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending[A]] = {}
         self._request_of: dict[A, int] = {}  # attachments with an ATTACH in flight
-        self._stats: dict[int, gevent.event.AsyncResult] = {}
+        self._stats: dict[str, Any] | None = None  # the listener's latest figures
+        self._stats_at = 0.0  # when they arrived (monotonic)
         self._out: deque[bytes] = deque()
         self._out_ready = gevent.event.Event()
 
@@ -130,19 +136,12 @@ class ListenerLink(Generic[A]):
         """ATTACH requests awaiting an answer (tombstones included); for tests and /metrics."""
         return len(self._pending)
 
-    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        if not self.connected.is_set():
+    def stats(self, max_age: float) -> dict[str, Any] | None:
+        """The instance's figures the listener pushed last, if it did within ``max_age``
+        seconds on the current connection; no request to the listener."""
+        if self._stats is None or time.monotonic() - self._stats_at > max_age:
             return None
-        req = next(self._ids)
-        result = gevent.event.AsyncResult()
-        self._stats[req] = result
-        self._send(bus.encode(bus.STATS, {"req": req}))
-        try:
-            return result.get(timeout=timeout)
-        except gevent.Timeout:
-            return None
-        finally:
-            self._stats.pop(req, None)
+        return self._stats
 
     def push_counters(self, snapshot: dict[str, Any]) -> None:
         """Send this worker's cumulative counters; the listener sums them for /metrics."""
@@ -204,9 +203,8 @@ class ListenerLink(Generic[A]):
             # Tombstones die with the listener they were sent to; live requests go to the next.
             self._pending = {req: p for req, p in self._pending.items()
                              if p.attachment is not None}
+            self._stats = None
             self._handler.on_lost()
-            for result in self._stats.values():
-                result.set(None)
             log.warning("lost the listener; reconnecting")
 
     def _connect(self) -> socket.socket:
@@ -249,13 +247,13 @@ class ListenerLink(Generic[A]):
                     self._on_attached(bus.decode_json(body))
                 elif kind == bus.RESYNC:
                     message = bus.decode_json(body)
+                    default = message.get("cursor")
                     self._handler.on_resync(str(message.get("reason", "resync")),
-                                            message.get("cursors") or {})
+                                            message.get("cursors") or {},
+                                            default if isinstance(default, str) else None)
                 elif kind == bus.STATS_REPLY:
-                    reply = bus.decode_json(body)
-                    result = self._stats.get(reply.get("req"))  # type: ignore[arg-type]
-                    if result is not None:
-                        result.set(reply)
+                    self._stats = bus.decode_json(body)
+                    self._stats_at = time.monotonic()
                 else:
                     raise bus.BusProtocolError(f"kind {kind} is not for a worker")
 

@@ -1,10 +1,11 @@
 """``GET /metrics``: Prometheus text for the whole instance, built with prometheus-client.
 
 Workers keep plain counters (``node.Node``) and push a snapshot to the listener about once a
-second; the listener adds its own figures and sums the workers' (keeping those of workers
-that exited, so counters never go backwards). Any worker answering ``/metrics`` asks the
-listener for that sum (one ``STATS`` round trip) and renders it here: no multiprocess
-directory, nothing per process to reconcile.
+second; the listener adds its own figures, sums the workers' (keeping those of workers that
+exited, so counters never go backwards) and pushes the result to every worker about once a
+second. Any worker answering ``/metrics`` renders the latest of those here, without asking
+the listener anything: a scrape (or a flood of them) costs the listener nothing, and there
+is no multiprocess directory, nothing per process to reconcile.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class _InstanceCollector:
         for name, key, text in (
             ("relay_connections", "totalConnections", "authenticated WebSocket connections"),
             ("relay_users", "connectedUsers", "distinct connected users"),
-            ("relay_channels_listened", "channels", "channels LISTENed on the database"),
+            ("relay_channels", "channels", "channels open: wanted by a client, or lingering"),
+            ("relay_channels_listened", "listened",
+             "channels LISTENed on the database connection (the shared channel included)"),
+            ("relay_notify_queue_usage", "notifyQueueUsage",
+             "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use"),
             ("relay_channels_lingering", "lingering", "channels kept after their last client"),
             ("relay_workers", "workers", "workers connected to the listener"),
             ("relay_history_bytes", "historyBytes", "bytes held for resume"),
@@ -51,10 +56,15 @@ class _InstanceCollector:
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], stats.get(key, 0))
             yield gauge
+        per_user = GaugeMetricFamily("relay_user_channels_listen",
+                                     "1 while each user's channels are LISTENed "
+                                     "(RELAY_USER_CHANNELS), 0 on the shared channel alone")
+        per_user.add_metric([], 1 if stats.get("userChannels") == "listen" else 0)
+        yield per_user
         counters = stats.get("counters") or {}
         for name, value, text in (
             ("relay_notifications", stats.get("notifications", 0),
-             "notifications received from PostgreSQL"),
+             "notifications routed to an open channel (numbered, sent to the workers)"),
             ("relay_deliveries", counters.get("delivered", 0),
              "update messages queued to clients"),
             ("relay_database_reconnects", stats.get("databaseReconnects", 0),
@@ -68,6 +78,13 @@ class _InstanceCollector:
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], value)
             yield counter
+        dropped = CounterMetricFamily(
+            "relay_notifications_dropped", "notifications not delivered, by reason: "
+            "unsubscribed (no client here wants the channel), foreign (not relay's format on "
+            "relay's channel), unknown kind (from a newer relay SQL)", labels=["reason"])
+        for reason, value in sorted((stats.get("notificationsDropped") or {}).items()):
+            dropped.add_metric([reason], value)
+        yield dropped
         closes = CounterMetricFamily("relay_closes", "connections closed by relay, by code",
                                      labels=["code"])
         for code, value in sorted((stats.get("closes") or {}).items()):

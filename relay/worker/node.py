@@ -49,6 +49,10 @@ class Client(Member, Protocol):
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None: ...
 
 
+# The listener pushes its figures every second (relay.listener.server.STATS_PUSH_SECONDS);
+# older than this, /health takes the listener for stuck and says so.
+STATS_MAX_AGE = 5.0
+
 # Every node of this process, for the gunicorn worker's drain (relay.worker.process). It must
 # find the node even when the app gunicorn loaded is a WSGI middleware around relay's Flask
 # app, where neither the app nor its extensions can be seen.
@@ -113,9 +117,11 @@ class Node:
 
     # ----- what the app asks -----
 
-    def instance_stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        """The listener's figures for the whole instance; ``None`` if it does not answer."""
-        return self._link.stats(timeout)
+    def instance_stats(self) -> dict[str, Any] | None:
+        """The listener's figures for the whole instance, as it last pushed them (at most
+        about a second old); ``None`` if it is away or has not reported for
+        ``STATS_MAX_AGE``."""
+        return self._link.stats(STATS_MAX_AGE)
 
     def attaches_in_flight(self) -> int:
         return self._link.in_flight()
@@ -136,9 +142,13 @@ class Node:
     def on_refused(self, conn: Client, code: int, reason: str) -> None:
         conn.on_refused(code, reason)
 
-    def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
+    def on_resync(self, reason: str, cursors: dict[str, str], default: str | None) -> None:
         for conn in list(self._hub.attached()):
-            conn.on_resync(reason, {ch: cursors[ch] for ch in conn.channels if ch in cursors})
+            if default is None:
+                mine = {ch: cursors[ch] for ch in conn.channels if ch in cursors}
+            else:
+                mine = {ch: cursors.get(ch, default) for ch in conn.channels}
+            conn.on_resync(reason, mine)
 
     def on_lost(self) -> None:
         # No route survives the listener: each connection is attached again, and told to
