@@ -134,7 +134,8 @@ def test_a_database_url_whose_listen_never_delivers_is_reported_and_unhealthy(
                 if "LISTEN does not deliver notifications" in line)
     assert "direct endpoint" in line and '"level": "error"' in line
     assert proxy.dropped >= 1  # the self-check's own notification was sent, and lost
-    status, body = relay.health()
+    status, body = wait_for(lambda: (answer := relay.health())[0] == 503 and answer, 10,
+                            message="/health to report the failed self-check")
     assert status == 503
     assert body["reason"] == "database disconnected"
     assert body["listener"]["database"] == "disconnected"
