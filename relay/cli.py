@@ -159,10 +159,9 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from relay.auth import issue_token
-    from relay.tools import jwt_secret
+    from relay.tools import mint_token
 
-    print(issue_token(args.user_id, jwt_secret(), args.ttl))
+    print(mint_token(args.user_id, args.ttl))
     return 0
 
 

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 MIN_SECRET_BYTES = 32
+# The seed's claims: what the app's token endpoint signs (jwt.sign(…, { issuer, audience })).
+DEFAULT_JWT_ISSUER = "papr-app"
+DEFAULT_JWT_AUDIENCE = "papr-realtime"
+# The app's tokens live an hour; a day leaves room for apps that choose a few hours, and still
+# refuses the "valid for a year" token a bug or a shortcut mints, which a leak keeps useful.
+DEFAULT_MAX_TOKEN_LIFETIME = 86400.0
 DEFAULT_CHANNEL_TEMPLATES = ("user_Subscription_{userId}", "user_Usage_{userId}")
 DEFAULT_NOTIFY_CHANNEL = "relay"
 # RELAY_USER_CHANNELS: LISTEN each connected user's channels too (listen), never (off), or
@@ -31,6 +37,10 @@ class ConfigError(ValueError):
 class Settings:
     database_url: str
     jwt_secret: bytes = field(repr=False)
+    jwt_issuer: str = DEFAULT_JWT_ISSUER
+    jwt_audience: str = DEFAULT_JWT_AUDIENCE
+    max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME  # 0 = no cap
+    allow_query_token: bool = True
     port: int = 3000
     host: str = "0.0.0.0"
     allowed_origins: frozenset[str] = frozenset()
@@ -81,9 +91,14 @@ class Settings:
         database_url = read_database_url(env)
         secret = read_jwt_secret(env)
         dev_mode = reader.boolean("RELAY_DEV", False)
+        issuer, audience = read_token_claims(env)
         settings = cls(
             database_url=database_url,
             jwt_secret=secret,
+            jwt_issuer=issuer,
+            jwt_audience=audience,
+            max_token_lifetime=read_max_token_lifetime(env),
+            allow_query_token=reader.boolean("RELAY_ALLOW_QUERY_TOKEN", True),
             port=reader.integer("PORT", 3000, 1, 65535),
             host=_host(env.get("RELAY_HOST", "").strip() or (
                 "127.0.0.1" if dev_mode else "0.0.0.0")),
@@ -151,6 +166,33 @@ def read_jwt_secret(environ: Mapping[str, str] | None = None) -> bytes:
             f"(got {len(secret)}); generate one with: openssl rand -hex 32"
         )
     return secret
+
+
+def read_token_claims(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``RELAY_JWT_ISSUER`` and ``RELAY_JWT_AUDIENCE``: the ``iss`` and ``aud`` relay
+    requires, and writes into every token it mints (``python -m relay token``, the tools, the
+    development demo)."""
+    env = os.environ if environ is None else environ
+    return (_claim_value(env, "RELAY_JWT_ISSUER", DEFAULT_JWT_ISSUER),
+            _claim_value(env, "RELAY_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE))
+
+
+def read_max_token_lifetime(environ: Mapping[str, str] | None = None) -> float:
+    """``RELAY_MAX_TOKEN_LIFETIME``: seconds a token may live (``exp - iat``); 0 = no cap."""
+    return _Reader(os.environ if environ is None else environ).number(
+        "RELAY_MAX_TOKEN_LIFETIME", DEFAULT_MAX_TOKEN_LIFETIME, 0, 10 * 365 * 86400)
+
+
+def _claim_value(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "")
+    if not raw.strip():
+        return default
+    # Compared exactly with the token's claim: a stray space or quote from a .env file would
+    # refuse every token with a reason ("wrong issuer") that hides the cause.
+    if raw != raw.strip() or not raw.isprintable() or '"' in raw or len(raw) > 256:
+        raise ConfigError(f"{name}: expected a plain string of at most 256 printable "
+                          f"characters without quotes or surrounding spaces, got {raw!r}")
+    return raw
 
 
 # Development mode serves /demo/token, which mints a token for any user id: anybody who can

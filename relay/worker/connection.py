@@ -26,7 +26,7 @@ import gevent
 import gevent.event
 
 from relay import closecodes, protocol
-from relay.auth import AuthError, InvalidUserId, verify_token
+from relay.auth import AuthError, Claims, ForbiddenToken, verify_token
 from relay.channels import InvalidChannel, channels_for
 from relay.closecodes import CloseCode
 from relay.protocol import InvalidMessage
@@ -48,6 +48,8 @@ log = logging.getLogger("relay.connection")
 CLOSE_HANDSHAKE_TIMEOUT = 3.0
 LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
 ATTACH_TIMEOUT = 10.0
+# The close reason when RELAY_ALLOW_QUERY_TOKEN is off: what the developer must change.
+QUERY_TOKEN_REFUSED = "token in the URL refused here: send it in the auth message instead"
 _PING = text_frame(protocol.ENCODED_PING)
 
 
@@ -179,6 +181,12 @@ class Connection:
     def _authenticate(self, query_token: str | None, query_resume: str | None) -> bool:
         """``False`` if the client ended the stream (its close handshake) meanwhile."""
         resume: object = None
+        if query_token is not None and not self.settings.allow_query_token:
+            # Closed before the token is even read. Not an HTTP refusal: a browser reports
+            # any of those as 1006 and retries for ever, unable to tell anyone why; 4003 stops
+            # a well-behaved client, and its reason says what to change.
+            self._refuse(closecodes.FORBIDDEN, QUERY_TOKEN_REFUSED)
+            return True
         if query_token is not None:
             token: object = query_token
             if query_resume:
@@ -200,9 +208,9 @@ class Connection:
             token = message.get("token")
             resume = message.get("resume")
         try:
-            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+            claims = self._verify(token)
             channels = channels_for(claims.user_id, self.settings.channel_templates)
-        except InvalidUserId as exc:
+        except ForbiddenToken as exc:
             self._refuse(closecodes.FORBIDDEN, exc.reason)
             return True
         except InvalidChannel as exc:
@@ -220,6 +228,12 @@ class Connection:
         if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
             self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         return True
+
+    def _verify(self, token: object) -> Claims:
+        settings = self.settings
+        return verify_token(token, settings.jwt_secret, settings.max_token_bytes,
+                            issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                            max_lifetime=settings.max_token_lifetime)
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
         self.node.count_auth_failure(reason)
@@ -318,9 +332,11 @@ class Connection:
 
     def _refresh(self, token: object) -> None:
         try:
-            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+            claims = self._verify(token)
         except AuthError as exc:
-            self._refuse(closecodes.UNAUTHORIZED, f"refresh: {exc.reason}")
+            code = (closecodes.FORBIDDEN if isinstance(exc, ForbiddenToken)
+                    else closecodes.UNAUTHORIZED)
+            self._refuse(code, f"refresh: {exc.reason}")
             return
         if claims.user_id != self.user_id:
             self._refuse(closecodes.FORBIDDEN, "refresh for another user")
