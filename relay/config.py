@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from relay.origins import OriginError, OriginPolicy, parse_origins
+
 MIN_SECRET_BYTES = 32
 # The seed's claims: what the app's token endpoint signs (jwt.sign(…, { issuer, audience })).
 DEFAULT_JWT_ISSUER = "papr-app"
@@ -43,7 +45,7 @@ class Settings:
     allow_query_token: bool = True
     port: int = 3000
     host: str = "0.0.0.0"
-    allowed_origins: frozenset[str] = frozenset()
+    allowed_origins: OriginPolicy = OriginPolicy()
     web_concurrency: int = 2
     worker_connections: int = 10000
     socket_path: str = ""  # "" until the gunicorn master has chosen a private one
@@ -360,19 +362,11 @@ def _socket_path(raw: str) -> str:
     return raw
 
 
-def _origins(raw: str) -> frozenset[str]:
-    origins = set()
-    for item in raw.split(","):
-        item = item.strip().rstrip("/")
-        if not item:
-            continue
-        parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                f"ALLOWED_ORIGINS: {item!r} is not an origin (scheme://host[:port], no path)"
-            )
-        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
-    return frozenset(origins)
+def _origins(raw: str) -> OriginPolicy:
+    try:
+        return parse_origins(raw)
+    except OriginError as exc:
+        raise ConfigError(f"ALLOWED_ORIGINS: {exc}") from None
 
 
 def _templates(raw: str) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from relay.config import Settings
+from relay.origins import OriginPolicy
 
 HANDSHAKE_TIMEOUT = 10.0
 # All header lines of a request together; a browser's WebSocket handshake is under 2 KB, and
@@ -66,11 +67,12 @@ def relay_of(application: Any) -> RelayApp | None:
     return extensions.get("relay") if isinstance(extensions, dict) else None
 
 
-def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
-    """No ``Origin`` header (not a browser) is allowed; a browser's must match exactly."""
+def origin_allowed(origin: str | None, allowed: OriginPolicy) -> bool:
+    """No ``Origin`` header (not a browser) is allowed; a browser's must match an entry of
+    ``ALLOWED_ORIGINS`` (``relay.origins``: exact origins, strict patterns)."""
     if origin is None:
         return True
-    return origin.strip().rstrip("/").lower() in allowed
+    return allowed.allows(origin)
 
 
 class RequestRefused(ValueError):
