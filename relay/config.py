@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from relay.channels import TemplateError, check_templates
 from relay.origins import OriginError, OriginPolicy, parse_origins
 
 MIN_SECRET_BYTES = 32
@@ -373,9 +374,8 @@ def _templates(raw: str) -> tuple[str, ...]:
     if not raw.strip():
         return DEFAULT_CHANNEL_TEMPLATES
     templates = tuple(t.strip() for t in raw.split(",") if t.strip())
-    for template in templates:
-        if template.count("{userId}") != 1:
-            raise ConfigError(f"RELAY_CHANNELS: {template!r} must contain {{userId}} exactly once")
-    if len(set(templates)) != len(templates):
-        raise ConfigError("RELAY_CHANNELS: templates must be distinct")
+    try:
+        check_templates(templates)  # no two users, nor a user and a trigger, share a name
+    except TemplateError as exc:
+        raise ConfigError(f"RELAY_CHANNELS: {exc}") from None
     return templates

@@ -120,9 +120,11 @@ def _db_install(url: str, args: argparse.Namespace) -> int:
 
 def _db_trigger(args: argparse.Namespace) -> int:
     from relay import triggers
+    from relay.config import read_channel_templates
 
+    templates = read_channel_templates()
     spec = triggers.TriggerSpec.parse(args.table, args.channel, args.user_column,
-                                      args.id_column, args.columns, args.drop)
+                                      args.id_column, args.columns, args.drop, templates)
     if args.print_only:
         sys.stdout.write(spec.drop_sql() if args.drop else spec.create_sql())
         return 0
@@ -131,7 +133,6 @@ def _db_trigger(args: argparse.Namespace) -> int:
         print(triggers.detach(url, spec))
         return 0
     print(triggers.attach(url, spec))
-    templates = read_channel_templates()
     if spec.channel_pattern not in templates:
         print(f"note: relay delivers {spec.channel_pattern} only once RELAY_CHANNELS lists it "
               f"(relay's setting now: {','.join(templates)})", file=sys.stderr)
