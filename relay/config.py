@@ -65,6 +65,11 @@ class Settings:
     queue_max_bytes: int = 1 << 20
     max_connections_per_user: int = 50
     max_connections_per_worker: int = 0  # 0 = worker_connections minus headroom
+    max_pending_connections: int = 0  # 0 = derived from the worker's limit
+    max_pending_per_address: int = -1  # -1 = derived; 0 = no per-address limit
+    resume_rate: float = 1.0
+    resume_burst: int = 10
+    behind_fly_proxy: bool = False  # FLY_APP_NAME is set: Fly-Client-IP is Fly's to set
     linger_seconds: float = 60.0
     history_size: int = 100
     history_ttl: float = 300.0
@@ -86,6 +91,24 @@ class Settings:
         if self.max_connections_per_worker:
             return self.max_connections_per_worker
         return max(1, self.worker_connections - max(10, self.worker_connections // 100))
+
+    @property
+    def pending_connection_limit(self) -> int:
+        """Unauthenticated connections a worker holds at once: a tenth of its limit (at
+        least 16, and always below the limit, so that authenticated users keep room)."""
+        if self.max_pending_connections:
+            return self.max_pending_connections
+        limit = self.worker_connection_limit
+        return max(1, min(limit - 1, max(16, limit // 10)))
+
+    @property
+    def pending_per_address_limit(self) -> int:
+        """Unauthenticated connections one client address holds on a worker: a quarter of the
+        pending room, between 8 and 128 (0: no limit)."""
+        if self.max_pending_per_address >= 0:
+            return self.max_pending_per_address
+        pending = self.pending_connection_limit
+        return min(pending, max(8, min(128, pending // 4)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +149,11 @@ class Settings:
             max_connections_per_worker=reader.integer(
                 "RELAY_MAX_CONNECTIONS_PER_WORKER", 0, 0, 10**7
             ),
+            max_pending_connections=reader.integer("RELAY_MAX_PENDING_CONNECTIONS", 0, 0, 10**7),
+            max_pending_per_address=reader.integer("RELAY_MAX_PENDING_PER_ADDRESS", -1, 0, 10**7),
+            resume_rate=reader.number("RELAY_RESUME_RATE", 1.0, 0.01, 10**6),
+            resume_burst=reader.integer("RELAY_RESUME_BURST", 10, 1, 10**6),
+            behind_fly_proxy=bool(env.get("FLY_APP_NAME", "").strip()),
             linger_seconds=reader.number("RELAY_LINGER_SECONDS", 60.0, 0, 86400),
             history_size=reader.integer("RELAY_HISTORY_SIZE", 100, 0, 10**6),
             history_ttl=reader.number("RELAY_HISTORY_TTL", 300.0, 0, 86400),
@@ -144,6 +172,11 @@ class Settings:
         )
         if dev_mode and not reader.boolean(DEV_OVERRIDE, False):
             _refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
+        limit = settings.worker_connection_limit
+        if settings.max_pending_connections >= limit > 1:
+            raise ConfigError(
+                f"RELAY_MAX_PENDING_CONNECTIONS: must be below a worker's connection limit "
+                f"({limit}), or unauthenticated sockets could take every slot")
         return settings
 
     @property

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from flask import Flask, Response, jsonify, request
 
 from relay.config import Settings
+from relay.worker.admission import PENDING_KEY, PendingTicket
 from relay.worker.connection import Connection
 from relay.worker.node import Node
 
@@ -69,6 +70,19 @@ class RelayExtension:
         self.settings = settings
         self.node = node
 
+    def admit(self, address: str) -> PendingTicket | None:
+        """A pending connection's place for ``address``, or ``None`` when that address is
+        over its share (``Admission.admit``)."""
+        admission = self.node.admission
+        evicted = admission.evicted
+        admitted = admission.admit(address)
+        if admitted is None:
+            self.node.count("pending_refused")
+            return None
+        if admission.evicted != evicted:
+            self.node.count("pending_evicted")
+        return admitted
+
     def serve_websocket(self, environ: dict[str, Any], sock: Any, rfile: Any,
                         owned: bool) -> None:
         """Start one upgraded WebSocket (called once the 101 has been sent). ``owned``: the
@@ -78,7 +92,8 @@ class RelayExtension:
         The handshake handler calls this directly, so a connection that lives for hours
         holds neither a Flask request context nor Flask's frames on its greenlet's stack."""
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        conn = Connection(self.node, sock, rfile, client_address(environ))
+        conn = Connection(self.node, sock, rfile, client_address(environ),
+                          environ.get(PENDING_KEY))
         start = conn.serve if owned else conn.run
         start(query.get("token", [None])[0], query.get("resume", [None])[0])
 

@@ -17,6 +17,7 @@ part of the worker a connection talks to.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from relay.auth import AuthError, Claims, ForbiddenToken, verify_token
 from relay.channels import InvalidChannel, channels_for
 from relay.closecodes import CloseCode
 from relay.protocol import InvalidMessage
+from relay.worker.admission import PendingEvicted, PendingTicket
 from relay.worker.node import Node
 from relay.worker.websocket import (
     OP_PONG,
@@ -54,10 +56,14 @@ _PING = text_frame(protocol.ENCODED_PING)
 
 
 class Connection:
-    def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str) -> None:
+    def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str,
+                 pending: PendingTicket | None = None) -> None:
         """``rfile`` has ``read(n)``; a ``pending`` attribute (bytes read from the socket but
-        not consumed yet) lets the connection park, which it does only if it owns ``sock``."""
+        not consumed yet) lets the connection park, which it does only if it owns ``sock``.
+        ``pending``: its place among the worker's unauthenticated connections, given up once
+        its token verifies."""
         self.node = node
+        self._pending = pending
         self.settings = node.settings
         self.sock = sock
         self.peer = peer
@@ -195,6 +201,15 @@ class Connection:
             try:
                 with gevent.Timeout(self.settings.auth_timeout):
                     message = self._next_message()
+            except PendingEvicted:
+                # A newer connection took its place (relay.worker.admission): the auth
+                # timeout, come early because the worker's unauthenticated budget is full.
+                # Its close frame goes out, but its slot is given back now, not after a
+                # closing handshake that a horde would never complete.
+                self.node.count_auth_failure("evicted while pending")
+                self.close(closecodes.AUTH_TIMEOUT, "too many unauthenticated connections: "
+                                                    "authenticate at once")
+                raise ConnectionEnded from None
             except gevent.Timeout:
                 self.node.count_auth_failure("auth timeout")
                 self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
@@ -219,15 +234,30 @@ class Connection:
         except AuthError as exc:
             self._refuse(closecodes.UNAUTHORIZED, exc.reason)
             return True
+        self._leave_pending()
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
         cursors = protocol.resume_cursors(resume, channels)
+        if cursors:
+            # A replay costs the listener up to half a queue of messages: not many times a
+            # second for one user (relay.worker.admission).
+            wait = self.node.admission.resume_wait(claims.user_id)
+            if wait:
+                self.node.count("resume_throttled")
+                self.close(closecodes.TRY_AGAIN_LATER,
+                           f"resuming too often: retry in {math.ceil(wait)}s")
+                return True
         self._resume_requested = bool(cursors)
         self.node.attach(self, cursors)
         if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
             self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         return True
+
+    def _leave_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.release()
+            self._pending = None
 
     def _verify(self, token: object) -> Claims:
         settings = self.settings
@@ -395,6 +425,7 @@ class Connection:
             return
 
     def _finish(self) -> None:
+        self._leave_pending()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None

@@ -24,6 +24,7 @@ import gevent
 from relay import closecodes
 from relay.closecodes import CloseCode
 from relay.config import Settings
+from relay.worker.admission import Admission
 from relay.worker.hub import Hub, Member
 from relay.worker.link import ListenerLink
 
@@ -68,6 +69,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         _nodes.add(self)
         self.settings = settings
+        self.admission = Admission(settings)  # pending connections, resumes per user
         self._hub: Hub[Client] = Hub()
         self._link: ListenerLink[Client] = ListenerLink(settings.socket_path, self)
         self.connections: set[Client] = set()  # every open WebSocket, attached or not
