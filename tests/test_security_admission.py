@@ -81,11 +81,12 @@ def test_resumes_per_user_are_a_token_bucket() -> None:
 
 # ----- against a real relay -----
 
-def _open(relay: RelayProcess, source: str, origin: str | None = None) -> tuple[int, Any]:
+def _open(relay: RelayProcess, source: str, fly_client_ip: str | None = None
+          ) -> tuple[int, Any]:
     """A WebSocket handshake from ``source`` that never authenticates: (status, socket)."""
     sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10,
                                     source_address=(source, 0))
-    extra = {"Origin": origin} if origin else {}
+    extra = {"Fly_Client_IP": fly_client_ip} if fly_client_ip else {}
     sock.sendall(_upgrade(**extra))
     head = b""
     while b"\r\n\r\n" not in head:
@@ -110,8 +111,9 @@ def test_one_address_gets_its_share_and_others_still_log_in(
         relay_factory: Callable[..., RelayProcess], sockets: list[Any]) -> None:
     relay = relay_factory({"RELAY_MAX_PENDING_PER_ADDRESS": "5", "RELAY_AUTH_TIMEOUT": "30"})
     answers = []
-    for _ in range(12):  # two workers: at most 5 each
-        status, held = _open(relay, "127.0.0.2")
+    for n in range(12):  # two workers: at most 5 each
+        # Off Fly.io anyone can send Fly-Client-IP: it changes nothing.
+        status, held = _open(relay, "127.0.0.2", fly_client_ip=f"198.51.100.{n}")
         answers.append(status)
         sockets.append(held)
     assert answers.count(101) <= 10 and answers.count(429) == 12 - answers.count(101)
@@ -127,10 +129,29 @@ def test_one_address_gets_its_share_and_others_still_log_in(
         sock.close()
     sockets.clear()
     wait_for(lambda: relay.health()[1].get("totalConnections") == 0, 15)
+    assert "peer=127.0.0.2" in relay.logs() and "198.51.100." not in relay.logs()
     for _ in range(5):
         status, held = _open(relay, "127.0.0.2")
         sockets.append(held)
         assert status == 101
+
+
+@pytest.mark.slow
+def test_on_fly_the_client_is_the_one_flys_proxy_names(
+        relay_factory: Callable[..., RelayProcess], sockets: list[Any]) -> None:
+    relay = relay_factory({"FLY_APP_NAME": "relay-test", "RELAY_MAX_PENDING_PER_ADDRESS": "2",
+                           "RELAY_AUTH_TIMEOUT": "30"})
+    answers = []
+    for _ in range(5):  # one peer (the proxy), one client: two workers, at most 2 each
+        status, held = _open(relay, "127.0.0.1", fly_client_ip="203.0.113.5")
+        answers.append(status)
+        sockets.append(held)
+    assert answers.count(101) <= 4 and 429 in answers
+    # Another client behind the same proxy is not that one.
+    status, held = _open(relay, "127.0.0.1", fly_client_ip="203.0.113.6")
+    sockets.append(held)
+    assert status == 101
+    assert relay.health()[0] == 200  # /health is not counted behind the proxy
 
 
 @pytest.mark.slow
