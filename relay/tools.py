@@ -165,6 +165,27 @@ def _db_touch(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def kick(args: argparse.Namespace) -> int:
+    """``python -m relay kick --user-id X``: ``relay_revoke(X)`` (sql/004), which every relay
+    hears on its shared channel."""
+    import psycopg2
+
+    connection = psycopg2.connect(database_url())
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT to_regprocedure('public.relay_revoke(text)') IS NOT NULL")
+            if not cursor.fetchone()[0]:
+                raise CommandError("kick: relay_revoke() is not installed in this database: "
+                                   "run python -m relay db install first")
+            cursor.execute("SELECT relay_revoke(%s)", (args.user_id,))
+            revoked_at = cursor.fetchone()[0]
+    finally:
+        connection.close()
+    print(f"revoked user {args.user_id} at {revoked_at.isoformat()}: every relay closes their "
+          f"connections now (4001) and refuses their tokens issued before")
+    return 0
+
+
 def watch(args: argparse.Namespace) -> int:
     """``python -m relay watch``: connect as a user and print every message."""
     import json

@@ -78,6 +78,7 @@ class Connection:
         self.user_id = ""
         self.channels: tuple[str, ...] = ()
         self.expires_at = 0
+        self.issued_at = 0.0  # the token's iat (relay.auth.Claims.issued_at)
         self.closed = False  # the socket is finished with
         self.closing: CloseCode | None = None
         self.close_detail = ""
@@ -238,6 +239,7 @@ class Connection:
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
+        self.issued_at = claims.issued_at
         cursors = protocol.resume_cursors(resume, channels)
         if cursors:
             # A replay costs the listener up to half a queue of messages: not many times a
@@ -371,7 +373,12 @@ class Connection:
         if claims.user_id != self.user_id:
             self._refuse(closecodes.FORBIDDEN, "refresh for another user")
             return
+        revoked = self.node.revoked_at(claims.user_id)
+        if revoked is not None and claims.issued_at < revoked:
+            self._refuse(closecodes.UNAUTHORIZED, "refresh: token revoked")
+            return
         self.expires_at = claims.expires_at
+        self.issued_at = claims.issued_at
         self.expiry_warned = False
         self._send(protocol.encode_token_refreshed(self.expires_at))
 
