@@ -30,6 +30,8 @@ PostgreSQL's 63 bytes, or proves there is none. That name is the example the ref
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import re
 import string
 from collections.abc import Sequence
@@ -43,7 +45,6 @@ _SAFE_USER_ID = re.compile(r"[A-Za-z0-9_.@:-]+")
 USER_ID_CHARS = frozenset(string.ascii_letters + string.digits + "_.@:-")
 # The table part of relay's trigger channels, user_<Table>_<owner> (sql/001: relay_notify).
 TABLE_PART = re.compile(r"[A-Za-z][A-Za-z0-9]*")
-_TEMPLATE_TEXT = re.compile(r"[!#-~]*")  # printable ASCII without space and double quote
 
 
 class InvalidChannel(ValueError):
@@ -138,25 +139,32 @@ _ORDER = string.digits + string.ascii_lowercase + string.ascii_uppercase
 
 def shortest_common_name(first: _Shape, second: _Shape,
                          max_bytes: int = MAX_IDENTIFIER_BYTES) -> str | None:
-    """The shortest name both shapes can produce within ``max_bytes``, or ``None``."""
+    """The shortest name (in UTF-8 bytes, as PostgreSQL counts) both shapes can produce
+    within ``max_bytes``, or ``None``: a shortest-path search of their product."""
     alphabet = sorted(set().union(*(chars for chars, _ in first))
                       & set().union(*(chars for chars, _ in second)),
                       key=lambda c: (_ORDER.find(c) % 100, c))
+    sizes = {char: len(char.encode()) for char in alphabet}
     start = (_closure(first, {0}), _closure(second, {0}))
-    words = {start: ""}
-    frontier = [start]
-    for _ in range(max_bytes + 1):
-        following = []
-        for pair in frontier:
-            if len(first) in pair[0] and len(second) in pair[1]:
-                return words[pair]
-            for char in alphabet:
-                a = _advance(first, pair[0], char)
-                b = _advance(second, pair[1], char) if a else a
-                if a and b and (a, b) not in words:
-                    words[(a, b)] = words[pair] + char
-                    following.append((a, b))
-        frontier = following
+    best = {start: 0}
+    order = itertools.count()  # ties in insertion order: the witness reads best
+    queue: list[tuple[int, int, str, tuple[frozenset[int], frozenset[int]]]] = [
+        (0, next(order), "", start)]
+    while queue:
+        size, _, word, pair = heapq.heappop(queue)
+        if size > best[pair]:
+            continue
+        if len(first) in pair[0] and len(second) in pair[1]:
+            return word
+        for char in alphabet:
+            grown = size + sizes[char]
+            if grown > max_bytes:
+                continue
+            a = _advance(first, pair[0], char)
+            b = _advance(second, pair[1], char) if a else a
+            if a and b and grown < best.get((a, b), max_bytes + 1):
+                best[(a, b)] = grown
+                heapq.heappush(queue, (grown, next(order), word + char, (a, b)))
     return None
 
 
@@ -226,9 +234,9 @@ def check_templates(templates: Sequence[str]) -> None:
     for template in templates:
         if template.count(USER_ID_PLACEHOLDER) != 1:
             raise TemplateError(f"{template!r} must contain {USER_ID_PLACEHOLDER} exactly once")
-        if not _TEMPLATE_TEXT.fullmatch(template):
-            raise TemplateError(f"{template!r}: printable ASCII only, no spaces or quotes")
-        if len(template) - len(USER_ID_PLACEHOLDER) >= MAX_IDENTIFIER_BYTES:
+        if not template.isprintable():
+            raise TemplateError(f"{template!r}: no control characters")
+        if len(template.encode()) - len(USER_ID_PLACEHOLDER) >= MAX_IDENTIFIER_BYTES:
             raise TemplateError(f"{template!r} leaves no room for a user id in "
                                 f"PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte names")
     if len(set(templates)) != len(templates):
