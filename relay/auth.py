@@ -6,10 +6,19 @@ contain the token.
 
 Strict on purpose: the one algorithm (no ``none``, no public-key algorithm whose key could
 be confused with the secret), a header's ``kid``/``jku``/``x5u`` never consulted (nothing is
-ever fetched), any ``crit`` refused, ``aud`` exactly the string ``papr-realtime`` — a list,
-even one containing it, is refused: the app's endpoint signs a single audience, and a token
-minted for several services is not one for relay alone. ``exp`` is exact; ``iat`` and
-``nbf`` tolerate ``CLOCK_SKEW`` seconds, because the app's clock, not relay's, wrote them.
+ever fetched), any ``crit`` refused, ``iss`` exactly relay's issuer and ``aud`` exactly the
+string of relay's audience (``RELAY_JWT_ISSUER`` / ``RELAY_JWT_AUDIENCE``, by default
+``papr-app`` / ``papr-realtime``) — a list, even one containing it, is refused: the app's
+endpoint signs a single audience, and a token minted for several services is not one for
+relay alone. ``exp`` is exact; ``iat`` and ``nbf`` tolerate ``CLOCK_SKEW`` seconds, because
+the app's clock, not relay's, wrote them.
+
+A token may live at most ``max_lifetime`` seconds (``RELAY_MAX_TOKEN_LIFETIME``), counted
+``exp - iat`` from the app's own clock. ``iat`` is optional in RFC 7519 and PyJWT does not
+add it, so a token without one is not refused for that: it is taken as issued as early as
+the cap allows, ``exp - max_lifetime``, which it can only satisfy if ``exp`` is at most the
+cap away from now. That bounds its use exactly as the cap bounds any other token's, and
+anything that compares issue times (a revocation) sees it as the oldest it could be.
 
 Verification is relay's own, in one pass, under the rules of the PyJWT call it replaced on
 the handshake's path (``bench/verify_token.py`` measures it); PyJWT still mints tokens.
@@ -33,8 +42,10 @@ import jwt.algorithms
 import jwt.warnings
 import orjson
 
-ISSUER = "papr-app"
-AUDIENCE = "papr-realtime"
+from relay.config import DEFAULT_JWT_AUDIENCE, DEFAULT_JWT_ISSUER
+
+ISSUER = DEFAULT_JWT_ISSUER
+AUDIENCE = DEFAULT_JWT_AUDIENCE
 ALGORITHM = "HS256"
 CLOCK_SKEW = 60  # seconds an iat or nbf may lie ahead of relay's clock
 
@@ -47,7 +58,12 @@ class AuthError(Exception):
         self.reason = reason
 
 
-class InvalidUserId(AuthError):
+class ForbiddenToken(AuthError):
+    """The token is genuine, but relay's policy refuses it; the app's next token would be
+    refused the same way, so the client must not retry (close 4003)."""
+
+
+class InvalidUserId(ForbiddenToken):
     """The token is genuine but its ``userId`` cannot name channels (close 4003)."""
 
 
@@ -55,10 +71,17 @@ class InvalidUserId(AuthError):
 class Claims:
     user_id: str
     expires_at: int
+    # The token's iat; without one, the earliest it can have been issued under the lifetime
+    # cap (exp - cap), or 0 when there is no cap.
+    issued_at: float = 0.0
 
 
-def verify_token(token: object, secret: bytes, max_bytes: int = 8192) -> Claims:
-    """Return the claims of a valid token or raise ``AuthError``/``InvalidUserId``.
+def verify_token(token: object, secret: bytes, max_bytes: int = 8192, *,
+                 issuer: str = ISSUER, audience: str = AUDIENCE,
+                 max_lifetime: float = 0.0) -> Claims:
+    """Return the claims of a valid token or raise ``AuthError``/``ForbiddenToken``.
+
+    ``max_lifetime``: the longest ``exp - iat`` accepted, in seconds (0: no cap).
 
     One pass over the token, every segment decoded once. The checks, their order and their
     reasons are those of the PyJWT ``decode`` call this replaced (a handshake's share of
@@ -105,22 +128,40 @@ def verify_token(token: object, secret: bytes, max_bytes: int = 8192) -> Claims:
         raise AuthError("malformed token") from None
     if expired:
         raise AuthError("token expired")
-    if claims["iss"] != ISSUER:
+    if claims["iss"] != issuer:
         raise AuthError("wrong issuer")
     if not claims["aud"]:
         raise AuthError("missing claim aud")
-    if claims["aud"] != AUDIENCE:
+    if claims["aud"] != audience:
         raise AuthError("wrong audience")
     if not isinstance(claims.get("sub", ""), str) or not isinstance(claims.get("jti", ""), str):
         raise AuthError("invalid token")
     expires_at = _time_claim(claims, "exp")
-    if _time_claim(claims, "iat") > now + CLOCK_SKEW:
+    issued_at = _time_claim(claims, "iat")
+    if issued_at > now + CLOCK_SKEW:
         raise AuthError("issued in the future")
     if _time_claim(claims, "nbf") > now + CLOCK_SKEW:
         raise AuthError("token not yet valid")
     if "userId" not in claims:
         raise AuthError("missing claim userId")
-    return Claims(user_id=_user_id(claims["userId"]), expires_at=int(expires_at))
+    # Comparisons only, no subtraction: exp may be an integer beyond a float's range.
+    if issued_at == -math.inf:
+        issued = 0.0
+        if max_lifetime:
+            # Taken as issued at exp - max_lifetime: possible only if that is not in the
+            # future (by the app's clock, which may run CLOCK_SKEW ahead).
+            if expires_at > now + max_lifetime + CLOCK_SKEW:
+                raise ForbiddenToken(f"token without iat expires more than "
+                                     f"{max_lifetime:g}s ahead (RELAY_MAX_TOKEN_LIFETIME)")
+            issued = float(expires_at) - max_lifetime
+    else:
+        # iat is at most now + CLOCK_SKEW here; one before 1970 makes any cap's lifetime.
+        issued = float(issued_at) if issued_at > 0 else 0.0
+        if max_lifetime and (issued_at <= 0 or expires_at > issued + max_lifetime):
+            raise ForbiddenToken(f"token lifetime over {max_lifetime:g}s "
+                                 f"(RELAY_MAX_TOKEN_LIFETIME)")
+    return Claims(user_id=_user_id(claims["userId"]), expires_at=int(expires_at),
+                  issued_at=issued)
 
 
 def _header(segment: str) -> dict[str, object]:
@@ -256,8 +297,9 @@ def _user_id(value: object) -> str:
     return text
 
 
-def issue_token(user_id: str | int, secret: bytes, ttl: int = 3600) -> str:
+def issue_token(user_id: str | int, secret: bytes, ttl: int = 3600, *, issuer: str = ISSUER,
+                audience: str = AUDIENCE) -> str:
     """A token with exactly the claims the app's endpoint issues (``jwt.sign`` in Node)."""
     now = int(time.time())
-    payload = {"userId": user_id, "iat": now, "exp": now + ttl, "iss": ISSUER, "aud": AUDIENCE}
+    payload = {"userId": user_id, "iat": now, "exp": now + ttl, "iss": issuer, "aud": audience}
     return jwt.encode(payload, secret, algorithm=ALGORITHM)

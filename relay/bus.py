@@ -19,7 +19,8 @@ _HEADER = struct.Struct("!IB")
 
 # worker → listener
 HELLO = ord("H")  # {"pid": int}
-ATTACH = ord("A")  # {"req": int, "user": str, "channels": [str], "resume": {channel: cursor}}
+# {"req": int, "user": str, "channels": [str], "resume": {channel: cursor}, "iat": number}
+ATTACH = ord("A")
 DETACH = ord("D")  # {"user": str, "channels": [str]}
 STATS = ord("S")  # {"req": int}
 COUNTERS = ord("C")  # {"counters": {name: n}, "closes": {code: n}, "authFailures": {reason: n}}
@@ -29,8 +30,10 @@ UPDATE = ord("U")  # channel + encoded client message
 ATTACHED = ord("R")
 RESYNC = ord("Y")  # {"reason": str, "cursors": {channel: cursor}}
 STATS_REPLY = ord("T")  # {"req": int, ...}
+REVOKED = ord("K")  # {"revoked": {user: epoch seconds}}: tokens issued before are void
 
-KINDS = frozenset((HELLO, ATTACH, DETACH, STATS, COUNTERS, UPDATE, ATTACHED, RESYNC, STATS_REPLY))
+KINDS = frozenset((HELLO, ATTACH, DETACH, STATS, COUNTERS, UPDATE, ATTACHED, RESYNC, STATS_REPLY,
+                   REVOKED))
 
 
 class BusProtocolError(ValueError):

@@ -4,9 +4,10 @@ Process entry points (started by relay itself): ``supervise``, ``listen``.
 Tools: ``dev`` (run everything locally on an embedded PostgreSQL), ``token`` (mint a
 token exactly like the app's endpoint), ``db install`` (apply relay's ``sql/``), ``db trigger``
 (attach relay's trigger to an app's table), ``db touch`` (write a row of the example table so
-that a notification fires), ``watch`` (print what a user receives), ``close-codes --js`` (the
-JS client's close-code table), ``size`` (machines, settings and monthly cost for a number of
-users, from the benchmark's figures: relay/sizing.py).
+that a notification fires), ``kick`` (revoke a user's tokens: every relay closes their
+connections and refuses the tokens issued before), ``watch`` (print what a user receives),
+``close-codes --js`` (the JS client's close-code table), ``size`` (machines, settings and
+monthly cost for a number of users, from the benchmark's figures: relay/sizing.py).
 
 A tool's expected failures (bad input, database down, relay unreachable or refusing) end
 with one line on stderr and a non-zero exit, never a traceback.
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("token", help="print a token with the claims the app's endpoint issues")
     p.add_argument("--user-id", required=True)
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    p = sub.add_parser(
+        "kick", help="revoke a user's tokens: every relay closes their connections now",
+        description="Revoke USER's tokens issued until now (relay_revoke in the database): "
+                    "every relay instance closes that user's connections with 4001 within a "
+                    "second and refuses those tokens for the rest of their lifetime. Tokens "
+                    "the app issues afterwards are accepted.")
+    p.add_argument("--user-id", required=True)
 
     p = sub.add_parser("db", help="database tools")
     db = p.add_subparsers(dest="db_command", required=True)
@@ -159,11 +168,16 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from relay.auth import issue_token
-    from relay.tools import jwt_secret
+    from relay.tools import mint_token
 
-    print(issue_token(args.user_id, jwt_secret(), args.ttl))
+    print(mint_token(args.user_id, args.ttl))
     return 0
+
+
+def _kick(args: argparse.Namespace) -> int:
+    from relay.tools import kick
+
+    return kick(args)
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -206,6 +220,7 @@ _COMMANDS = {
     "supervise": _supervise,
     "token": _token,
     "db": _db,
+    "kick": _kick,
     "watch": _watch,
     "dev": _dev,
     "close-codes": _close_codes,

@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from relay.channels import TemplateError, check_templates
+from relay.origins import OriginError, OriginPolicy, parse_origins
+
 MIN_SECRET_BYTES = 32
+# The seed's claims: what the app's token endpoint signs (jwt.sign(…, { issuer, audience })).
+DEFAULT_JWT_ISSUER = "papr-app"
+DEFAULT_JWT_AUDIENCE = "papr-realtime"
+# The app's tokens live an hour; a day leaves room for apps that choose a few hours, and still
+# refuses the "valid for a year" token a bug or a shortcut mints, which a leak keeps useful.
+DEFAULT_MAX_TOKEN_LIFETIME = 86400.0
 DEFAULT_CHANNEL_TEMPLATES = ("user_Subscription_{userId}", "user_Usage_{userId}")
 DEFAULT_NOTIFY_CHANNEL = "relay"
 # RELAY_USER_CHANNELS: LISTEN each connected user's channels too (listen), never (off), or
@@ -31,9 +40,13 @@ class ConfigError(ValueError):
 class Settings:
     database_url: str
     jwt_secret: bytes = field(repr=False)
+    jwt_issuer: str = DEFAULT_JWT_ISSUER
+    jwt_audience: str = DEFAULT_JWT_AUDIENCE
+    max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME  # 0 = no cap
+    allow_query_token: bool = True
     port: int = 3000
     host: str = "0.0.0.0"
-    allowed_origins: frozenset[str] = frozenset()
+    allowed_origins: OriginPolicy = OriginPolicy()
     web_concurrency: int = 2
     worker_connections: int = 10000
     socket_path: str = ""  # "" until the gunicorn master has chosen a private one
@@ -52,6 +65,11 @@ class Settings:
     queue_max_bytes: int = 1 << 20
     max_connections_per_user: int = 50
     max_connections_per_worker: int = 0  # 0 = worker_connections minus headroom
+    max_pending_connections: int = 0  # 0 = derived from the worker's limit
+    max_pending_per_address: int = -1  # -1 = derived; 0 = no per-address limit
+    resume_rate: float = 1.0
+    resume_burst: int = 10
+    behind_fly_proxy: bool = False  # FLY_APP_NAME is set: Fly-Client-IP is Fly's to set
     linger_seconds: float = 60.0
     history_size: int = 100
     history_ttl: float = 300.0
@@ -74,6 +92,24 @@ class Settings:
             return self.max_connections_per_worker
         return max(1, self.worker_connections - max(10, self.worker_connections // 100))
 
+    @property
+    def pending_connection_limit(self) -> int:
+        """Unauthenticated connections a worker holds at once: a tenth of its limit (at
+        least 16, and always below the limit, so that authenticated users keep room)."""
+        if self.max_pending_connections:
+            return self.max_pending_connections
+        limit = self.worker_connection_limit
+        return max(1, min(limit - 1, max(16, limit // 10)))
+
+    @property
+    def pending_per_address_limit(self) -> int:
+        """Unauthenticated connections one client address holds on a worker: a quarter of the
+        pending room, between 8 and 128 (0: no limit)."""
+        if self.max_pending_per_address >= 0:
+            return self.max_pending_per_address
+        pending = self.pending_connection_limit
+        return min(pending, max(8, min(128, pending // 4)))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -81,9 +117,14 @@ class Settings:
         database_url = read_database_url(env)
         secret = read_jwt_secret(env)
         dev_mode = reader.boolean("RELAY_DEV", False)
+        issuer, audience = read_token_claims(env)
         settings = cls(
             database_url=database_url,
             jwt_secret=secret,
+            jwt_issuer=issuer,
+            jwt_audience=audience,
+            max_token_lifetime=read_max_token_lifetime(env),
+            allow_query_token=reader.boolean("RELAY_ALLOW_QUERY_TOKEN", True),
             port=reader.integer("PORT", 3000, 1, 65535),
             host=_host(env.get("RELAY_HOST", "").strip() or (
                 "127.0.0.1" if dev_mode else "0.0.0.0")),
@@ -108,6 +149,11 @@ class Settings:
             max_connections_per_worker=reader.integer(
                 "RELAY_MAX_CONNECTIONS_PER_WORKER", 0, 0, 10**7
             ),
+            max_pending_connections=reader.integer("RELAY_MAX_PENDING_CONNECTIONS", 0, 0, 10**7),
+            max_pending_per_address=reader.integer("RELAY_MAX_PENDING_PER_ADDRESS", -1, 0, 10**7),
+            resume_rate=reader.number("RELAY_RESUME_RATE", 1.0, 0.01, 10**6),
+            resume_burst=reader.integer("RELAY_RESUME_BURST", 10, 1, 10**6),
+            behind_fly_proxy=bool(env.get("FLY_APP_NAME", "").strip()),
             linger_seconds=reader.number("RELAY_LINGER_SECONDS", 60.0, 0, 86400),
             history_size=reader.integer("RELAY_HISTORY_SIZE", 100, 0, 10**6),
             history_ttl=reader.number("RELAY_HISTORY_TTL", 300.0, 0, 86400),
@@ -126,6 +172,11 @@ class Settings:
         )
         if dev_mode and not reader.boolean(DEV_OVERRIDE, False):
             _refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
+        limit = settings.worker_connection_limit
+        if settings.max_pending_connections >= limit > 1:
+            raise ConfigError(
+                f"RELAY_MAX_PENDING_CONNECTIONS: must be below a worker's connection limit "
+                f"({limit}), or unauthenticated sockets could take every slot")
         return settings
 
     @property
@@ -151,6 +202,33 @@ def read_jwt_secret(environ: Mapping[str, str] | None = None) -> bytes:
             f"(got {len(secret)}); generate one with: openssl rand -hex 32"
         )
     return secret
+
+
+def read_token_claims(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``RELAY_JWT_ISSUER`` and ``RELAY_JWT_AUDIENCE``: the ``iss`` and ``aud`` relay
+    requires, and writes into every token it mints (``python -m relay token``, the tools, the
+    development demo)."""
+    env = os.environ if environ is None else environ
+    return (_claim_value(env, "RELAY_JWT_ISSUER", DEFAULT_JWT_ISSUER),
+            _claim_value(env, "RELAY_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE))
+
+
+def read_max_token_lifetime(environ: Mapping[str, str] | None = None) -> float:
+    """``RELAY_MAX_TOKEN_LIFETIME``: seconds a token may live (``exp - iat``); 0 = no cap."""
+    return _Reader(os.environ if environ is None else environ).number(
+        "RELAY_MAX_TOKEN_LIFETIME", DEFAULT_MAX_TOKEN_LIFETIME, 0, 10 * 365 * 86400)
+
+
+def _claim_value(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "")
+    if not raw.strip():
+        return default
+    # Compared exactly with the token's claim: a stray space or quote from a .env file would
+    # refuse every token with a reason ("wrong issuer") that hides the cause.
+    if raw != raw.strip() or not raw.isprintable() or '"' in raw or len(raw) > 256:
+        raise ConfigError(f"{name}: expected a plain string of at most 256 printable "
+                          f"characters without quotes or surrounding spaces, got {raw!r}")
+    return raw
 
 
 # Development mode serves /demo/token, which mints a token for any user id: anybody who can
@@ -318,28 +396,19 @@ def _socket_path(raw: str) -> str:
     return raw
 
 
-def _origins(raw: str) -> frozenset[str]:
-    origins = set()
-    for item in raw.split(","):
-        item = item.strip().rstrip("/")
-        if not item:
-            continue
-        parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                f"ALLOWED_ORIGINS: {item!r} is not an origin (scheme://host[:port], no path)"
-            )
-        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
-    return frozenset(origins)
+def _origins(raw: str) -> OriginPolicy:
+    try:
+        return parse_origins(raw)
+    except OriginError as exc:
+        raise ConfigError(f"ALLOWED_ORIGINS: {exc}") from None
 
 
 def _templates(raw: str) -> tuple[str, ...]:
     if not raw.strip():
         return DEFAULT_CHANNEL_TEMPLATES
     templates = tuple(t.strip() for t in raw.split(",") if t.strip())
-    for template in templates:
-        if template.count("{userId}") != 1:
-            raise ConfigError(f"RELAY_CHANNELS: {template!r} must contain {{userId}} exactly once")
-    if len(set(templates)) != len(templates):
-        raise ConfigError("RELAY_CHANNELS: templates must be distinct")
+    try:
+        check_templates(templates)  # no two users, nor a user and a trigger, share a name
+    except TemplateError as exc:
+        raise ConfigError(f"RELAY_CHANNELS: {exc}") from None
     return templates

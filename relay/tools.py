@@ -19,6 +19,8 @@ from relay.config import (
     read_channel_templates,
     read_database_url,
     read_jwt_secret,
+    read_max_token_lifetime,
+    read_token_claims,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,20 @@ def jwt_secret() -> bytes:
     """``WEBSOCKET_JWT_SECRET``, else the secret ``make run`` generated, else the error
     naming the variable."""
     return jwt_secret_if_set() or dev_secret() or read_jwt_secret()
+
+
+def mint_token(user_id: str, ttl: int = 3600) -> str:
+    """A token as the app's endpoint signs it, for the relay this environment configures: its
+    secret, ``iss`` and ``aud``; refused here if that relay would refuse its lifetime."""
+    from relay.auth import issue_token
+
+    cap = read_max_token_lifetime()
+    if ttl <= 0 or (cap and ttl > cap):
+        raise CommandError(f"token: --ttl {ttl} must be positive"
+                           + (f" and at most RELAY_MAX_TOKEN_LIFETIME ({cap:g}s), or relay "
+                              "refuses the token" if cap else ""), 2)
+    issuer, audience = read_token_claims()
+    return issue_token(user_id, jwt_secret(), ttl, issuer=issuer, audience=audience)
 
 
 def db(args: argparse.Namespace) -> int:
@@ -104,9 +120,11 @@ def _db_install(url: str, args: argparse.Namespace) -> int:
 
 def _db_trigger(args: argparse.Namespace) -> int:
     from relay import triggers
+    from relay.config import read_channel_templates
 
+    templates = read_channel_templates()
     spec = triggers.TriggerSpec.parse(args.table, args.channel, args.user_column,
-                                      args.id_column, args.columns, args.drop)
+                                      args.id_column, args.columns, args.drop, templates)
     if args.print_only:
         sys.stdout.write(spec.drop_sql() if args.drop else spec.create_sql())
         return 0
@@ -115,7 +133,6 @@ def _db_trigger(args: argparse.Namespace) -> int:
         print(triggers.detach(url, spec))
         return 0
     print(triggers.attach(url, spec))
-    templates = read_channel_templates()
     if spec.channel_pattern not in templates:
         print(f"note: relay delivers {spec.channel_pattern} only once RELAY_CHANNELS lists it "
               f"(relay's setting now: {','.join(templates)})", file=sys.stderr)
@@ -148,6 +165,27 @@ def _db_touch(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def kick(args: argparse.Namespace) -> int:
+    """``python -m relay kick --user-id X``: ``relay_revoke(X)`` (sql/004), which every relay
+    hears on its shared channel."""
+    import psycopg2
+
+    connection = psycopg2.connect(database_url())
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT to_regprocedure('public.relay_revoke(text)') IS NOT NULL")
+            if not cursor.fetchone()[0]:
+                raise CommandError("kick: relay_revoke() is not installed in this database: "
+                                   "run python -m relay db install first")
+            cursor.execute("SELECT relay_revoke(%s)", (args.user_id,))
+            revoked_at = cursor.fetchone()[0]
+    finally:
+        connection.close()
+    print(f"revoked user {args.user_id} at {revoked_at.isoformat()}: every relay closes their "
+          f"connections now (4001) and refuses their tokens issued before")
+    return 0
+
+
 def watch(args: argparse.Namespace) -> int:
     """``python -m relay watch``: connect as a user and print every message."""
     import json
@@ -156,13 +194,12 @@ def watch(args: argparse.Namespace) -> int:
     import websocket  # websocket-client, a development dependency
 
     from relay import closecodes
-    from relay.auth import issue_token
 
     parts = urlsplit(args.url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise CommandError(f"watch: --url {args.url!r} is not a WebSocket URL "
                            "(ws://host:port/ws or wss://host/ws)", 2)
-    secret = jwt_secret()
+    token = mint_token(args.user_id)
     try:
         # No Origin header: this is not a browser, and relay admits requests without one,
         # while websocket-client's default Origin (the relay's own URL) is in no
@@ -181,7 +218,7 @@ def watch(args: argparse.Namespace) -> int:
     except (OSError, websocket.WebSocketException) as exc:
         raise CommandError(f"watch: cannot connect to {args.url}: {exc}") from None
     ws.settimeout(None)  # the relay pings every RELAY_PING_INTERVAL; we answer each
-    ws.send(json.dumps({"type": "auth", "token": issue_token(args.user_id, secret)}))
+    ws.send(json.dumps({"type": "auth", "token": token}))
     print(f"connected to {args.url} as user {args.user_id}; Ctrl-C to stop", flush=True)
     try:
         while True:
@@ -207,7 +244,9 @@ def watch(args: argparse.Namespace) -> int:
 
 
 _WATCH_CLOSE_ADVICE = {
-    4001: " (the token was refused: is WEBSOCKET_JWT_SECRET here the relay's?)",
-    4003: " (this user id cannot form a channel: letters, digits and _.@:- only)",
+    4001: " (the token was refused: are WEBSOCKET_JWT_SECRET, RELAY_JWT_ISSUER and "
+          "RELAY_JWT_AUDIENCE here the relay's?)",
+    4003: " (refused for good: the reason says why, e.g. a user id outside "
+          "letters, digits and _.@:-)",
     4008: " (this user has too many connections: RELAY_MAX_CONNECTIONS_PER_USER)",
 }

@@ -9,19 +9,17 @@ Nothing from the command line reaches SQL unquoted.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from relay.channels import TemplateError, check_table_part
 
 # One relay trigger per table: a fixed name makes re-running replace it, and --drop needs
 # nothing but the table.
 TRIGGER_NAME = "relay_notify"
 MAX_IDENTIFIER_BYTES = 63
-# The channel's table part sits between underscores in user_<Table>_<userId>, where relay
-# reads it back (relay/channels.py: table_of), so it may hold no underscore of its own.
-_CHANNEL_PART = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
 class TriggerError(ValueError):
@@ -41,15 +39,18 @@ class TriggerSpec:
     @classmethod
     def parse(cls, table: str, channel: str | None, user_column: str = "user_id",
               id_column: str = "id", columns: str | None = None,
-              drop: bool = False) -> TriggerSpec:
-        """Validate command-line input; raise ``TriggerError`` with one line saying why."""
+              drop: bool = False, templates: Sequence[str] = ()) -> TriggerSpec:
+        """Validate command-line input; raise ``TriggerError`` with one line saying why.
+
+        ``templates``: relay's ``RELAY_CHANNELS``, which the channel's names must not
+        collide with (``relay.channels.check_table_part``)."""
         if drop and columns is not None:
             raise TriggerError("--columns makes no sense with --drop")
         if channel is None and not drop:
             raise TriggerError("--channel is required (the table part of "
                                "user_<Channel>_<userId>, e.g. --channel Subscription)")
         if channel is not None:
-            _check_channel(channel)
+            _check_channel(channel, templates)
         listed: tuple[str, ...] = ()
         if columns is not None:
             listed = tuple(c.strip() for c in columns.split(","))
@@ -140,10 +141,13 @@ def _parse_table(raw: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-def _check_channel(channel: str) -> None:
-    if not _CHANNEL_PART.fullmatch(channel):
-        raise TriggerError(f"--channel {channel!r}: letters and digits only, starting with "
-                           "a letter (it becomes user_<Channel>_<userId>)")
+def _check_channel(channel: str, templates: Sequence[str]) -> None:
+    # The table part is read back up to the first _ after user_: one of its own would let
+    # user_<Channel>_<owner> be another user's channel (relay/channels.py says why).
+    try:
+        check_table_part(channel, templates)
+    except TemplateError as exc:
+        raise TriggerError(f"--channel {exc}") from None
     # Leave room for a user id of 8 bytes at least in PostgreSQL's 63-byte channel names.
     if len(f"user_{channel}_".encode()) > MAX_IDENTIFIER_BYTES - 8:
         raise TriggerError(f"--channel {channel!r}: too long to leave room for user ids "

@@ -187,6 +187,14 @@ DECLARE
     payload json;
     reference json;
 BEGIN
+    -- relay/channels.py's TABLE_PART: the part is read back up to the first _ after user_,
+    -- and user ids may hold _: with 'Subscription_Invoice', user 42's rows would go to
+    -- user_Subscription_Invoice_42, the channel of user Invoice_42.
+    IF channel_table IS NULL OR channel_table !~ '^[A-Za-z][A-Za-z0-9]*$' THEN
+        RAISE WARNING 'relay_notify: channel table part % is not letters and digits (an _ of its own would make user_%_<id> another user''s channel); not notified',
+            quote_literal(left(channel_table, 40)), left(channel_table, 40);
+        RETURN;
+    END IF;
     IF octet_length(channel) > 63 THEN
         RAISE WARNING 'relay_notify: channel for user % of table % would exceed 63 bytes; not notified',
             left(owner_id, 40), table_name;
@@ -216,7 +224,9 @@ $fn$;
 --       FOR EACH ROW EXECUTE FUNCTION relay_notify('<Table>' [, '<user column>'
 --                                                  [, '<id column>' [, '<column>', ...]]]);
 --
---   TG_ARGV[0]  channel table part, case preserved: 'Subscription' -> user_Subscription_<user>
+--   TG_ARGV[0]  channel table part, case preserved: 'Subscription' -> user_Subscription_<user>;
+--               letters and digits, starting with a letter (any other is refused with a
+--               WARNING when it fires: an _ of its own would make a name another user's)
 --   TG_ARGV[1]  column holding the owner's user id (default 'user_id')
 --   TG_ARGV[2]  column identifying the row in a reference payload (default 'id')
 --   TG_ARGV[3…] the columns the payload's "row" carries (the id column always comes along).
@@ -226,8 +236,8 @@ $fn$;
 -- An UPDATE that moves a row to another user notifies both: the new owner gets the UPDATE
 -- with the new row; the old owner {"operation": "DELETE", "row": <old row>, "reassigned":
 -- true, ...}: the row left their view, and the new owner's data must not reach them.
--- Nothing here fails the writer's transaction: a channel over 63 bytes, or a missing user
--- column, is skipped with a WARNING.
+-- Nothing here fails the writer's transaction: a channel over 63 bytes, a table part that is
+-- not letters and digits, or a missing user column, is skipped with a WARNING.
 CREATE OR REPLACE FUNCTION public.relay_notify() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE

@@ -33,6 +33,7 @@ import websocket
 from psycopg2 import sql
 
 from relay.auth import issue_token
+from relay.config import read_token_claims
 from tests.conformance.wire import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +222,10 @@ class RelayProcess:
         return wait_for(fresh, 10, message="figures the listener built after the call")
 
     def token(self, user_id: str | int, ttl: int = 3600) -> str:
-        return issue_token(user_id, SECRET.encode(), ttl)
+        """A token this relay accepts: its secret, and its ``iss``/``aud`` if the test set
+        them."""
+        issuer, audience = read_token_claims(self.env)
+        return issue_token(user_id, SECRET.encode(), ttl, issuer=issuer, audience=audience)
 
     def connect(self, user_id: str | int | None = None, token: str | None = None,
                 via: str = "message", resume: dict[str, str] | None = None,

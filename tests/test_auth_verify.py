@@ -67,7 +67,8 @@ def _reason(token: str, key: bytes | str = KEY) -> str:
 # ----- the three segments -----
 
 def test_a_hand_signed_token_is_accepted() -> None:
-    assert verify_token(_signed(), KEY) == Claims(user_id="u1", expires_at=NOW + 3600)
+    assert verify_token(_signed(), KEY) == Claims(user_id="u1", expires_at=NOW + 3600,
+                                                  issued_at=NOW)
 
 
 @pytest.mark.parametrize("token", [

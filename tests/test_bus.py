@@ -27,7 +27,7 @@ def test_an_update_frame_carries_the_client_message_bytes_untouched() -> None:
 
 def test_every_kind_has_its_own_byte() -> None:
     kinds = [bus.HELLO, bus.ATTACH, bus.DETACH, bus.STATS, bus.COUNTERS, bus.UPDATE,
-             bus.ATTACHED, bus.RESYNC, bus.STATS_REPLY]
+             bus.ATTACHED, bus.RESYNC, bus.STATS_REPLY, bus.REVOKED]
     assert len(set(kinds)) == len(kinds) and set(kinds) == bus.KINDS
 
 

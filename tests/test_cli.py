@@ -178,7 +178,8 @@ def test_watch_with_the_wrong_secret_says_so_in_one_line(relay: RelayProcess) ->
     assert watch.proc.wait(20) == 1
     line = watch.stderr().strip()
     assert line == ("relay: watch: closed by the relay: 4001 bad signature (the token was "
-                    "refused: is WEBSOCKET_JWT_SECRET here the relay's?)")
+                    "refused: are WEBSOCKET_JWT_SECRET, RELAY_JWT_ISSUER and RELAY_JWT_AUDIENCE "
+                    "here the relay's?)")
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ BASE = {"DATABASE_URL": "postgresql://u@127.0.0.1:5432/db", "WEBSOCKET_JWT_SECRE
 def test_defaults() -> None:
     s = Settings.from_env(BASE)
     assert s.port == 3000
-    assert s.allowed_origins == frozenset()
+    assert not s.allowed_origins
     assert s.channel_templates == ("user_Subscription_{userId}", "user_Usage_{userId}")
     assert s.ping_interval <= 25
     assert (s.notify_channel, s.user_channels) == ("relay", "auto")
@@ -86,7 +86,7 @@ def test_secret_of_exactly_32_bytes_is_accepted() -> None:
 def test_origins_are_normalised() -> None:
     raw = " https://App.example.com/ ,http://localhost:3000"
     s = Settings.from_env({**BASE, "ALLOWED_ORIGINS": raw})
-    assert s.allowed_origins == {"https://app.example.com", "http://localhost:3000"}
+    assert s.allowed_origins.exact == {"https://app.example.com", "http://localhost:3000"}
 
 
 def test_pooler_url_message_says_use_the_direct_endpoint() -> None:

@@ -32,9 +32,13 @@ USER_CAP = 20
 @pytest.fixture(scope="module")
 def flood_relay(postgres_url: str, schema_installed: list[str],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    # Every flood here comes from 127.0.0.1, as if from that many addresses: the door that
+    # turns one address's horde away (RELAY_MAX_PENDING_PER_ADDRESS) is off, so that these
+    # test the defences behind it; tests/test_security_admission.py tests the door.
     relay = RelayProcess(postgres_url, tmp_path_factory.mktemp("floods"), env={
         "RELAY_AUTH_TIMEOUT": "1", "RELAY_HANDSHAKE_TIMEOUT": "1",
-        "RELAY_CLIENT_MSG_RATE": "20", "RELAY_MAX_CONNECTIONS_PER_USER": str(USER_CAP)})
+        "RELAY_CLIENT_MSG_RATE": "20", "RELAY_MAX_CONNECTIONS_PER_USER": str(USER_CAP),
+        "RELAY_MAX_PENDING_PER_ADDRESS": "0", "RELAY_MAX_PENDING_CONNECTIONS": "5000"})
     relay.start()
     yield relay
     relay.shut_down()

@@ -227,24 +227,37 @@ def test_plain_get_on_ws_is_refused_without_upgrade(hs_relay: RelayProcess) -> N
     assert status in (400, 426)
 
 
-@pytest.mark.parametrize(("claimed", "logged"), [
-    ("203.0.113.7", "203.0.113.7"),  # what Fly's proxy sends
-    ("2001:db8::1", "2001:db8::1"),
-    ("203.0.113.7 <script>\x1b[31m forged=1", "127.0.0.1"),
-    ("x" * 3000, "127.0.0.1"),
+@pytest.fixture(scope="module")
+def fly_relay(postgres_url: str, schema_installed: list[str],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A relay that runs on Fly.io as far as it knows (FLY_APP_NAME): behind Fly's proxy."""
+    relay = RelayProcess(postgres_url, tmp_path_factory.mktemp("fly"),
+                         env={"FLY_APP_NAME": "relay-test"})
+    relay.start()
+    yield relay
+    relay.shut_down()
+
+
+@pytest.mark.parametrize(("on_fly", "claimed", "logged"), [
+    (True, "203.0.113.7", "203.0.113.7"),  # what Fly's proxy sends
+    (True, "2001:db8::1", "2001:db8::1"),
+    (True, "203.0.113.7 <script>\x1b[31m forged=1", "127.0.0.1"),
+    (True, "x" * 3000, "127.0.0.1"),
+    (False, "203.0.113.7", "127.0.0.1"),  # elsewhere anyone can send the header
 ])
-def test_fly_client_ip_is_logged_only_when_it_is_an_address(hs_relay: RelayProcess,
-                                                            claimed: str, logged: str) -> None:
-    user = f"fly-{abs(hash(claimed)) % 10**6}"
-    token = hs_relay.token(user)
+def test_fly_client_ip_is_logged_only_on_fly_and_when_it_is_an_address(
+        request: pytest.FixtureRequest, on_fly: bool, claimed: str, logged: str) -> None:
+    relay: RelayProcess = request.getfixturevalue("fly_relay" if on_fly else "hs_relay")
+    user = f"fly-{on_fly:d}-{abs(hash(claimed)) % 10**6}"
+    token = relay.token(user)
     raw = _upgrade(path=f"/ws?token={token}", Fly_Client_IP=claimed)
-    with socket.create_connection(("127.0.0.1", hs_relay.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
         sock.sendall(raw)
         data = b""
         while b'"connected"' not in data:
             chunk = sock.recv(4096)
             assert chunk, data
             data += chunk
-    line = wait_for(lambda: next((entry for entry in hs_relay.logs().splitlines()
+    line = wait_for(lambda: next((entry for entry in relay.logs().splitlines()
                                   if f"user {user} connected" in entry), None), 5)
     assert f"connected from {logged} " in line

@@ -290,7 +290,8 @@ def test_install_twice_is_idempotent_and_keeps_data(
     assert install_schema(postgres_url, examples=True) == applied
     assert applied == [path.name for path in schema_files(examples=True)]
     assert applied == ["001_relay_schema.sql", "002_relay_functions.sql",
-                       "003_relay_install.sql", "010_example_tables.sql"]
+                       "003_relay_install.sql", "004_relay_revocation.sql",
+                       "010_example_tables.sql"]
 
     assert _write(writer, "SELECT user_id FROM subscription WHERE id = %s", (row_id,)) == (user,)
     triggers = _write(

@@ -50,7 +50,11 @@ def demo_blueprint(settings: Settings) -> Blueprint:
             channels_for(user_id, settings.channel_templates)
         except InvalidChannel as exc:
             return jsonify({"error": str(exc)}), 400
-        ttl = int(request.args.get("ttl", "3600"))
-        return jsonify({"token": issue_token(user_id, settings.jwt_secret, max(5, ttl))})
+        ttl = max(5, int(request.args.get("ttl", "3600")))
+        if settings.max_token_lifetime:
+            ttl = min(ttl, int(settings.max_token_lifetime))
+        return jsonify({"token": issue_token(user_id, settings.jwt_secret, ttl,
+                                             issuer=settings.jwt_issuer,
+                                             audience=settings.jwt_audience)})
 
     return demo

@@ -49,6 +49,10 @@ _HEALTHY_SECONDS = 5.0
 _INSTALLED = ("EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
               "ON n.oid = p.pronamespace WHERE n.nspname = 'relay' AND p.proname = 'hello' "
               "AND p.pronargs = 0)")
+# Revocations a token could still be subject to: those younger than the longest token
+# lifetime (and its clock skew); all of them without a cap.
+_REVOCATIONS = ("SELECT user_id, extract(epoch FROM revoked_at)::float8 FROM relay.revocations "
+                "WHERE %(window)s = 0 OR revoked_at > now() - make_interval(secs => %(window)s)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class DatabaseInfo:
     server_version: int  # server_version_num: 160004 for 16.4
     installed: bool  # relay's SQL (relay.hello()) is there
     hello: dict[str, Any] | None = None  # what relay.hello() answered, if it could be called
+    # relay_revoke()'s records young enough to matter: user → epoch seconds (None: no table)
+    revocations: dict[str, float] | None = None
 
 
 class DatabaseHandler(Protocol):
@@ -274,9 +280,21 @@ class DatabaseLink:
                     # shared channel still works, with RELAY_NOTIFY_CHANNEL's name.
                     log.warning("cannot call relay.hello() (%s): connect relay as the role "
                                 "that ran `python -m relay db install`", _describe(exc))
+            revocations = self._read_revocations(cur) if hello is not None else None
         self._drain()
         self.server_version = version
-        return DatabaseInfo(version, bool(installed), hello if isinstance(hello, dict) else None)
+        return DatabaseInfo(version, bool(installed), hello if isinstance(hello, dict) else None,
+                            revocations)
+
+    def _read_revocations(self, cur: Any) -> dict[str, float] | None:
+        """relay_revoke()'s records (sql/004), read after the shared channel is LISTENed: a
+        revocation is in them, or its notification comes after (or both)."""
+        cur.execute("SELECT to_regclass('relay.revocations') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None  # SQL from before revocations: nothing to read
+        cap = self.settings.max_token_lifetime
+        cur.execute(_REVOCATIONS, {"window": cap + 60 if cap else 0})
+        return {user: float(at) for user, at in cur.fetchall()}
 
     def _check_listen_works(self) -> None:
         """A NOTIFY to ourselves must come back: through a transaction-mode pooler it never

@@ -13,7 +13,8 @@ fixed header only and drops a channel it has no subscriber for before it looks a
 let alone parses its JSON. ``parse`` is the only code that knows the layout.
 
 Kinds: ``n`` a message without a database number (the listener numbers it in memory); ``i``
-relay's SQL was installed (``RELAY_USER_CHANNELS=auto`` switches); ``c`` a setting changed.
+relay's SQL was installed (``RELAY_USER_CHANNELS=auto`` switches); ``c`` a setting changed;
+``k`` a user's tokens were revoked (``relay_revoke``: the channel field holds the user id).
 The durable history (issue 13) adds ``m``, ``r``, ``s`` and ``e`` on the same layout.
 """
 
@@ -26,6 +27,7 @@ PREFIX = "r1 "
 MESSAGE = "n"  # a message, numbered by the listener
 INSTALLED = "i"  # relay's SQL installed or upgraded; body: its version
 SETTING = "c"  # relay.set() changed a setting; body: its name
+REVOKED = "k"  # relay_revoke(): channel the user id, body the time (epoch seconds)
 
 
 class Frame(NamedTuple):

@@ -95,6 +95,9 @@ class Listener:
         self._queue = QueueGauge()
         self._worker_totals = WorkerTotals()
         self._stats_built = 0
+        # relay_revoke(): user → time (epoch seconds) before which their tokens are void.
+        self._revoked: dict[str, float] = {}
+        self._revoked_swept = 0.0
 
     def _new_history(self) -> History:
         s = self.settings
@@ -152,6 +155,8 @@ class Listener:
                             "speaks r1 and drops what it does not understand: upgrade relay",
                             protocol)
         self._set_installed(info.installed)
+        if info.revocations:
+            self._revoke(info.revocations)
 
     def on_checked(self, queue_usage: float, installed: bool) -> None:
         change = self._queue.observe(queue_usage)
@@ -241,12 +246,35 @@ class Listener:
             self._deliver(frame.channel, frame.body)
         elif frame.kind in (frames.INSTALLED, frames.SETTING):
             self._db.refresh()  # re-read relay.hello(); `auto` switches on this
+        elif frame.kind == frames.REVOKED:
+            try:
+                at = float(frame.body)
+            except ValueError:
+                at = float("nan")
+            if frame.channel and at == at:  # not NaN
+                log.info("user %s revoked: tokens issued before %.3f are void", frame.channel, at)
+                self._revoke({frame.channel: at})
+            else:
+                self._dropped["bad revocation"] += 1
         else:
             # DURABLE HISTORY SEAM (issue 13): kinds m, r, s and e (numbered messages, a row
             # to read, a sync, a new epoch) are handled here once the outbox exists.
             self._dropped["unknown kind"] += 1
             self._warn_once(f"kind:{frame.kind}", "relay's SQL sent kind %r, which this relay "
                             "does not speak; dropped: upgrade relay", frame.kind)
+
+    def _revoke(self, revoked: dict[str, float]) -> None:
+        """Remember each user's latest revocation, and tell every worker (which closes the
+        connections whose tokens it voids). Attaches are checked here, in the stream's order,
+        so a connection is either refused or attached before the workers hear of it."""
+        changed = {user: at for user, at in revoked.items()
+                   if at > self._revoked.get(user, float("-inf"))}
+        if not changed:
+            return
+        self._revoked.update(changed)
+        frame = bus.encode(bus.REVOKED, {"revoked": changed})
+        for peer in self._peers:
+            peer.send(frame)
 
     def _deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):
@@ -324,6 +352,8 @@ class Listener:
         if kind == bus.HELLO:
             peer.hello(int(message.get("pid", 0)))
             log.info("worker %s connected", peer.pid)
+            if self._revoked:  # before anything it attaches is answered
+                peer.send(bus.encode(bus.REVOKED, {"revoked": self._revoked}))
             self._push_stats()  # its /health works at once, and the others count it
         elif kind == bus.ATTACH:
             self._attach(peer, message)
@@ -345,6 +375,13 @@ class Listener:
             # A worker only sends channels_for()'s names; an empty one would make every LISTEN
             # a syntax error, and the database link reconnect for ever.
             raise bus.BusProtocolError("attach with an invalid channel name")
+        revoked = self._revoked.get(user)
+        issued = request.get("iat")
+        if revoked is not None and not (isinstance(issued, (int, float)) and issued >= revoked):
+            peer.send(bus.encode(bus.ATTACHED, {
+                "req": request.get("req"), "ok": False,
+                "code": closecodes.UNAUTHORIZED.code, "reason": "token revoked"}))
+            return
         if self._users[user] >= self.settings.max_connections_per_user:
             refusal = closecodes.TOO_MANY_CONNECTIONS
             peer.send(bus.encode(bus.ATTACHED, {
@@ -428,9 +465,19 @@ class Listener:
             gevent.sleep(min(STATS_PUSH_SECONDS, max(0.05, self.settings.linger_seconds / 4)))
             self._closed(self._refcounts.expire())
             self._history.expire()
+            self._forget_old_revocations()
             if time.monotonic() >= next_push:
                 next_push = time.monotonic() + STATS_PUSH_SECONDS
                 self._push_stats()
+
+    def _forget_old_revocations(self) -> None:
+        """A revocation older than the longest token lifetime voids nothing any more."""
+        cap = self.settings.max_token_lifetime
+        now = time.time()
+        if cap and self._revoked and now - self._revoked_swept > 60:
+            self._revoked_swept = now
+            horizon = now - cap - 60
+            self._revoked = {u: at for u, at in self._revoked.items() if at > horizon}
 
     def _push_stats(self) -> None:
         """Every worker gets the instance's figures, for its /health and /metrics."""

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from flask import Flask, Response, jsonify, request
 
 from relay.config import Settings
+from relay.worker.admission import PENDING_KEY, PendingTicket
 from relay.worker.connection import Connection
 from relay.worker.node import Node
 
@@ -39,13 +40,16 @@ def iso_now() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def client_address(environ: dict[str, Any]) -> str:
-    """The client's IP for log lines: Fly's proxy sets ``Fly-Client-IP``, but any client can
-    send the header too, so only an IP address in it is believed (and logged)."""
-    try:
-        return str(ipaddress.ip_address(environ.get("HTTP_FLY_CLIENT_IP", "").strip()))
-    except ValueError:
-        return environ.get("REMOTE_ADDR") or "-"
+def client_address(environ: dict[str, Any], behind_fly_proxy: bool) -> str:
+    """The client's IP for log lines: behind Fly's proxy (``FLY_APP_NAME`` set) its
+    ``Fly-Client-IP`` if that is an IP address; anywhere else any client can send that
+    header, so the peer's address."""
+    if behind_fly_proxy:
+        try:
+            return str(ipaddress.ip_address(environ.get("HTTP_FLY_CLIENT_IP", "").strip()))
+        except ValueError:
+            pass
+    return environ.get("REMOTE_ADDR") or "-"
 
 
 def _bearer_matches(header: str, token: str) -> bool:
@@ -69,6 +73,19 @@ class RelayExtension:
         self.settings = settings
         self.node = node
 
+    def admit(self, address: str) -> PendingTicket | None:
+        """A pending connection's place for ``address``, or ``None`` when that address is
+        over its share (``Admission.admit``)."""
+        admission = self.node.admission
+        evicted = admission.evicted
+        admitted = admission.admit(address)
+        if admitted is None:
+            self.node.count("pending_refused")
+            return None
+        if admission.evicted != evicted:
+            self.node.count("pending_evicted")
+        return admitted
+
     def serve_websocket(self, environ: dict[str, Any], sock: Any, rfile: Any,
                         owned: bool) -> None:
         """Start one upgraded WebSocket (called once the 101 has been sent). ``owned``: the
@@ -78,7 +95,9 @@ class RelayExtension:
         The handshake handler calls this directly, so a connection that lives for hours
         holds neither a Flask request context nor Flask's frames on its greenlet's stack."""
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        conn = Connection(self.node, sock, rfile, client_address(environ))
+        conn = Connection(self.node, sock, rfile,
+                          client_address(environ, self.settings.behind_fly_proxy),
+                          environ.get(PENDING_KEY))
         start = conn.serve if owned else conn.run
         start(query.get("token", [None])[0], query.get("resume", [None])[0])
 

@@ -17,6 +17,7 @@ part of the worker a connection talks to.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -26,10 +27,11 @@ import gevent
 import gevent.event
 
 from relay import closecodes, protocol
-from relay.auth import AuthError, InvalidUserId, verify_token
+from relay.auth import AuthError, Claims, ForbiddenToken, verify_token
 from relay.channels import InvalidChannel, channels_for
 from relay.closecodes import CloseCode
 from relay.protocol import InvalidMessage
+from relay.worker.admission import PendingEvicted, PendingTicket
 from relay.worker.node import Node
 from relay.worker.websocket import (
     OP_PONG,
@@ -48,14 +50,20 @@ log = logging.getLogger("relay.connection")
 CLOSE_HANDSHAKE_TIMEOUT = 3.0
 LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
 ATTACH_TIMEOUT = 10.0
+# The close reason when RELAY_ALLOW_QUERY_TOKEN is off: what the developer must change.
+QUERY_TOKEN_REFUSED = "token in the URL refused here: send it in the auth message instead"
 _PING = text_frame(protocol.ENCODED_PING)
 
 
 class Connection:
-    def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str) -> None:
+    def __init__(self, node: Node, sock: socket.socket, rfile: Any, peer: str,
+                 pending: PendingTicket | None = None) -> None:
         """``rfile`` has ``read(n)``; a ``pending`` attribute (bytes read from the socket but
-        not consumed yet) lets the connection park, which it does only if it owns ``sock``."""
+        not consumed yet) lets the connection park, which it does only if it owns ``sock``.
+        ``pending``: its place among the worker's unauthenticated connections, given up once
+        its token verifies."""
         self.node = node
+        self._pending = pending
         self.settings = node.settings
         self.sock = sock
         self.peer = peer
@@ -70,6 +78,7 @@ class Connection:
         self.user_id = ""
         self.channels: tuple[str, ...] = ()
         self.expires_at = 0
+        self.issued_at = 0.0  # the token's iat (relay.auth.Claims.issued_at)
         self.closed = False  # the socket is finished with
         self.closing: CloseCode | None = None
         self.close_detail = ""
@@ -179,6 +188,12 @@ class Connection:
     def _authenticate(self, query_token: str | None, query_resume: str | None) -> bool:
         """``False`` if the client ended the stream (its close handshake) meanwhile."""
         resume: object = None
+        if query_token is not None and not self.settings.allow_query_token:
+            # Closed before the token is even read. Not an HTTP refusal: a browser reports
+            # any of those as 1006 and retries for ever, unable to tell anyone why; 4003 stops
+            # a well-behaved client, and its reason says what to change.
+            self._refuse(closecodes.FORBIDDEN, QUERY_TOKEN_REFUSED)
+            return True
         if query_token is not None:
             token: object = query_token
             if query_resume:
@@ -187,6 +202,15 @@ class Connection:
             try:
                 with gevent.Timeout(self.settings.auth_timeout):
                     message = self._next_message()
+            except PendingEvicted:
+                # A newer connection took its place (relay.worker.admission): the auth
+                # timeout, come early because the worker's unauthenticated budget is full.
+                # Its close frame goes out, but its slot is given back now, not after a
+                # closing handshake that a horde would never complete.
+                self.node.count_auth_failure("evicted while pending")
+                self.close(closecodes.AUTH_TIMEOUT, "too many unauthenticated connections: "
+                                                    "authenticate at once")
+                raise ConnectionEnded from None
             except gevent.Timeout:
                 self.node.count_auth_failure("auth timeout")
                 self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
@@ -200,9 +224,9 @@ class Connection:
             token = message.get("token")
             resume = message.get("resume")
         try:
-            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+            claims = self._verify(token)
             channels = channels_for(claims.user_id, self.settings.channel_templates)
-        except InvalidUserId as exc:
+        except ForbiddenToken as exc:
             self._refuse(closecodes.FORBIDDEN, exc.reason)
             return True
         except InvalidChannel as exc:
@@ -211,15 +235,37 @@ class Connection:
         except AuthError as exc:
             self._refuse(closecodes.UNAUTHORIZED, exc.reason)
             return True
+        self._leave_pending()
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
+        self.issued_at = claims.issued_at
         cursors = protocol.resume_cursors(resume, channels)
+        if cursors:
+            # A replay costs the listener up to half a queue of messages: not many times a
+            # second for one user (relay.worker.admission).
+            wait = self.node.admission.resume_wait(claims.user_id)
+            if wait:
+                self.node.count("resume_throttled")
+                self.close(closecodes.TRY_AGAIN_LATER,
+                           f"resuming too often: retry in {math.ceil(wait)}s")
+                return True
         self._resume_requested = bool(cursors)
         self.node.attach(self, cursors)
         if not self.live.wait(ATTACH_TIMEOUT) and self.closing is None:
             self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         return True
+
+    def _leave_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.release()
+            self._pending = None
+
+    def _verify(self, token: object) -> Claims:
+        settings = self.settings
+        return verify_token(token, settings.jwt_secret, settings.max_token_bytes,
+                            issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                            max_lifetime=settings.max_token_lifetime)
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
         self.node.count_auth_failure(reason)
@@ -318,14 +364,21 @@ class Connection:
 
     def _refresh(self, token: object) -> None:
         try:
-            claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
+            claims = self._verify(token)
         except AuthError as exc:
-            self._refuse(closecodes.UNAUTHORIZED, f"refresh: {exc.reason}")
+            code = (closecodes.FORBIDDEN if isinstance(exc, ForbiddenToken)
+                    else closecodes.UNAUTHORIZED)
+            self._refuse(code, f"refresh: {exc.reason}")
             return
         if claims.user_id != self.user_id:
             self._refuse(closecodes.FORBIDDEN, "refresh for another user")
             return
+        revoked = self.node.revoked_at(claims.user_id)
+        if revoked is not None and claims.issued_at < revoked:
+            self._refuse(closecodes.UNAUTHORIZED, "refresh: token revoked")
+            return
         self.expires_at = claims.expires_at
+        self.issued_at = claims.issued_at
         self.expiry_warned = False
         self._send(protocol.encode_token_refreshed(self.expires_at))
 
@@ -379,6 +432,7 @@ class Connection:
             return
 
     def _finish(self) -> None:
+        self._leave_pending()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None

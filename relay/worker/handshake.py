@@ -14,6 +14,13 @@ its request line is in, a silent close before), and its header lines together at
 lines of 64 KiB each, 6 MB per connection, before any check. A request that announces a body
 gets 413: no endpoint takes one, and gevent would read it after the answer with no timeout.
 
+A connection is *pending* (``relay.worker.admission``) from its accept (behind Fly's proxy,
+from its WebSocket request, where ``Fly-Client-IP`` names the client) until its token
+verifies: an address over its share is answered 429 with ``Retry-After`` and closed before
+anything is read or upgraded; over the worker's budget, the oldest pending connection makes
+room. The handler hands the connection's ticket to the WebSocket in its environ
+(``PENDING_KEY``).
+
 Access-log lines, and gevent's own complaints about a malformed request (which quote the
 request line), are written with every query string removed: a token passed as
 ``?token=`` must never reach a log.
@@ -32,6 +39,8 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from relay.config import Settings
+from relay.origins import OriginPolicy
+from relay.worker.admission import PENDING_KEY, PendingEvicted, PendingTicket
 
 HANDSHAKE_TIMEOUT = 10.0
 # All header lines of a request together; a browser's WebSocket handshake is under 2 KB, and
@@ -46,7 +55,9 @@ _READ_SIZE = 4096  # a socket read after the handshake: client messages are smal
 # request line, client and user agent (gunicorn's access-log atoms).
 _KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
                  "REMOTE_ADDR", "REMOTE_PORT", "HTTP_FLY_CLIENT_IP", "HTTP_USER_AGENT",
-                 "HTTP_REFERER")
+                 "HTTP_REFERER", PENDING_KEY)
+# The answer to a connection whose address is over its pending share (relay.worker.admission).
+_TOO_MANY = "too many unauthenticated connections from your address; retry shortly"
 
 
 class RelayApp(Protocol):
@@ -54,6 +65,8 @@ class RelayApp(Protocol):
     (``relay.worker.app.RelayExtension``)."""
 
     settings: Settings
+
+    def admit(self, address: str) -> PendingTicket | None: ...
 
     def serve_websocket(self, environ: dict[str, Any], sock: Any, rfile: Any,
                         owned: bool) -> None: ...
@@ -66,11 +79,12 @@ def relay_of(application: Any) -> RelayApp | None:
     return extensions.get("relay") if isinstance(extensions, dict) else None
 
 
-def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
-    """No ``Origin`` header (not a browser) is allowed; a browser's must match exactly."""
+def origin_allowed(origin: str | None, allowed: OriginPolicy) -> bool:
+    """No ``Origin`` header (not a browser) is allowed; a browser's must match an entry of
+    ``ALLOWED_ORIGINS`` (``relay.origins``: exact origins, strict patterns)."""
     if origin is None:
         return True
-    return origin.strip().rstrip("/").lower() in allowed
+    return allowed.allows(origin)
 
 
 class RequestRefused(ValueError):
@@ -175,10 +189,60 @@ class SocketReader:
         return data[:n]
 
 
+_TURNED_AWAY = (f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: text/plain; "
+                f"charset=utf-8\r\nContent-Length: {len(_TOO_MANY) + 1}\r\nConnection: close"
+                f"\r\n\r\n{_TOO_MANY}\n").encode()
+
+
+def fly_client_ip(environ: dict[str, Any]) -> str:
+    """The client's address behind Fly's proxy: its ``Fly-Client-IP``, else the peer's."""
+    return environ.get("HTTP_FLY_CLIENT_IP", "").strip() or environ.get("REMOTE_ADDR", "")
+
+
 class RelayHandler(WebSocketHandler, PyWSGIHandler):
     SUPPORTED_VERSIONS = ("13",)
+    _ticket: PendingTicket | None = None  # this connection's place while it is pending
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except PendingEvicted:
+            pass  # a newcomer took its place while it was still arriving: closed, nothing said
+        finally:
+            self._leave_pending()
+
+    def _leave_pending(self) -> None:
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
+
+    def _admit(self, relay: RelayApp, address: str) -> bool:
+        """Take this request's pending place; ``False`` if its address is over its share."""
+        self._leave_pending()  # a keep-alive connection's previous request
+        admitted = relay.admit(address)
+        if admitted is None:
+            return False
+        self._ticket = admitted
+        return True
+
+    def _turn_away(self) -> None:
+        """Answer 429 at once, reading nothing: the cheapest refusal there is (``handle``
+        then closes the connection)."""
+        try:
+            self.socket.sendall(_TURNED_AWAY)
+        except OSError:
+            pass
 
     def read_requestline(self) -> Any:
+        relay = relay_of(self.server.application)
+        if relay is not None and not relay.settings.behind_fly_proxy:
+            # Pending from here: a request still arriving holds a slot as a WebSocket that
+            # has not authenticated does. Behind Fly's proxy (which reads the request before
+            # passing it on) the client is known only from the headers: upgrade_websocket.
+            peer = self.client_address[0] if isinstance(self.client_address, tuple) else ""
+            if not self._admit(relay, peer):
+                self._turn_away()
+                return None
         # Slowloris: a client gets a bounded time to send each request, its request line and
         # headers together (and idle keep-alive connections are closed after it).
         timeout = self._handshake_timeout()
@@ -233,10 +297,13 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
 
     def upgrade_websocket(self) -> Any:
         environ = self.environ
-        if environ.get("PATH_INFO") != "/ws":
-            return None  # not ours: Flask answers
-        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
-            return None  # Flask's websocket=True route answers 400 to a plain GET (trap 1)
+        if environ.get("PATH_INFO") != "/ws" or (
+                environ.get("HTTP_UPGRADE", "").lower() != "websocket"):
+            # Not a WebSocket: its request has arrived and is answered at once, so it is
+            # pending no more. Flask answers it (its websocket=True route answers 400 to a
+            # plain GET of /ws: trap 1).
+            self._leave_pending()
+            return None
         if environ.get("REQUEST_METHOD") != "GET":
             return self._refuse("405 Method Not Allowed", "WebSocket upgrade needs GET",
                                 [("Allow", "GET")])
@@ -262,6 +329,17 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
             valid_key = False
         if not valid_key:
             return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key")
+        relay = relay_of(self.application)
+        if relay is not None and relay.settings.behind_fly_proxy:
+            # Behind Fly's proxy the peer is the proxy, whose connection may carry requests
+            # of several clients: each WebSocket request counts for its own client.
+            if not self._admit(relay, fly_client_ip(environ)):
+                return self._refuse("429 Too Many Requests", _TOO_MANY + "\n",
+                                    [("Retry-After", "1")])
+        if self._ticket is not None:
+            # The connection releases it once its token verifies; this handler, at the latest
+            # when it ends (releasing twice is harmless).
+            environ[PENDING_KEY] = self._ticket
         return self.upgrade_connection()
 
     def run_websocket(self) -> None:

@@ -39,6 +39,9 @@ class Attachment(Protocol):
     @property
     def channels(self) -> tuple[str, ...]: ...
 
+    @property
+    def issued_at(self) -> float: ...
+
 
 A = TypeVar("A", bound=Attachment)
 A_contra = TypeVar("A_contra", bound=Attachment, contravariant=True)
@@ -63,6 +66,9 @@ class LinkHandler(Protocol[A_contra]):
 
     def on_reconnected(self) -> None:
         """A listener answers again (not the first time): attach again what was attached."""
+
+    def on_revoked(self, revoked: dict[str, float]) -> None:
+        """These users' tokens issued before these times (epoch seconds) are void."""
 
 
 class _Pending(Generic[A]):
@@ -107,8 +113,10 @@ class ListenerLink(Generic[A]):
         """Ask the listener for the attachment's channels; the handler hears the answer."""
         req = next(self._ids)
         channels = list(attachment.channels)
+        # The token's issue time: the listener refuses a revoked user's older tokens.
         frame = bus.encode(bus.ATTACH, {"req": req, "user": attachment.user_id,
-                                        "channels": channels, "resume": resume})
+                                        "channels": channels, "resume": resume,
+                                        "iat": attachment.issued_at})
         self._pending[req] = _Pending(attachment, frame, reattach, attachment.user_id, channels)
         self._request_of[attachment] = req
         if self.connected.is_set():
@@ -254,6 +262,12 @@ class ListenerLink(Generic[A]):
                 elif kind == bus.STATS_REPLY:
                     self._stats = bus.decode_json(body)
                     self._stats_at = time.monotonic()
+                elif kind == bus.REVOKED:
+                    revoked = bus.decode_json(body).get("revoked")
+                    if isinstance(revoked, dict):
+                        self._handler.on_revoked({
+                            user: float(at) for user, at in revoked.items()
+                            if isinstance(at, (int, float)) and not isinstance(at, bool)})
                 else:
                     raise bus.BusProtocolError(f"kind {kind} is not for a worker")
 

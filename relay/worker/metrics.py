@@ -74,6 +74,14 @@ class _InstanceCollector:
              "clients closed with 4009 (outbound queue overflow)"),
             ("relay_heartbeat_timeouts", counters.get("heartbeat_timeout", 0),
              "clients closed with 4011 (no pong)"),
+            ("relay_resumes_throttled", counters.get("resume_throttled", 0),
+             "resuming clients closed with 1013 (RELAY_RESUME_RATE)"),
+            ("relay_pending_refused", counters.get("pending_refused", 0),
+             "connections answered 429: their address held RELAY_MAX_PENDING_PER_ADDRESS "
+             "unauthenticated ones"),
+            ("relay_pending_evicted", counters.get("pending_evicted", 0),
+             "unauthenticated connections closed to make room for a newer one "
+             "(RELAY_MAX_PENDING_CONNECTIONS)"),
         ):
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], value)

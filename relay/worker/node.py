@@ -24,6 +24,7 @@ import gevent
 from relay import closecodes
 from relay.closecodes import CloseCode
 from relay.config import Settings
+from relay.worker.admission import Admission
 from relay.worker.hub import Hub, Member
 from relay.worker.link import ListenerLink
 
@@ -48,6 +49,9 @@ class Client(Member, Protocol):
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None: ...
 
+    @property
+    def issued_at(self) -> float: ...
+
 
 # The listener pushes its figures every second (relay.listener.server.STATS_PUSH_SECONDS);
 # older than this, /health takes the listener for stuck and says so.
@@ -68,6 +72,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         _nodes.add(self)
         self.settings = settings
+        self.admission = Admission(settings)  # pending connections, resumes per user
         self._hub: Hub[Client] = Hub()
         self._link: ListenerLink[Client] = ListenerLink(settings.socket_path, self)
         self.connections: set[Client] = set()  # every open WebSocket, attached or not
@@ -76,6 +81,7 @@ class Node:
         self.auth_failures: Counter[str] = Counter()
         self.draining = False
         self._orphans: list[Client] = []  # attached to a listener that is gone
+        self._revoked: dict[str, float] = {}  # relay_revoke(): user → epoch seconds
 
     def start(self) -> None:
         self._link.start()
@@ -154,6 +160,25 @@ class Node:
         # No route survives the listener: each connection is attached again, and told to
         # resync, once a new listener answers.
         self._orphans.extend(self._hub.unroute_all())
+
+    def on_revoked(self, revoked: dict[str, float]) -> None:
+        """relay_revoke(): close the connections whose token it voids (4001, so that the
+        client asks the app for a new token: a signed-out user gets none), and remember it
+        for their refreshes."""
+        cap = self.settings.max_token_lifetime
+        if cap and len(self._revoked) > 1000:  # forget those that void nothing any more
+            horizon = time.time() - cap - 60
+            self._revoked = {u: at for u, at in self._revoked.items() if at > horizon}
+        for user, at in revoked.items():
+            self._revoked[user] = max(at, self._revoked.get(user, at))
+        for conn in [c for c in self.connections if c.user_id in revoked]:
+            if conn.issued_at < revoked[conn.user_id]:
+                self.count_auth_failure("token revoked")
+                conn.close(closecodes.UNAUTHORIZED, "token revoked")
+
+    def revoked_at(self, user_id: str) -> float | None:
+        """When ``user_id``'s tokens were last revoked (epoch seconds), if they were."""
+        return self._revoked.get(user_id)
 
     def on_reconnected(self) -> None:
         orphans, self._orphans = self._orphans, []

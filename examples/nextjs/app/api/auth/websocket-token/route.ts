@@ -32,10 +32,12 @@ export async function GET(request: NextRequest) {
     return NextResponse.json({ error: 'WEBSOCKET_JWT_SECRET is not configured' },
       { status: 500, headers: NO_STORE });
   }
+  // relay's RELAY_JWT_ISSUER / RELAY_JWT_AUDIENCE; an environment of its own (a preview
+  // with its own relay) sets both on each side, so its tokens open no other relay.
   const token = jwt.sign({ userId }, secret, {
     algorithm: 'HS256',
-    issuer: 'papr-app',
-    audience: 'papr-realtime',
+    issuer: process.env.RELAY_JWT_ISSUER || 'papr-app',
+    audience: process.env.RELAY_JWT_AUDIENCE || 'papr-realtime',
     expiresIn: '1h',
   });
   return NextResponse.json({ token }, { headers: NO_STORE });
