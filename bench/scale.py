@@ -171,6 +171,7 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
     run.say(f"[scale] relay: {cfg.workers} workers x {worker_connections:,} connections, "
             f"RELAY_USER_CHANNELS={cfg.user_channels}, publishing with {publish}")
     servers = [server]  # every relay started, for the final stop whatever happens
+    phase.probe_dir = workdir / "probe-1"
     server.start(timeout=120)
     gens = LoadGenerators(cfg.loadgens, server.port)
     phases = out["phases"]
@@ -197,27 +198,34 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
         time.sleep(5.0)
         phases["idle"] = idle_figures(server, gens, baseline, before_rest, cfg)
         held = phases["idle"]["held"]
+        run.say(f"[scale] heartbeats: {held:,} idle connections for 25 s")
+        with phase(phases, "heartbeat") as record:
+            record.update(heartbeat(gens, server, 25.0))
         if "db" in cfg.phases:
             run.say(f"[scale] database cost at {held:,} users")
             with phase(phases, "dbAll") as record:
                 record.update(db_cost(gens, server, database, cfg, cfg.connections, publish))
         if "steady" in cfg.phases:
+            settle(gens, database, phases, "beforeSteady")
             run.say(f"[scale] steady: {cfg.rate:,.0f}/s to random users among "
                     f"{cfg.connections:,}")
             with phase(phases, "steady") as record:
                 record.update(run.steady(gens, server, database, steady_config,
                                          cfg.connections))
         if "burst" in cfg.phases:
+            settle(gens, database, phases, "beforeBurst")
             run.say(f"[scale] burst: one transaction to {cfg.burst_users:,} users")
             with phase(phases, "burst") as record:
                 record.update(run.burst(gens, server, database, cfg.burst_users,
                                         among=cfg.connections, publish=publish,
                                         limit=120.0))
         if "cut" in cfg.phases:
+            settle(gens, database, phases, "beforeCut")
             run.say("[scale] database link cut")
             with phase(phases, "cut") as record:
                 record.update(link_cut(gens, server, database, cfg, publish))
         if "storm" in cfg.phases:
+            settle(gens, database, phases, "beforeStorm")
             run.say("[scale] restart and reconnect storm")
             with phase(phases, "storm") as record:
                 server = storm(gens, servers, database, cfg, publish, baseline, workdir,
@@ -226,6 +234,9 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
         out["error"] = f"{type(exc).__name__}: {exc}"
         run.say(f"[scale] failed: {out['error']}\n{server.log_tail(10)}")
     finally:
+        logged = [line for started in servers for line in warnings_of(started)]
+        out["relayWarningCount"] = len(logged)
+        out["relayWarnings"] = logged if len(logged) <= 60 else logged[:30] + logged[-30:]
         try:
             gens.all({"cmd": "close"})  # a quick stop: nothing left to drain
         except Exception:  # noqa: BLE001 - stopping anyway
@@ -237,7 +248,10 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
 
 
 class phase:  # noqa: N801 - used as a context manager, reads as a statement
-    """Records a phase's wall clock and the machine's load around it into ``record``."""
+    """Records a phase's wall clock, the machine's load around it and the worst stall of
+    relay's worker loops during it (bench/loopprobe.py) into ``record``."""
+
+    probe_dir: Path | None = None  # the running relay's probe directory
 
     def __init__(self, phases: dict[str, Any], name: str) -> None:
         self.record: dict[str, Any] = {}
@@ -253,6 +267,54 @@ class phase:  # noqa: N801 - used as a context manager, reads as a statement
         self.record["phaseSeconds"] = time.time() - self._started
         self.record["machineBusy"] = run.busy_share(self._busy)
         self.record["loadAverageAfter"] = os.getloadavg()[0]
+        if phase.probe_dir is not None and "workerLoop" not in self.record:
+            self.record["workerLoop"] = worst_lag(phase.probe_dir, self._started, time.time())
+
+
+def settle(gens: LoadGenerators, database: Database, phases: dict[str, Any], name: str,
+           limit: float = 120.0) -> None:
+    """Wait until the previous phase's notifications are all out: PostgreSQL's queue back to
+    (almost) empty and nothing arriving at the clients for 2 s. A server that fell behind
+    (``listen`` at 100,000 users) would otherwise charge its backlog to the next phase."""
+    import psycopg2
+
+    started = time.monotonic()
+    conn = psycopg2.connect(database.url, application_name="bench")
+    conn.autocommit = True
+    quiet, last, usage = 0, -1, 1.0
+    try:
+        while time.monotonic() - started < limit:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_notification_queue_usage()")
+                usage = float(cur.fetchone()[0])
+            got = sum(sum(c["byKind"].values()) for c in gens.all({"cmd": "count"}))
+            quiet = quiet + 1 if got == last else 0
+            last = got
+            if usage < 0.001 and quiet >= 2:
+                break
+            time.sleep(1.0)
+    finally:
+        conn.close()
+    seconds = time.monotonic() - started
+    phases[name] = {"settleSeconds": seconds, "queueUsage": usage,
+                    "settled": usage < 0.001 and quiet >= 2}
+    if seconds > 5:
+        run.say(f"[scale] {name}: the previous phase's backlog took {seconds:.0f} s to settle "
+                f"(queue usage {usage:.1%})")
+
+
+def warnings_of(server: RelayServer) -> list[str]:
+    """relay's warning and error log lines (its logs are JSON lines by default)."""
+    found = []
+    for name in ("stdout.log", "stderr.log"):
+        path = server.workdir / name
+        if not path.exists():
+            continue
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if '"level": "warning"' in line or '"level": "error"' in line:
+                    found.append(line.strip()[:400])
+    return found
 
 
 def prepare_database(cfg: ScaleConfig, database: Database) -> str:
@@ -331,6 +393,25 @@ def idle_figures(server: RelayServer, gens: LoadGenerators, baseline: dict[str, 
         if held else None,
         "openFiles": open_files(server),
     }
+
+
+def heartbeat(gens: LoadGenerators, server: RelayServer, seconds: float) -> dict[str, Any]:
+    """Idle connections for ``seconds`` (more than a ping interval): every one is pinged and
+    answers; how late the pings came, and what the workers spent on it."""
+    gens.all({"cmd": "reset"})
+    workers = server.roles()["worker"]
+    cpu0 = cpu_seconds(workers)
+    time.sleep(seconds)
+    cpu = cpu_seconds(workers) - cpu0
+    stats = gens.all({"cmd": "stats"})
+    late = array("f")
+    for reply in stats:
+        late.frombytes(base64.b64decode(reply["pingLateMs"]))
+    return {"seconds": seconds, "pings": len(late),
+            "pingLateMs": run.percentiles(sorted(late)),
+            "closes": run.merge_counts(r["closes"] for r in stats),
+            "workersCoreShare": cpu / seconds,
+            "workerCpuUsPerPing": cpu / len(late) * 1e6 if late else None}
 
 
 def db_cost(gens: LoadGenerators, server: RelayServer, database: Database, cfg: ScaleConfig,
@@ -494,6 +575,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
                         worker_connections=server.worker_connections, env=server.env,
                         probe_dir=workdir / "probe-2", port=server.port, instance="-2")
     servers.append(fresh)
+    phase.probe_dir = workdir / "probe-2"
     fresh.start(timeout=120)
     ready_at = time.time()
     run.say(f"[scale] relay back after {ready_at - term_at:.1f} s; waiting for {held:,} "
@@ -682,6 +764,8 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("idle: failed opens", sum(failures.values()), target="0",
             verdict="met" if not failures else "NOT met")
         add("idle: opening rate /s", _g(p, "openRest", "perSecond"))
+        add("idle: worst worker loop stall while opening ms",
+            _g(p, "openRest", "workerLoop", "worstMs"), "{:,.0f}")
         per = idle.get("bytesPerConnection")
         add("idle: RSS per connection KB (1k → all)", per / 1000 if per else None, "{:,.2f}",
             "<= 5", _verdict(per / 1000 if per else None, 5.0, "lower"))
@@ -695,6 +779,18 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("idle: kernel slab KB per connection (both ends)", slab / 1000 if slab is not None
             else None, "{:,.2f}")
         add("idle: channels LISTENed", idle.get("channelsListened"))
+    beat = p.get("heartbeat", {})
+    if beat:
+        add("heartbeat: pings answered in 25 s", beat.get("pings"))
+        add("heartbeat: ping lateness p99 / max ms",
+            _pair(_g(beat, "pingLateMs", "p99"), _g(beat, "pingLateMs", "max")))
+        add("heartbeat: worst worker loop stall ms", _g(beat, "workerLoop", "worstMs"),
+            "{:,.0f}", "a few ms")
+        add("heartbeat: longest full GC in a worker ms",
+            _g(beat, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
+        add("heartbeat: workers' CPU (share of a core)", beat.get("workersCoreShare"), "{:.1%}")
+        add("heartbeat: connections closed meanwhile", sum((beat.get("closes") or {}).values()),
+            target="0", verdict="met" if not beat.get("closes") else "NOT met")
     first, whole = p.get("dbFirst", {}), p.get("dbAll", {})
     if first or whole:
         for key, label in (("backendUsPerNotification", "PostgreSQL backend"),
@@ -721,6 +817,8 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(_g(steady, "latencyMs", "p99"), 25.0, "lower"))
         add("steady: latency max ms", _g(steady, "latencyMs", "max"), "{:,.1f}")
         add("steady: server CPU s / 10k", steady.get("serverCpuPer10k"), "{:,.2f}")
+        add("steady: worst worker loop stall ms", _g(steady, "workerLoop", "worstMs"),
+            "{:,.0f}")
     burst = p.get("burst", {})
     if burst:
         add("burst: users", burst.get("users"))
@@ -739,7 +837,8 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("storm: drain s (SIGTERM → exit)", st.get("drainExitSeconds"), "{:,.1f}")
         closes = _g(st, "drained", "closes") or {}
         add("storm: clients closed 1012 by the drain", closes.get("1012", 0),
-            target=f"{st.get('held', 0):,}")
+            target=f"{st.get('held', 0):,}",
+            verdict="met" if closes.get("1012", 0) == st.get("held") else "NOT met")
         add("storm: s down (SIGTERM → new relay ready)", st.get("downSeconds"), "{:,.1f}")
         add("storm: handshakes/s until 90% back", st.get("handshakesPerSecond90"),
             target=">= 1,500",
@@ -752,6 +851,8 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("storm: reattached / held", f"{st.get('reattached', 0):,} / {st.get('held', 0):,}")
         add("storm: worst worker loop stall ms", _g(st, "workerLoop", "worstMs"), "{:,.0f}",
             "<= 500", _verdict(_g(st, "workerLoop", "worstMs"), 500.0, "lower"))
+        add("storm: longest full GC in a worker ms",
+            _g(st, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
         add("storm: ping lateness p99 / max ms",
             _pair(_g(st, "pingLateMs", "p99"), _g(st, "pingLateMs", "max")))
         add("storm: delivery p99 ms meanwhile (probe)", _g(st, "probeLatencyMs", "p99"),
@@ -802,6 +903,16 @@ def render(results: dict[str, Any]) -> str:
              for name, rec in scale.get("phases", {}).items() if "machineBusy" in rec]
     if loads:
         lines.append("load average 1 min (machine busy) by phase: " + ", ".join(loads))
+    for name, rec in scale.get("phases", {}).items():
+        if rec.get("settled") is False:
+            lines.append(f"note: {name}: the previous phase's notifications were still being "
+                         f"delivered after {rec['settleSeconds']:.0f} s (PostgreSQL's queue "
+                         f"{rec['queueUsage']:.1%} full)")
+    warnings = scale.get("relayWarnings") or []
+    if warnings:
+        lines.append(f"note: relay logged {scale.get('relayWarningCount', len(warnings))} "
+                     "warning/error lines (in the JSON), "
+                     f"the first: {warnings[0][:200]}")
     if "error" in scale:
         lines.append(f"note: {scale['error']}")
     return "\n".join(lines)
