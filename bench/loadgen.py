@@ -50,6 +50,7 @@ import gevent  # noqa: E402
 import gevent.fileobject  # noqa: E402
 import gevent.pool  # noqa: E402
 
+from bench.clientwire import backoff_delay, cursors_after, masked, server_frame  # noqa: E402
 from relay.auth import issue_token  # noqa: E402
 
 _KEY = base64.b64encode(b"relay-bench-key!").decode()
@@ -150,7 +151,7 @@ class Storm:
 
     def delay(self, attempt: int) -> float:
         """client/src/backoff.js: uniform in [0, min(cap, base * 2^attempt))."""
-        return self.random.random() * min(self.cap, self.base * 2 ** attempt)
+        return backoff_delay(attempt, self.base, self.cap, self.random.random())
 
     def status(self) -> dict[str, Any]:
         return {"dropped": self.dropped, "reattached": self.reattached,
@@ -210,10 +211,10 @@ class LoadGenerator:
             if not head.startswith(b"HTTP/1.1 101"):
                 raise HandshakeFailed(head.split(b"\r\n", 1)[0].decode(errors="replace"))
             if auth is not None:
-                sock.sendall(_masked(0x1, json.dumps(auth, separators=(",", ":")).encode()))
+                sock.sendall(masked(0x1, json.dumps(auth, separators=(",", ":")).encode()))
             frames = bytearray(rest)
             while True:  # the first text frame must be `connected`
-                parsed = _frame(frames)
+                parsed = server_frame(frames)
                 if parsed is None:
                     data = sock.recv(4096)
                     if not data:
@@ -267,7 +268,7 @@ class LoadGenerator:
     def _parse(self, held: HeldConnection, now: float) -> None:
         buf = held.buffer
         while True:
-            parsed = _frame(buf)
+            parsed = server_frame(buf)
             if parsed is None:
                 return
             opcode, payload, used = parsed
@@ -291,7 +292,7 @@ class LoadGenerator:
                     # connection first (RFC 6455 7.1.1), so that no TIME_WAIT holds our port.
                     if not held.closing:
                         held.closing = code
-                        self._send(held, _masked(0x8, payload[:2]))
+                        self._send(held, masked(0x8, payload[:2]))
                     return
                 self._drop(held, code)
                 return
@@ -369,7 +370,7 @@ class LoadGenerator:
         storm.last_ok = now
         if connected.get("resumed"):
             storm.resumed += 1
-        self._hold(sock, user, pending, _cursors_after(connected, cursors))
+        self._hold(sock, user, pending, cursors_after(connected, cursors))
 
     def _update(self, payload: bytes, held: HeldConnection, now: float) -> None:
         got = self.received
@@ -436,7 +437,7 @@ class LoadGenerator:
             durations.append((time.monotonic() - started) * 1000.0)
             if isinstance(connected.get("pingInterval"), (int, float)):
                 self.ping_interval = float(connected["pingInterval"])
-            self._hold(sock, user, pending, _cursors_after(connected, {}))
+            self._hold(sock, user, pending, cursors_after(connected, {}))
 
         started = time.monotonic()
         cpu0 = os.times()
@@ -520,51 +521,6 @@ class LoadGenerator:
         if name == "close":
             return self.close()
         raise ValueError(f"unknown command {name!r}")
-
-
-def _masked(opcode: int, payload: bytes) -> bytes:
-    """A client frame (FIN set), masked with a zero key: the payload goes out as it is."""
-    length = len(payload)
-    if length < 126:
-        head = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
-
-
-def _cursors_after(connected: dict[str, Any], resumed: dict[str, str]) -> dict[str, str]:
-    """The cursors a client holds after ``connected``: as the JS client does, the server's
-    heads for the channels it did not ask to resume; a resumed channel keeps its own cursor
-    until its replay or a ``resync`` moves it."""
-    cursors = dict(resumed)
-    for channel, cursor in (connected.get("cursors") or {}).items():
-        if channel not in resumed and isinstance(cursor, str):
-            cursors[channel] = cursor
-    return cursors
-
-
-def _frame(buf: bytearray) -> tuple[int, bytes, int] | None:
-    """One unmasked server frame at the start of ``buf``: (opcode, payload, bytes used)."""
-    if len(buf) < 2:
-        return None
-    length = buf[1] & 0x7F
-    start = 2
-    if length == 126:
-        if len(buf) < 4:
-            return None
-        length = int.from_bytes(buf[2:4], "big")
-        start = 4
-    elif length == 127:
-        if len(buf) < 10:
-            return None
-        length = int.from_bytes(buf[2:10], "big")
-        start = 10
-    end = start + length
-    if len(buf) < end:
-        return None
-    return buf[0] & 0x0F, bytes(buf[start:end]), end
 
 
 def _reason(exc: BaseException) -> str:

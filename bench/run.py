@@ -243,9 +243,11 @@ def uptime_line() -> str:
 # ----- one server ------------------------------------------------------------------------------
 
 
-def make_server(name: str, config: Config, workdir: Path, database_url: str) -> Server:
+def make_server(name: str, config: Config, workdir: Path, database_url: str,
+                relay_env: dict[str, str] | None = None) -> Server:
     if name == "relay":
-        return RelayServer(workdir, database_url, config.workers, config.connections)
+        return RelayServer(workdir, database_url, config.workers, config.connections,
+                           env=relay_env)
     return NodeServer(workdir, database_url, name)
 
 
