@@ -327,14 +327,12 @@ class LoadGenerator:
             storm.closes[code] += 1
             storm.first_drop = storm.first_drop or now
             storm.last_drop = now
-            self._schedule(held.user, held.cursors, 0, now)
+            self._schedule(storm, held.user, held.cursors, 0, now)
 
     # ----- the reconnect storm -----
 
-    def _schedule(self, user: str, cursors: dict[str, str], attempt: int,
+    def _schedule(self, storm: Storm, user: str, cursors: dict[str, str], attempt: int,
                   dropped_at: float) -> None:
-        storm = self.storm
-        assert storm is not None
         storm.waiting += 1
         gevent.spawn_later(storm.delay(attempt), self._reconnect, storm, user, cursors,
                            attempt + 1, dropped_at)
@@ -356,10 +354,14 @@ class LoadGenerator:
             sock, pending, connected = self._handshake(user, "", storm.timeout, auth)
         except (OSError, HandshakeFailed) as exc:
             storm.failures[_reason(exc)] += 1
-            self._schedule(user, cursors, attempt, dropped_at)
+            self._schedule(storm, user, cursors, attempt, dropped_at)
             return
         finally:
             storm.in_flight -= 1
+        if not storm.armed:  # stopped while this handshake was under way: not held
+            storm.abandoned += 1
+            sock.close()
+            return
         now = time.time()
         storm.reattached += 1
         storm.by_second[int(now)] += 1

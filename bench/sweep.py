@@ -15,9 +15,10 @@ bench/requirements.txt: ``make bench-sweep`` installs it; ``--replot`` redraws a
 Below the table, the ceiling against its targets: the highest rate each server kept up with
 with nothing lost and p99 ≤ ``--ceiling-p99`` ms (relay's target: 25,000/s within 50 ms on
 2 cores), and relay's CPU per delivery against node-ws's at each rate both kept up with
-(target ≤ 1.25× from 10,000/s up). ``--user-channels`` runs relay with ``RELAY_USER_CHANNELS`` set (``off`` /
-``auto``: relay's SQL installed and relay's notifications published with ``relay_publish``;
-node-ws is always fed ``pg_notify`` on the users' channels, what it LISTENs).
+(target ≤ 1.25× from 10,000/s up). ``--user-channels`` runs relay with
+``RELAY_USER_CHANNELS`` set (``off`` / ``auto``: relay's SQL installed and relay's
+notifications published with ``relay_publish``; node-ws is always fed ``pg_notify`` on the
+users' channels, what it LISTENs).
 """
 
 from __future__ import annotations

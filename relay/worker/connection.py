@@ -346,7 +346,7 @@ class Connection:
             self._send(protocol.encode_token_expiring(self.expires_at, max(0, int(remaining))))
         if self.awaiting_pong_since is not None and (
             now - self.awaiting_pong_since > self.settings.pong_timeout
-        ):
+        ) and not self._unread_input():
             self.node.count("heartbeat_timeout")
             self.close(closecodes.HEARTBEAT_TIMEOUT, "no pong in time")
             return
@@ -355,6 +355,26 @@ class Connection:
             if self.awaiting_pong_since is None:
                 self.awaiting_pong_since = now
             self.enqueue(_PING)
+
+    def _unread_input(self) -> bool:
+        """Whether the client sent bytes that this worker has not read yet.
+
+        A worker held up for seconds (a storm of handshakes on a starved CPU, a long
+        collection) still runs its timers on time, while the greenlets that read its clients
+        wait their turn: its heartbeat check must not close a client whose pong is waiting in
+        the socket (bench scale, 75,000 connections on a starved machine: 70,000 closed 4011
+        within half a minute). One non-blocking peek, only for a connection about to be
+        closed."""
+        if self._input.pending:
+            return True
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK))
+        except OSError:  # nothing to read (EAGAIN), or the socket is gone: no pong either
+            return False
+        finally:
+            self.sock.settimeout(timeout)
 
     def _linger(self) -> None:
         """After our close frame: read until the client's close frame or the timeout."""
