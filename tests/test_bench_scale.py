@@ -70,11 +70,13 @@ def test_a_resumed_channel_keeps_its_cursor_until_the_server_moves_it() -> None:
 
 
 def test_the_loop_probe_reads_back_the_worst_stall_of_a_stretch(tmp_path: Path) -> None:
-    (tmp_path / "101.lag").write_text("100.0 101.0 3.00 0.00 0\n101.0 102.0 640.00 610.50 1\n"
+    (tmp_path / "101.lag").write_text("100.0 101.0 3.00 0.00 0 1.0\n"
+                                      "101.0 102.0 640.00 610.50 1 2900.0\n"
                                       "102.0 103.0 9.00 0.00 0\n103.0 10")  # a line in writing
     (tmp_path / "102.lag").write_text("100.5 101.5 120.00 0.00 0\n")
     stretch = worst_lag(tmp_path, 100.2, 101.2)
     assert stretch["worstMs"] == 640.0 and stretch["worstFullCollectionMs"] == 610.5
+    assert stretch["worstReadyWaitMs"] == 2900.0
     assert stretch["windowsOver100Ms"] == 2 and stretch["windowsOver500Ms"] == 1
     assert [spike[1] for spike in stretch["spikes"]] == [102, 101]  # in time order
     assert worst_lag(tmp_path, 102.5, 103.0)["worstMs"] == 9.0
