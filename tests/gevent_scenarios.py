@@ -129,7 +129,7 @@ def _pinged_connection(node: Node, seconds_ago: float) -> tuple[Connection, sock
     node.register(conn)
     conn.user_id = "late"
     conn.expires_at = int(time.time()) + 3600
-    conn.live.set()
+    conn.live = True
     conn._park()  # as after its handshake: the hub reads the client when it speaks
     now = time.monotonic()
     conn.awaiting_pong_since = now - seconds_ago
@@ -158,10 +158,31 @@ def late_pong(directory: str) -> dict[str, Any]:
             "silent_closed_with": silent.closing.code if silent.closing else None}
 
 
+def finished_connection_freed(directory: str) -> dict[str, Any]:
+    """A connection whose client closed is freed by its reference count alone: nothing of a
+    finished connection waits for the cyclic garbage collector, whose full collections walk
+    every object a worker holds."""
+    import gc
+    import weakref
+
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock"})
+    node = Node(settings)
+    gc.disable()
+    conn, client = _pinged_connection(node, seconds_ago=0.0)
+    gone = weakref.ref(conn)
+    del conn
+    client.sendall(b"\x88\x82\0\0\0\0\x03\xe8")  # the client's close frame, 1000
+    gevent.sleep(0.3)  # read, echoed, finished
+    return {"open": len(node.connections), "freed": gone() is None}
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
-                 "housekeeping_bug": housekeeping_bug, "late_pong": late_pong}
-    argument = (directory if name in ("housekeeping_bug", "late_pong")
+                 "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
+                 "finished_connection_freed": finished_connection_freed}
+    argument = (directory if name in ("housekeeping_bug", "late_pong", "finished_connection_freed")
                 else f"{directory}/listener.sock")
     print(json.dumps(scenarios[name](argument)))

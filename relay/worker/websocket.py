@@ -105,7 +105,9 @@ class FrameReader:
         self._read = read
         self._max = max_message_bytes
         self._on_frame = on_frame  # may raise ProtocolViolation to refuse the frame
-        self._fragments: list[str] = []
+        # The text of a message's earlier fragments; None until a message comes in pieces (a
+        # list per idle connection was one more object for every full collection to walk).
+        self._fragments: list[str] | None = None
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -182,6 +184,12 @@ class FrameReader:
         payload = _unmask(self._exact(length), mask) if length else b""
         if opcode in _CONTROL_OPCODES:
             return self._control(opcode, payload)
+        if opcode == OP_TEXT and fin:
+            # A whole message in one frame (every pong): decoded at once, no decoder state.
+            try:
+                return Event("text", text=payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
         if opcode == OP_TEXT:
             self._fragment_opcode = opcode
             self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -191,14 +199,19 @@ class FrameReader:
             text = self._decoder.decode(payload, final=fin)
         except UnicodeDecodeError:
             raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
-        if text:
-            # Empty fragments add nothing to the size limit: kept, they would grow this list
-            # by 8 bytes each, without bound (6 bytes on the wire per fragment).
-            self._fragments.append(text)
         if not fin:
+            if text:
+                # Empty fragments add nothing to the size limit: kept, they would grow this
+                # list by 8 bytes each, without bound (6 bytes on the wire per fragment).
+                if self._fragments is None:
+                    self._fragments = [text]
+                else:
+                    self._fragments.append(text)
             return None
-        text = "".join(self._fragments)
-        self._fragments = []
+        if self._fragments is not None:
+            self._fragments.append(text)
+            text = "".join(self._fragments)
+            self._fragments = None
         self._fragment_opcode = None
         self._fragment_size = 0
         self._decoder = None
