@@ -87,6 +87,7 @@ class Received:
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.closes: Counter[int] = Counter()
+        self.close_first = self.close_last = 0.0  # when the server closed the first / last
         self.other: Counter[str] = Counter()
         self.other_first: dict[str, float] = {}  # message type → first / last arrival
         self.other_last: dict[str, float] = {}
@@ -97,6 +98,7 @@ class Received:
             "misrouted": self.misrouted, "seqGaps": self.seq_gaps,
             "byKind": dict(self.by_kind), "first": self.first, "last": self.last,
             "closes": {str(k): v for k, v in self.closes.items()}, "other": dict(self.other),
+            "closeFirst": self.close_first, "closeLast": self.close_last,
             "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
             "worst": self.worst, "arrived": dict(self.arrived),
             "burstTimes": base64.b64encode(self.burst_times.tobytes()).decode(),
@@ -316,6 +318,10 @@ class LoadGenerator:
         if self.held.pop(held.key, None) is None:
             return
         self.received.closes[code] += 1
+        if code:
+            now = time.time()
+            self.received.close_first = self.received.close_first or now
+            self.received.close_last = now
         if held.watcher is not None:
             held.watcher.stop()
             held.watcher.close()

@@ -20,6 +20,8 @@ processes, each on its own loopback source address, and the embedded PostgreSQL.
             a notification every few ms: time until a notification committed after the cut
             reaches its client (the database answers at once: it was never down), and until
             every client has had its ``resync``;
+* drain   — (only without storm) the relay is stopped as a deploy stops it, and not started
+            again: how long the drain took, how its clients were closed, the loop meanwhile;
 * storm   — the relay is stopped as a deploy stops it (SIGTERM: the drain closes every client
             with 1012 over ``RELAY_DRAIN_SECONDS``), then started again on the same port; every
             client reconnects as the JS client does (full-jitter backoff from
@@ -60,7 +62,7 @@ from bench.servers import (
     memory,
 )
 
-PHASES = ("open", "db", "steady", "burst", "cut", "storm")
+PHASES = ("open", "db", "steady", "burst", "cut", "storm", "drain")
 MODES = ("off", "listen", "auto")
 
 
@@ -224,6 +226,11 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
             run.say("[scale] database link cut")
             with phase(phases, "cut") as record:
                 record.update(link_cut(gens, server, database, cfg, publish))
+        if "drain" in cfg.phases and "storm" not in cfg.phases:
+            settle(gens, database, phases, "beforeDrain")
+            run.say("[scale] SIGTERM: the drain alone")
+            with phase(phases, "drain") as record:
+                drain_only(gens, server, cfg, workdir, record)
         if "storm" in cfg.phases:
             settle(gens, database, phases, "beforeStorm")
             run.say("[scale] restart and reconnect storm")
@@ -553,6 +560,22 @@ def _recovered(gens: LoadGenerators, cut_at: float) -> bool:
     return any(ts > cut_at for ts, _ in probe_pairs(stats))
 
 
+def drain_only(gens: LoadGenerators, server: RelayServer, cfg: ScaleConfig, workdir: Path,
+               record: dict[str, Any]) -> None:
+    """SIGTERM, as a deploy stops a machine: how the drain closed the clients, and when."""
+    held = sum(c["held"] for c in gens.all({"cmd": "reset"}))
+    term_at = time.time()
+    record["held"] = held
+    record["drainExitSeconds"] = server.terminate(timeout=cfg.drain_seconds + 30)
+    exited_at = time.time()
+    record["drainLoop"] = worst_lag(workdir / "probe-1", term_at, exited_at)
+    stats = gens.all({"cmd": "stats"})
+    first = min((r["closeFirst"] for r in stats if r["closeFirst"]), default=term_at)
+    record["drained"] = {"closes": run.merge_counts(r["closes"] for r in stats),
+                         "firstDrop": first - term_at,
+                         "lastDrop": max((r["closeLast"] for r in stats), default=0.0) - term_at}
+
+
 def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
           cfg: ScaleConfig, publish: str, baseline: dict[str, Any], workdir: Path,
           record: dict[str, Any]) -> RelayServer:
@@ -835,12 +858,22 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("cut: s until the last client's resync", cut.get("lastResyncSeconds"), "{:,.2f}")
         add("cut: clients told to resync", cut.get("resynced"))
     st = p.get("storm", {})
+    drained = st or p.get("drain", {})
+    if drained:
+        add("drain: s from SIGTERM to exit", drained.get("drainExitSeconds"), "{:,.1f}",
+            f"<= {scale.get('config', {}).get('drain_seconds', 10):g} + 3")
+        closes = _g(drained, "drained", "closes") or {}
+        add("drain: clients closed 1012", closes.get("1012", 0),
+            target=f"{drained.get('held', 0):,}",
+            verdict="met" if closes.get("1012", 0) == drained.get("held") else "NOT met")
+        add("drain: last close, s after SIGTERM", _g(drained, "drained", "lastDrop"), "{:,.1f}")
+        add("drain: worst worker loop stall ms",
+            max(_g(drained, "drainLoop", "worstMs") or 0.0,
+                _g(drained, "drainLoop", "worstReadyWaitMs") or 0.0)
+            if drained.get("drainLoop") else None, "{:,.0f}")
+        add("drain: longest full GC in a worker ms",
+            _g(drained, "drainLoop", "worstFullCollectionMs"), "{:,.0f}")
     if st:
-        add("storm: drain s (SIGTERM → exit)", st.get("drainExitSeconds"), "{:,.1f}")
-        closes = _g(st, "drained", "closes") or {}
-        add("storm: clients closed 1012 by the drain", closes.get("1012", 0),
-            target=f"{st.get('held', 0):,}",
-            verdict="met" if closes.get("1012", 0) == st.get("held") else "NOT met")
         add("storm: s down (SIGTERM → new relay ready)", st.get("downSeconds"), "{:,.1f}")
         add("storm: handshakes/s until 90% back", st.get("handshakesPerSecond90"),
             target=">= 1,500",
@@ -874,7 +907,6 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         per = after.get("bytesPerConnectionFromEmpty")
         add("storm: RSS per connection KB after (from empty)", per / 1000 if per else None,
             "{:,.2f}")
-        add("storm: drain's worst loop stall ms", _g(st, "drainLoop", "worstMs"), "{:,.0f}")
     return out
 
 
