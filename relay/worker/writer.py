@@ -43,26 +43,8 @@ class Writer:
 
     def enqueue(self, frame: bytes) -> CloseCode | None:
         """Send or queue ``frame``; the code to close with if the client is too slow."""
-        if self._greenlet is None and not self._queue:
-            # Nothing in flight: write now, without a writer greenlet. gevent's send with
-            # timeout 0 never waits, so this greenlet cannot be switched out mid-write.
-            try:
-                sent = self._sock.send(frame, 0, 0.0)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.abort()
-                return None
-            if sent == len(frame):
-                return None
-            if sent:
-                # The rest of a frame already begun on the wire: it must go out whole, even
-                # if the queue overflows below, or the client's framing would be corrupt.
-                self._queue = [frame[sent:]]
-                self._queued_bytes += len(frame) - sent
-                self._head_partial = True
-                self._greenlet = gevent.spawn(self._write_loop)
-                return None
+        if self._greenlet is None and not self._queue and self._send_now(frame):
+            return None
         if (len(self._queue) >= self._max_messages
                 or self._queued_bytes + len(frame) > self._max_bytes):
             head = self._queue[0] if self._head_partial and self._queue else None
@@ -76,9 +58,37 @@ class Writer:
         return None
 
     def send_last(self, frame: bytes) -> None:
-        """Queue the connection's last frame (its close frame) after what is queued, whatever
+        """Send the connection's last frame (its close frame) after what is queued, whatever
         the limits."""
+        # Sent at once when nothing is in flight: a drain closes thousands of clients a second
+        # per worker, and it spawned a writer greenlet for each close frame.
+        if self._greenlet is None and not self._queue and self._send_now(frame):
+            return
         self._append(frame)
+
+    def _send_now(self, frame: bytes) -> bool:
+        """Nothing is in flight: write ``frame`` now, without a writer greenlet; whether the
+        caller is done with it (sent, begun and queued, or the socket failed)."""
+        # gevent's send with timeout 0 never waits, so this greenlet cannot be switched out
+        # mid-write.
+        try:
+            sent = self._sock.send(frame, 0, 0.0)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.abort()
+            return True
+        if sent == len(frame):
+            return True
+        if not sent:
+            return False
+        # The rest of a frame already begun on the wire: it must go out whole, even if the
+        # queue overflows later, or the client's framing would be corrupt.
+        self._queue = [frame[sent:]]
+        self._queued_bytes += len(frame) - sent
+        self._head_partial = True
+        self._greenlet = gevent.spawn(self._write_loop)
+        return True
 
     def wait(self, timeout: float) -> None:
         """Wait, at most ``timeout`` seconds, for what is queued to be written."""
