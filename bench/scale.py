@@ -90,6 +90,7 @@ class ScaleConfig:
     storm_hold: float = 25.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    relay_env: tuple[tuple[str, str], ...] = ()  # more of relay's settings (--relay-env)
     quick: bool = False
 
 
@@ -108,6 +109,8 @@ def add_arguments(parser: Any) -> None:
                        help="their rate per second")
     group.add_argument("--drain-seconds", type=float, default=10.0,
                        help="RELAY_DRAIN_SECONDS of the relay the storm stops")
+    group.add_argument("--relay-env", action="append", default=[], metavar="NAME=VALUE",
+                       help="one more RELAY_ setting for the relay under test (repeatable)")
 
 
 def config_from(args: Any, quick: bool) -> ScaleConfig:
@@ -138,7 +141,15 @@ def config_from(args: Any, quick: bool) -> ScaleConfig:
         writer_threads=args.writer_threads,
         burst_users=min(connections, pick(args.scale_burst, 50_000, connections // 2)),
         cut_limit=60.0 if quick else 180.0, drain_seconds=args.drain_seconds,
-        storm_limit=120.0 if quick else 240.0, storm_hold=25.0, quick=quick)
+        storm_limit=120.0 if quick else 240.0, storm_hold=25.0,
+        relay_env=tuple(_setting(item) for item in args.relay_env), quick=quick)
+
+
+def _setting(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("RELAY_"):
+        raise SystemExit(f"bench: --relay-env takes RELAY_NAME=VALUE, not {item!r}")
+    return name, value
 
 
 def open_files_hard_limit() -> int:
@@ -159,7 +170,7 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
                              max(10_000, -(-cfg.connections * 5 // 4 // cfg.workers)))
     out["workerConnections"] = worker_connections
     env = {"RELAY_USER_CHANNELS": cfg.user_channels,
-           "RELAY_DRAIN_SECONDS": f"{cfg.drain_seconds:g}"}
+           "RELAY_DRAIN_SECONDS": f"{cfg.drain_seconds:g}", **dict(cfg.relay_env)}
     server = RelayServer(workdir, database.url, cfg.workers, cfg.connections,
                          worker_connections=worker_connections, env=env,
                          probe_dir=workdir / "probe-1")
@@ -934,7 +945,8 @@ def render(results: dict[str, Any]) -> str:
                  f"(RELAY_WORKER_CONNECTIONS={scale.get('workerConnections', 0):,}) and "
                  f"{cfg.get('loadgens')} load generators; RELAY_USER_CHANNELS="
                  f"{cfg.get('user_channels')}, published with "
-                 f"{'relay_publish' if scale.get('publish') == 'publish' else 'pg_notify'}")
+                 f"{'relay_publish' if scale.get('publish') == 'publish' else 'pg_notify'}"
+                 + "".join(f"; {name}={value}" for name, value in cfg.get("relay_env") or ()))
     lines.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ramGiB']} GiB, "
                  f"PostgreSQL {m.get('postgres')}, Python {m['python']}; load average before "
                  f"{m['loadAverage'][0]:.2f}, after {results.get('loadAverageAfter', [0])[0]:.2f}")
