@@ -85,6 +85,8 @@ class Connection:
         self._writer = Writer(sock, self.settings.queue_max_messages,
                               self.settings.queue_max_bytes)
         self._abort_timer: Any = None  # a loop timer while the close handshake runs
+        # The token is to come in the first message: a loop timer until it does.
+        self._auth_timer: Any = None
         self._tokens = self.settings.client_msg_rate * 2
         self._tokens_at = self.opened_at
 
@@ -154,9 +156,29 @@ class Connection:
                query_resume: str | None) -> bool:
         if refusal is not None:
             self.close(*refusal)
-        elif not self._authenticate(query_token, query_resume):
-            return False
+        elif query_token is not None:
+            resume = protocol.parse_resume_query(query_resume) if query_resume else None
+            self._authenticate(query_token, resume)
+        else:
+            # The token comes in the first message. Until then the connection parks like any
+            # other, and its handshake's greenlet gives its slot of the worker's pool back
+            # (RELAY_HANDSHAKE_CONCURRENCY): clients that open a WebSocket and say nothing
+            # for RELAY_AUTH_TIMEOUT must not keep new handshakes and /health waiting.
+            self._auth_timer = gevent.get_hub().loop.timer(self.settings.auth_timeout)
+            self._auth_timer.start(self._auth_expired)
         return self._read_buffered(readable=False)
+
+    def _auth_expired(self) -> None:
+        """No auth message in time: runs in the hub (a loop timer), and close never blocks."""
+        self._stop_auth_timer()
+        if self.closing is None:
+            self.node.count_auth_failure("auth timeout")
+            self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
+
+    def _stop_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.close()
+            self._auth_timer = None
 
     def _read_buffered(self, readable: bool) -> bool:
         """Handle every frame the client has sent so far, then park; ``False`` once the
@@ -182,41 +204,29 @@ class Connection:
         self._watcher.stop()
         gevent.spawn(self._drive, self._read_buffered, True)
 
-    def _authenticate(self, query_token: str | None, query_resume: str | None) -> bool:
-        """``False`` if the client ended the stream (its close handshake) meanwhile."""
-        resume: object = None
-        if query_token is not None:
-            token: object = query_token
-            if query_resume:
-                resume = protocol.parse_resume_query(query_resume)
-        else:
-            try:
-                with gevent.Timeout(self.settings.auth_timeout):
-                    message = self._next_message()
-            except gevent.Timeout:
-                self.node.count_auth_failure("auth timeout")
-                self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
-                return True
-            if message is None:
-                return False
-            if message.get("type") != protocol.AUTH:
-                self.node.count_auth_failure("no auth message")
-                self.close(closecodes.UNAUTHORIZED, "expected an auth message")
-                return True
-            token = message.get("token")
-            resume = message.get("resume")
+    def _authenticate_message(self, message: dict[str, Any]) -> None:
+        """The first message of a connection without a token in its URL."""
+        self._stop_auth_timer()
+        if message.get("type") != protocol.AUTH:
+            self.node.count_auth_failure("no auth message")
+            self.close(closecodes.UNAUTHORIZED, "expected an auth message")
+            return
+        self._authenticate(message.get("token"), message.get("resume"))
+
+    def _authenticate(self, token: object, resume: object) -> None:
+        """Check the token, then attach and wait for the listener's answer."""
         try:
             claims = verify_token(token, self.settings.jwt_secret, self.settings.max_token_bytes)
             channels = channels_for(claims.user_id, self.settings.channel_templates)
         except InvalidUserId as exc:
             self._refuse(closecodes.FORBIDDEN, exc.reason)
-            return True
+            return
         except InvalidChannel as exc:
             self._refuse(closecodes.FORBIDDEN, str(exc))
-            return True
+            return
         except AuthError as exc:
             self._refuse(closecodes.UNAUTHORIZED, exc.reason)
-            return True
+            return
         self.user_id = claims.user_id
         self.channels = channels
         self.expires_at = claims.expires_at
@@ -229,7 +239,6 @@ class Connection:
                 self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         finally:
             self._answered = None
-        return True
 
     def _answer(self) -> None:
         self.live = True
@@ -286,17 +295,6 @@ class Connection:
             return True
         return self._control(event)
 
-    def _next_message(self) -> dict[str, Any] | None:
-        """The next client JSON message; ``None`` once the closing handshake is done."""
-        while True:
-            event = self.reader.next_event()
-            if event.kind == "text":
-                if self.closing is not None:
-                    continue
-                return protocol.parse_client_message(event.text)
-            if not self._control(event):
-                return None
-
     def _control(self, event: Event) -> bool:
         """Answer a control frame; ``False`` for the close that completes the handshake."""
         if event.kind == "ping":
@@ -323,6 +321,9 @@ class Connection:
             raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message rate limit")
 
     def _handle(self, message: dict[str, Any]) -> None:
+        if self._auth_timer is not None:
+            self._authenticate_message(message)
+            return
         kind = message.get("type")
         if kind == protocol.PONG:
             self.awaiting_pong_since = None
@@ -414,6 +415,7 @@ class Connection:
             return
 
     def _finish(self) -> None:
+        self._stop_auth_timer()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
