@@ -178,11 +178,50 @@ def finished_connection_freed(directory: str) -> dict[str, Any]:
     return {"open": len(node.connections), "freed": gone() is None}
 
 
+def _masked_text(text: bytes, mask: bytes = b"\x1f\x2e\x3d\x4c") -> bytes:
+    """A client's text frame, masked as a browser masks it."""
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    return bytes((0x81, 0x80 | len(text))) + mask + masked
+
+
+def pong_without_greenlet(directory: str) -> dict[str, Any]:
+    """A lone canonical pong is taken by the watcher's callback, without a greenlet; any other
+    pong goes through the reader; a flood of lone pongs still meets the message rate limit."""
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_CLIENT_MSG_RATE": "2"})
+    node = Node(settings)
+    spawned: list[object] = []
+    real_spawn = gevent.spawn
+
+    def counting_spawn(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(args[0])
+        return real_spawn(*args, **kwargs)
+
+    gevent.spawn = counting_spawn  # type: ignore[assignment]
+    out: dict[str, Any] = {}
+    conn, client = _pinged_connection(node, seconds_ago=0.5)
+    client.sendall(_masked_text(b'{"type":"pong"}'))
+    gevent.sleep(0.1)
+    out["canonical"] = {"answered": conn.awaiting_pong_since is None, "greenlets": len(spawned)}
+    conn.awaiting_pong_since = time.monotonic()
+    client.sendall(_masked_text(b'{"type": "pong"}'))  # another spelling: the reader's
+    gevent.sleep(0.1)
+    out["spaced"] = {"answered": conn.awaiting_pong_since is None, "greenlets": len(spawned)}
+    for _ in range(4):  # a bucket of 2 x 2 tokens, two already taken: the flood ends it
+        client.sendall(_masked_text(b'{"type":"pong"}'))
+        gevent.sleep(0.05)
+    out["flood_closed_with"] = conn.closing.code if conn.closing else None
+    gevent.spawn = real_spawn  # type: ignore[assignment]
+    return out
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
                  "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
-                 "finished_connection_freed": finished_connection_freed}
-    argument = (directory if name in ("housekeeping_bug", "late_pong", "finished_connection_freed")
-                else f"{directory}/listener.sock")
+                 "finished_connection_freed": finished_connection_freed,
+                 "pong_without_greenlet": pong_without_greenlet}
+    argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
+                else directory)
     print(json.dumps(scenarios[name](argument)))

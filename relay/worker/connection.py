@@ -39,6 +39,7 @@ from relay.worker.websocket import (
     ProtocolViolation,
     close_frame,
     encode_frame,
+    is_pong_frame,
     text_frame,
 )
 from relay.worker.writer import Writer
@@ -49,6 +50,9 @@ CLOSE_HANDSHAKE_TIMEOUT = 3.0
 LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
 ATTACH_TIMEOUT = 10.0
 _PING = text_frame(protocol.ENCODED_PING)
+# A pong as the bundled client writes it (JSON.stringify({type: 'pong'})).
+_PONG_TEXT = b'{"type":"pong"}'
+_PONG_FRAME_BYTES = 6 + len(_PONG_TEXT)  # header, mask, text
 
 
 class Connection:
@@ -200,9 +204,34 @@ class Connection:
         self._watcher.start(self._on_readable)
 
     def _on_readable(self) -> None:
-        """The parked connection's socket is readable: runs in the hub, so only spawns."""
+        """The parked connection's socket is readable: runs in the hub, so it never waits. A
+        lone pong is taken here; anything else is read by a greenlet of its own."""
+        if self._took_pong():
+            return
         self._watcher.stop()
         gevent.spawn(self._drive, self._read_buffered, True)
+
+    def _took_pong(self) -> bool:
+        """Read and handle the client's answer to a heartbeat, if that is all it sent.
+
+        What a worker reads most (at 100,000 connections, 5,000 pongs a second): a greenlet,
+        a frame reader's pass and a JSON parse for each was most of the heartbeat's cost.
+        Only a whole, canonical pong frame, between two messages and within the client's
+        message rate, is taken; anything else is left to the reader, which checks every
+        rule (a peek, so nothing is consumed unless taken)."""
+        if (self._input.pending or self._auth_timer is not None or self.closing is not None
+                or not self.reader.between_messages):
+            return False
+        raw = getattr(self.sock, "_sock", self.sock)  # not tied to the hub: never waits
+        try:
+            data = raw.recv(_PONG_FRAME_BYTES + 1, socket.MSG_PEEK)
+        except OSError:
+            return False
+        if not is_pong_frame(data, _PONG_TEXT) or not self._take_token():
+            return False
+        raw.recv(len(data))  # what was peeked, all there
+        self.awaiting_pong_since = None
+        return True
 
     def _authenticate_message(self, message: dict[str, Any]) -> None:
         """The first message of a connection without a token in its URL."""
@@ -311,13 +340,19 @@ class Connection:
             return False
         return True
 
-    def _rate_limit(self) -> None:
+    def _take_token(self) -> bool:
+        """One frame's worth of the client's message rate; ``False`` when it has none left."""
         now = time.monotonic()
         rate = self.settings.client_msg_rate
         self._tokens = min(rate * 2, self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
+        if self._tokens < 1:
+            return False
         self._tokens -= 1
-        if self._tokens < 0:
+        return True
+
+    def _rate_limit(self) -> None:
+        if not self._take_token():
             raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message rate limit")
 
     def _handle(self, message: dict[str, Any]) -> None:

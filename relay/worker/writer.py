@@ -27,11 +27,15 @@ _EMPTY: tuple[bytes, ...] = ()
 
 class Writer:
     # Slots: one writer per connection, and an idle connection's bytes count (bench idle).
-    __slots__ = ("_sock", "_max_messages", "_max_bytes", "_queue", "_queued_bytes",
+    __slots__ = ("_sock", "_raw", "_max_messages", "_max_bytes", "_queue", "_queued_bytes",
                  "_head_partial", "_greenlet")
 
     def __init__(self, sock: socket.socket, max_messages: int, max_bytes: int) -> None:
         self._sock = sock
+        # gevent's socket wraps a non-blocking socket of the standard library, which gevent
+        # leaves to "code that needs the raw _sock (not tied to the hub)": a send that must
+        # never wait is one, and it spares every delivery the wrapper's Python layers.
+        self._raw = getattr(sock, "_sock", sock)
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         # A list, not a deque: it is only appended to and emptied whole, and an empty deque
@@ -69,10 +73,10 @@ class Writer:
     def _send_now(self, frame: bytes) -> bool:
         """Nothing is in flight: write ``frame`` now, without a writer greenlet; whether the
         caller is done with it (sent, begun and queued, or the socket failed)."""
-        # gevent's send with timeout 0 never waits, so this greenlet cannot be switched out
-        # mid-write.
+        # The raw socket is non-blocking: it takes what it can, or raises BlockingIOError;
+        # this greenlet cannot be switched out mid-write.
         try:
-            sent = self._sock.send(frame, 0, 0.0)
+            sent = self._raw.send(frame)
         except BlockingIOError:
             return False
         except OSError:
