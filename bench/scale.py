@@ -170,7 +170,15 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
                              max(10_000, -(-cfg.connections * 5 // 4 // cfg.workers)))
     out["workerConnections"] = worker_connections
     env = {"RELAY_USER_CHANNELS": cfg.user_channels,
-           "RELAY_DRAIN_SECONDS": f"{cfg.drain_seconds:g}", **dict(cfg.relay_env)}
+           "RELAY_DRAIN_SECONDS": f"{cfg.drain_seconds:g}"}
+    cores = os.cpu_count() or 1
+    if cfg.workers > cores:
+        # Production runs one worker per vCPU, each serving RELAY_HANDSHAKE_CONCURRENCY (256)
+        # handshakes at once; here more workers than cores share them (the open-files limit),
+        # so each gets its share of that per-core figure.
+        env["RELAY_HANDSHAKE_CONCURRENCY"] = str(max(1, 256 * cores // cfg.workers))
+    env.update(dict(cfg.relay_env))
+    out["relayEnv"] = env
     server = RelayServer(workdir, database.url, cfg.workers, cfg.connections,
                          worker_connections=worker_connections, env=env,
                          probe_dir=workdir / "probe-1")
@@ -393,7 +401,11 @@ def idle_figures(server: RelayServer, gens: LoadGenerators, baseline: dict[str, 
         "held": held, "asked": cfg.connections,
         "reportedConnections": health.get("totalConnections"),
         "reportedUsers": health.get("connectedUsers"),
-        "channelsListened": listener.get("channels"),
+        # What the listener's database session LISTENs, and the mode relay says it runs in
+        # (older relays reported neither: their "channels" were all LISTENed).
+        "channelsListened": listener.get("listened", listener.get("channels")),
+        "channelsRouted": listener.get("channels"),
+        "userChannels": listener.get("userChannels"),
         "rss": now["rss"], "baselineRss": baseline["memory"]["rss"],
         # From the small stage to C: the figure per connection, without the first stage's
         # history (its notifications) nor the warm-up's lazy allocations.
@@ -468,8 +480,13 @@ def db_cost(gens: LoadGenerators, server: RelayServer, database: Database, cfg: 
         "listenerUsPerNotification": listener_cpu / committed * 1e6 if committed else None,
         "workersUsPerNotification": workers_cpu / committed * 1e6 if committed else None,
         "listenerIdleCoreShare": idle_share,
-        "channelsListened": (health.get("listener") or {}).get("channels"),
+        "channelsListened": _listened(health),
     }
+
+
+def _listened(health: dict[str, Any]) -> Any:
+    listener = health.get("listener") or {}
+    return listener.get("listened", listener.get("channels"))
 
 
 def psutil_process(pid: int) -> Any:
@@ -546,15 +563,22 @@ def link_cut(gens: LoadGenerators, server: RelayServer, database: Database, cfg:
     finally:
         stop_writer(writer)
     stats = gens.all({"cmd": "stats"})
-    after = [(ts, arrived) for ts, arrived in probe_pairs(stats) if ts > cut_at]
+    pairs = probe_pairs(stats)
+    after = [(ts, arrived) for ts, arrived in pairs if ts > cut_at]
+    gap = outage(pairs, cut_at)
     last_resync = max((r["otherLast"].get("resync", 0.0) for r in stats), default=0.0)
     first_resync = min((r["otherFirst"].get("resync", float("inf")) for r in stats),
                        default=float("inf"))
     health = server.health() or {}
     return {
         "held": held, "backendsTerminated": len(pids), "cutAt": cut_at,
-        # The database answers at once (only the session was ended): the time from the cut.
-        "flowingAgainSeconds": after[0][1] - cut_at if after else None,
+        # The database answers at once (only the session was ended), so the time is taken from
+        # the cut: the end of the longest silence of the probes' arrivals around it (a probe
+        # committed in the moment after the cut can still reach the dying session's
+        # listener), and how many probes committed meanwhile never arrived (no replay).
+        "flowingAgainSeconds": gap["endsAfterCutSeconds"] if gap else None,
+        "outage": gap,
+        "firstProbeAfterCutSeconds": after[0][1] - cut_at if after else None,
         "firstProbeAfterCutCommittedSeconds": after[0][0] - cut_at if after else None,
         "resynced": sum(r["other"].get("resync", 0) for r in stats),
         "firstResyncSeconds": first_resync - cut_at if resynced else None,
@@ -564,6 +588,22 @@ def link_cut(gens: LoadGenerators, server: RelayServer, database: Database, cfg:
         "databaseReconnects": (health.get("listener") or {}).get("databaseReconnects"),
         "gaveUpAfter": None if resynced >= held else cfg.cut_limit,
     }
+
+
+def outage(pairs: list[tuple[float, float]], cut_at: float) -> dict[str, float] | None:
+    """The longest silence in the probes' arrivals that ends after the cut: (commit ts,
+    arrival) pairs in arrival order. Its length, when it ended (seconds after the cut), and
+    the probes committed during it."""
+    arrivals = [arrived for _, arrived in pairs]
+    best: tuple[float, float] | None = None
+    for before, after in zip(arrivals, arrivals[1:], strict=False):
+        if after > cut_at and before > cut_at - 1.0 and (
+                best is None or after - before > best[1] - best[0]):
+            best = (before, after)
+    if best is None:
+        return None
+    return {"seconds": best[1] - best[0], "endsAfterCutSeconds": best[1] - cut_at,
+            "startsAfterCutSeconds": best[0] - cut_at}
 
 
 def _recovered(gens: LoadGenerators, cut_at: float) -> bool:
@@ -689,7 +729,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         "after": {
             "clientsHeld": now_held, "reportedConnections": health.get("totalConnections"),
             "reportedUsers": health.get("connectedUsers"),
-            "channelsListened": (health.get("listener") or {}).get("channels"),
+            "channelsListened": _listened(health),
             "openFiles": files,
             "openFilesBeyondConnections": files["worker"] - now_held,
             "rss": mem["rss"],
@@ -813,6 +853,7 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("idle: kernel slab KB per connection (both ends)", slab / 1000 if slab is not None
             else None, "{:,.2f}")
         add("idle: channels LISTENed", idle.get("channelsListened"))
+        add("idle: user channels (relay's mode)", idle.get("userChannels") or "-")
     beat = p.get("heartbeat", {})
     if beat:
         add("heartbeat: pings answered in 25 s", beat.get("pings"))
@@ -866,6 +907,7 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if cut:
         add("cut: s until updates flow again", cut.get("flowingAgainSeconds"), "{:,.2f}",
             "<= 2 (off)", _verdict(cut.get("flowingAgainSeconds"), 2.0, "lower"))
+        add("cut: longest silence of the probes s", _g(cut, "outage", "seconds"), "{:,.2f}")
         add("cut: s until the last client's resync", cut.get("lastResyncSeconds"), "{:,.2f}")
         add("cut: clients told to resync", cut.get("resynced"))
     st = p.get("storm", {})
@@ -946,7 +988,9 @@ def render(results: dict[str, Any]) -> str:
                  f"{cfg.get('loadgens')} load generators; RELAY_USER_CHANNELS="
                  f"{cfg.get('user_channels')}, published with "
                  f"{'relay_publish' if scale.get('publish') == 'publish' else 'pg_notify'}"
-                 + "".join(f"; {name}={value}" for name, value in cfg.get("relay_env") or ()))
+                 + "".join(f"; {name}={value}"
+                           for name, value in (scale.get("relayEnv") or {}).items()
+                           if name != "RELAY_USER_CHANNELS"))
     lines.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ramGiB']} GiB, "
                  f"PostgreSQL {m.get('postgres')}, Python {m['python']}; load average before "
                  f"{m['loadAverage'][0]:.2f}, after {results.get('loadAverageAfter', [0])[0]:.2f}")

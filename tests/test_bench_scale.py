@@ -138,3 +138,14 @@ def test_the_scale_table_marks_each_target(tmp_path: Path) -> None:
     assert rows["burst: s until the last has it"] == ("1.500", "met")
     table = scale.render(results)
     assert "RELAY_USER_CHANNELS=off, published with relay_publish" in table
+
+
+def test_the_cut_is_read_as_the_longest_silence_of_the_probes_around_it() -> None:
+    # Probes every 10 ms; the cut at 100.0; one stray probe at 100.003, then nothing until
+    # 101.2, then every 10 ms again.
+    arrivals = [99.5 + i * 0.01 for i in range(50)] + [100.003] + [
+        101.2 + i * 0.01 for i in range(20)]
+    gap = scale.outage([(t - 0.001, t) for t in arrivals], 100.0)
+    assert gap is not None
+    assert gap["endsAfterCutSeconds"] == pytest.approx(1.2)
+    assert gap["seconds"] == pytest.approx(1.197)
