@@ -67,6 +67,13 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 bench-sweep: $(BENCH_STAMP)
 	$(PY) -m bench.sweep $(SWEEP_ARGS)
 
+## bench-scale: the scale scenario alone: one relay with 100,000 users (about 10 minutes; the
+##              machine's hard open-files limit must allow ~20,000 per process); e.g.
+##              make bench-scale SCALE_ARGS="--user-channels listen" or SCALE_ARGS="--quick"
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -m bench.run --scenarios scale $(SCALE_ARGS)
+
 token: $(STAMP)
 	@$(PY) -m relay token --user-id $${USER_ID:-42}
 

@@ -31,10 +31,15 @@ bind = [_settings.bind_address]
 # WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
 worker_class = "relay.worker.process.RelayWorker"
-# RELAY_WORKER_CONNECTIONS (10000): the gevent pool of a worker, which a WebSocket holds only
-# during its handshake (then it parks, see relay/worker/connection.py), and the base of the number
-# of WebSockets the worker keeps (Settings.worker_connection_limit).
-worker_connections = _settings.worker_connections
+# RELAY_HANDSHAKE_CONCURRENCY (256): the gevent pool of a worker, the handshakes (and HTTP
+# requests) it serves at once; a WebSocket leaves it once authenticated (it parks, see
+# relay/worker/connection.py). When the pool is full the worker stops accepting, and new
+# connections wait in the kernel's accept queue. A pool as large as the worker's connections
+# took a whole reconnect storm at once, every handshake waiting behind all the others (bench
+# scale, 17,000 clients on one worker: it ran out of file descriptors and never answered
+# /health; with a pool of 100 all were back in 63 s). The number of WebSockets a worker keeps
+# comes from RELAY_WORKER_CONNECTIONS (Settings.worker_connection_limit), not from the pool.
+worker_connections = _settings.handshake_concurrency
 # RELAY_WORKER_TIMEOUT (30 s): a worker whose event loop has not run for this long (it
 # heartbeats every second) is killed and replaced; its clients reconnect and resume.
 timeout = math.ceil(_settings.worker_timeout)
@@ -65,7 +70,7 @@ relay_websockets_per_worker = _settings.worker_connection_limit
 relay_websockets_per_machine = workers * relay_websockets_per_worker
 # Open files one worker needs: a socket per connection, plus its own (listener link, logs,
 # gevent's pipes, the listen socket).
-relay_open_files_per_worker = worker_connections + 64
+relay_open_files_per_worker = _settings.worker_connections + 64
 
 
 def _raise_open_files_limit(server) -> None:

@@ -12,6 +12,12 @@ the ``per-client-listen`` peer (bench/peers) — with load generators in separat
 * burst   — one transaction notifying B distinct users: time until the last one has it;
 * connect — handshakes/s (TCP, upgrade, JWT, ``connected`` received), connections reset.
 
+Not in the default set, and run on its own (``--scenarios scale``, ``make bench-scale``):
+
+* scale   — one relay with 100,000 users: memory, database cost from 1,000 to 100,000 users,
+            steady delivery and a burst among them, a database link cut, a restart and its
+            reconnect storm (``bench/scale.py``).
+
 And once, against the database alone:
 
 * notify  — notifying commits/s that PostgreSQL takes (concurrent writers, one NOTIFY per
@@ -44,6 +50,7 @@ from typing import Any
 
 import psutil
 
+from bench import scale
 from bench.figures import write_sizing_figures
 from bench.servers import (
     ROOT,
@@ -58,6 +65,7 @@ from bench.servers import (
 )
 
 SCENARIOS = ("idle", "db", "steady", "burst", "connect", "notify")
+ALL_SCENARIOS = (*SCENARIOS, "scale")
 SERVERS = ("relay", "node-ws", "per-client-listen")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -84,16 +92,19 @@ class Config:
     notify_writers: int = 8
     notify_seconds: float = 5.0
     notify_dsn: str | None = None
+    publish: str = "notify"  # bench.writer --publish: pg_notify per user, or relay_publish
+    spread: str = "modulo"  # bench.writer --spread: users n % U + 1, or random among U
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, short phases (about a minute)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}; or scale, "
+                             "alone")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"comma-separated subset of {', '.join(SERVERS)}")
     parser.add_argument("-C", "--connections", type=int, help="idle connections (10000)")
@@ -105,8 +116,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser.add_argument("--connect-seconds", type=float, help="connect scenario seconds (10)")
     parser.add_argument("--connect-concurrency", type=int, default=64,
                         help="handshakes in flight in the connect scenario")
-    parser.add_argument("--workers", type=int, default=2, help="relay's gunicorn workers")
-    parser.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--workers", type=int,
+                        help="relay's gunicorn workers (2; scale: 6 from 40,000 connections)")
+    parser.add_argument("--loadgens", type=int,
+                        help="load-generator processes (2; scale: one per 15,000 connections)")
     parser.add_argument("--per-tx", type=int, default=5, help="notifications per transaction")
     parser.add_argument("--writer-threads", type=int, default=4,
                         help="writer connections committing in parallel")
@@ -123,13 +136,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
                              "one (e.g. a Neon branch's direct endpoint; its settings as they are)")
     parser.add_argument("--sizing-out", type=Path, default=RESULTS / "sizing.json",
                         help="where to write the figures python -m relay size reads")
+    scale.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
     servers = tuple(s for s in args.servers.split(",") if s)
     for name in scenarios:
-        if name not in SCENARIOS:
+        if name not in ALL_SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
+    if "scale" in scenarios and len(scenarios) > 1:
+        parser.error("the scale scenario runs on its own (its sizes are not the others')")
+    args.workers_given, args.loadgens_given = args.workers is not None, args.loadgens is not None
+    args.workers = 2 if args.workers is None else args.workers
+    args.loadgens = 2 if args.loadgens is None else args.loadgens
     for name in servers:
         if name not in SERVERS:
             parser.error(f"unknown server {name!r}")
@@ -151,11 +170,13 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
         open_concurrency=args.open_concurrency, quick=quick,
         notify_writers=args.notify_writers,
         notify_seconds=pick(args.notify_seconds, 5.0, 2.0), notify_dsn=args.notify_dsn,
-    ), args.sizing_out
+    ), args.sizing_out, scale.config_from(args, quick) if "scale" in scenarios else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, sizing_out = parse_args(argv)
+    config, sizing_out, scale_config = parse_args(argv)
+    if scale_config is not None:
+        return main_scale(scale_config)
     raise_open_files(config.connections * 2 + 4096)
     if any(name != "relay" for name in config.servers):
         install_peers()
@@ -186,12 +207,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main_scale(config: scale.ScaleConfig) -> int:
+    """The scale scenario: relay alone, its own sizes, its own table (bench/scale.py)."""
+    raise_open_files(config.connections * 2 + 4096)  # as far as the hard limit goes
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-scale-"))
+    results: dict[str, Any] = {"machine": machine(), "started": started,
+                               "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+                               "commit": git_commit(), "uptime": uptime_line()}
+    database = Database(workdir, 400)
+    try:
+        say(f"PostgreSQL in {workdir} ...")
+        database.start()
+        results["machine"]["postgres"] = database_version(database.url)
+        results["scale"] = scale.run_scale(config, database, workdir)
+    finally:
+        database.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = time.time() - started
+    results["loadAverageAfter"] = os.getloadavg()
+    table = scale.render(results)
+    print(table)
+    say(f"results: {write_results(results, table, kind='scale')}")
+    return 0
+
+
+def uptime_line() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5,
+                              check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
 # ----- one server ------------------------------------------------------------------------------
 
 
-def make_server(name: str, config: Config, workdir: Path, database_url: str) -> Server:
+def make_server(name: str, config: Config, workdir: Path, database_url: str,
+                relay_env: dict[str, str] | None = None) -> Server:
     if name == "relay":
-        return RelayServer(workdir, database_url, config.workers, config.connections)
+        return RelayServer(workdir, database_url, config.workers, config.connections,
+                           env=relay_env)
     return NodeServer(workdir, database_url, name)
 
 
@@ -283,6 +339,7 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
                          "--users", str(user_count), "--duration", str(config.duration),
                          "--warmup", str(config.warmup), "--per-tx", str(config.per_tx),
                          "--threads", str(config.writer_threads),
+                         "--publish", config.publish, "--spread", config.spread,
                          timeout=config.duration + config.warmup + 120)
     wait_for_kinds(gens, ("w", "s"), written["committed"])
     seconds = time.monotonic() - started
@@ -334,11 +391,15 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
 
 
 def burst(gens: LoadGenerators, server: Server, database: Database,
-          user_count: int) -> dict[str, Any]:
+          user_count: int, among: int = 0, publish: str = "notify",
+          limit: float = 60.0) -> dict[str, Any]:
+    """One transaction notifying ``user_count`` users: 1…user_count, or a random sample of
+    them among 1…``among``."""
     gens.all({"cmd": "reset"})
     server_cpu0, busy0 = cpu_seconds(server.tree()), machine_busy()
-    written = run_writer("burst", "--dsn", database.url, "--users", str(user_count), timeout=120)
-    wait_for_kinds(gens, ("b",), user_count)
+    written = run_writer("burst", "--dsn", database.url, "--users", str(user_count),
+                         "--among", str(among), "--publish", publish, timeout=120)
+    wait_for_kinds(gens, ("b",), user_count, limit=limit)
     server_cpu = cpu_seconds(server.tree()) - server_cpu0
     stats = gens.all({"cmd": "stats"})
     received = sum(r["byKind"].get("b", 0) for r in stats)

@@ -4,7 +4,8 @@
   with ``max_connections`` raised through ``ALTER SYSTEM`` so that the per-client design can
   be measured; it reports the connections and the memory of the backends a server uses.
 * ``RelayServer`` — ``gunicorn -c gunicorn.conf.py wsgi:app`` exactly as production runs it
-  (only ``--bind`` is narrowed to 127.0.0.1); ``NodeServer`` — a peer under bench/peers.
+  (only ``--bind`` is narrowed to 127.0.0.1; with a probe directory, bench/gunicorn_probe.conf.py
+  adds a loop-lag probe to each worker); ``NodeServer`` — a peer under bench/peers.
 * ``LoadGenerators`` — the ``bench.loadgen`` processes, each on its own loopback address.
 
 Everything listens on 127.0.0.1 and is stopped by ``stop()`` (or at exit of ``bench.run``).
@@ -120,11 +121,12 @@ class Server:
     name = ""
     application_name = ""  # what its PostgreSQL connections call themselves
 
-    def __init__(self, workdir: Path, database_url: str) -> None:
-        self.workdir = workdir / self.name
+    def __init__(self, workdir: Path, database_url: str, port: int | None = None,
+                 instance: str = "") -> None:
+        self.workdir = workdir / (self.name + instance)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.database_url = database_url
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> tuple[list[str], Path, dict[str, str]]:
@@ -187,6 +189,27 @@ class Server:
                 pass
         self.proc = None
 
+    def terminate(self, timeout: float) -> float | None:
+        """SIGTERM to the master, as a deploy stops a machine; the seconds until it exited
+        (``None`` if it had to be killed after ``timeout``). Nothing of the tree is left."""
+        if self.proc is None:
+            return None
+        tree = self.tree()
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+            seconds: float | None = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            seconds = None
+        self.stop()
+        for process in tree:
+            try:
+                process.wait(5)
+            except psutil.Error:
+                pass
+        return seconds
+
     def log_tail(self, lines: int = 20) -> str:
         text = ""
         for name in ("stdout.log", "stderr.log"):
@@ -201,10 +224,17 @@ class RelayServer(Server):
     application_name = "relay-listener"
 
     def __init__(self, workdir: Path, database_url: str, workers: int,
-                 connections: int) -> None:
-        super().__init__(workdir, database_url)
+                 connections: int, *, worker_connections: int | None = None,
+                 env: dict[str, str] | None = None, probe_dir: Path | None = None,
+                 port: int | None = None, instance: str = "") -> None:
+        super().__init__(workdir, database_url, port, instance)
         self.workers = workers
         self.connections = connections
+        # Default: the gevent pool holds every WebSocket, whichever worker accepts it. The
+        # scale scenario spreads 100,000 over several workers and sets it per worker instead.
+        self.worker_connections = worker_connections or max(10_000, connections + 1_000)
+        self.env = env or {}
+        self.probe_dir = probe_dir
 
     def command(self) -> tuple[list[str], Path, dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -214,10 +244,15 @@ class RelayServer(Server):
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(self.workers),
             "RELAY_SOCKET_PATH": str(self.workdir / "listener.sock"),
-            # The gevent pool must hold every WebSocket, whichever worker accepts it.
-            "RELAY_WORKER_CONNECTIONS": str(max(10_000, self.connections + 1_000)),
+            "RELAY_WORKER_CONNECTIONS": str(self.worker_connections),
+            **self.env,
         })
-        args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+        config = "gunicorn.conf.py"
+        if self.probe_dir is not None:
+            self.probe_dir.mkdir(parents=True, exist_ok=True)
+            env["BENCH_PROBE_DIR"] = str(self.probe_dir)
+            config = "bench/gunicorn_probe.conf.py"
+        args = [sys.executable, "-m", "gunicorn", "-c", config,
                 "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
         return args, ROOT, env
 
@@ -295,6 +330,8 @@ class LoadGenerators:
 
     def __init__(self, count: int, port: int) -> None:
         env = {**os.environ, "BENCH_JWT_SECRET": SECRET}
+        # Each process its own loopback source address: a connection's client port is unique
+        # per source address (32768–60999 here: ~28,000 each), and 100,000 need several.
         self.procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.loadgen", "--port", str(port),

@@ -11,6 +11,14 @@ committed/s, or anything lost): past that its queues only grow, and its latency 
 it ran rather than how fast it is. Prints a table, writes JSON to bench/results/
 (``sweep-*.json``) and draws docs/perf-latency-vs-load.png (matplotlib, from
 bench/requirements.txt: ``make bench-sweep`` installs it; ``--replot`` redraws a saved sweep).
+
+Below the table, the ceiling against its targets: the highest rate each server kept up with
+with nothing lost and p99 ≤ ``--ceiling-p99`` ms (relay's target: 25,000/s within 50 ms on
+2 cores), and relay's CPU per delivery against node-ws's at each rate both kept up with
+(target ≤ 1.25× from 10,000/s up). ``--user-channels`` runs relay with
+``RELAY_USER_CHANNELS`` set (``off`` / ``auto``: relay's SQL installed and relay's
+notifications published with ``relay_publish``; node-ws is always fed ``pg_notify`` on the
+users' channels, what it LISTENs).
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ SERVERS = ("relay", "node-ws")
 RATES = (1_000, 2_500, 5_000, 10_000, 15_000, 20_000, 25_000)
 CHART = ROOT / "docs" / "perf-latency-vs-load.png"
 KEEP_UP = 0.9  # delivered/s at least this share of committed/s, and nothing lost
+CEILING_RATE = 25_000.0  # relay's target: keeps up here, on 2 cores …
+CEILING_P99_MS = 50.0  # … with nothing lost and this p99
+CPU_RATIO_TARGET = 1.25  # relay's CPU per delivery at most this × node-ws's …
+CPU_RATIO_FROM = 10_000.0  # … at the rates from this one up
 
 
 def parse_args(argv: list[str] | None) -> tuple[run.Config, tuple[float, ...], argparse.Namespace]:
@@ -62,6 +74,10 @@ def parse_args(argv: list[str] | None) -> tuple[run.Config, tuple[float, ...], a
                         help="writer connections committing in parallel")
     parser.add_argument("--open-concurrency", type=int, default=100,
                         help="handshakes in flight per load generator while opening")
+    parser.add_argument("--user-channels", choices=("off", "listen", "auto"),
+                        help="RELAY_USER_CHANNELS for relay (default: relay's own default)")
+    parser.add_argument("--ceiling-p99", type=float, default=CEILING_P99_MS,
+                        help="p99 (ms) a rate must stay under to count for the ceiling")
     parser.add_argument("--png", type=Path, default=CHART, help="where to draw the chart")
     parser.add_argument("--replot", type=Path, metavar="JSON",
                         help="run nothing: print the table and redraw the chart of a saved sweep")
@@ -107,9 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         run.say(f"PostgreSQL in {workdir} ...")
         database.start()
         results["machine"]["postgres"] = run.database_version(database.url)
+        relay_env: dict[str, str] = {}
+        relay_publish = "notify"
+        if args.user_channels:
+            from bench.scale import ScaleConfig, prepare_database
+
+            relay_env["RELAY_USER_CHANNELS"] = args.user_channels
+            relay_publish = prepare_database(ScaleConfig(user_channels=args.user_channels),
+                                             database)
+        results["config"].update({"userChannels": args.user_channels,
+                                  "relayPublish": relay_publish,
+                                  "ceilingP99Ms": args.ceiling_p99})
         for name in config.servers:
-            results["servers"][name] = sweep_server(name, config, rates, args.pause, database,
-                                                    workdir)
+            server_config = dataclasses.replace(
+                config, publish=relay_publish if name == "relay" else "notify")
+            results["servers"][name] = sweep_server(name, server_config, rates, args.pause,
+                                                    database, workdir, relay_env)
     finally:
         database.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -127,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sweep_server(name: str, config: run.Config, rates: tuple[float, ...], pause: float,
-                 database: Database, workdir: Path) -> dict[str, Any]:
+                 database: Database, workdir: Path,
+                 relay_env: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"connectionsAsked": config.connections, "rates": []}
-    server = run.make_server(name, config, workdir, database.url)
+    server = run.make_server(name, config, workdir, database.url, relay_env)
     gens: LoadGenerators | None = None
     try:
         run.say(f"[{name}] starting")
@@ -229,7 +259,74 @@ def render_table(results: dict[str, Any]) -> str:
                  f"load average before {m['loadAverage'][0]:.2f}, after "
                  f"{results.get('loadAverageAfter', [float('nan')])[0]:.2f}")
     lines.extend(f"note: {n}" for n in notes)
+    lines.extend(ceiling_lines(results))
     return "\n".join(lines)
+
+
+def ceiling(result: dict[str, Any], p99_ms: float) -> dict[str, Any] | None:
+    """The highest rate kept up with, nothing lost, p99 within ``p99_ms``."""
+    best = None
+    for point in result.get("rates", []):
+        p99 = point["latencyMs"].get("p99")
+        if point["keptUp"] and point["lost"] == 0 and p99 is not None and p99 <= p99_ms:
+            best = point
+    return best
+
+
+def cpu_ratios(results: dict[str, Any]) -> list[tuple[float, float]]:
+    """(asked rate, relay's CPU per delivery ÷ node-ws's) at every rate both kept up with."""
+    servers = results["servers"]
+    if "relay" not in servers or "node-ws" not in servers:
+        return []
+    theirs = {p["asked"]: p for p in servers["node-ws"]["rates"] if p["keptUp"]}
+    out = []
+    for point in servers["relay"]["rates"]:
+        other = theirs.get(point["asked"])
+        if point["keptUp"] and other and point["serverCpuPer10k"] and other["serverCpuPer10k"]:
+            out.append((point["asked"], point["serverCpuPer10k"] / other["serverCpuPer10k"]))
+    return out
+
+
+def ceiling_lines(results: dict[str, Any]) -> list[str]:
+    """The ceiling and the CPU comparison against relay's targets."""
+    p99_ms = results["config"].get("ceilingP99Ms", CEILING_P99_MS)
+    lines = []
+    for name, result in results["servers"].items():
+        best = ceiling(result, p99_ms)
+        text = (f"ceiling: {name} kept up with nothing lost and p99 <= {p99_ms:g} ms up to "
+                f"{best['committedPerSecond']:,.0f}/s" if best else
+                f"ceiling: {name} met p99 <= {p99_ms:g} ms at no rate")
+        if name == "relay":
+            text += "; " + _ceiling_verdict(result, p99_ms)
+        lines.append(text)
+    ratios = cpu_ratios(results)
+    if ratios:
+        # The target concerns load (make bench's 1.7-1.8x is at 10,000/s): at a few hundred
+        # per second fixed costs (heartbeats, the listener's coalescing) dominate either way.
+        judged = [(rate, ratio) for rate, ratio in ratios if rate >= CPU_RATIO_FROM] or ratios
+        worst = max(ratio for _, ratio in judged)
+        listed = ", ".join(f"{rate:,.0f}/s {ratio:.2f}x" for rate, ratio in ratios)
+        verdict = ("met" if worst <= CPU_RATIO_TARGET else "NOT met") + (
+            f" (worst {worst:.2f}x from {judged[0][0]:,.0f}/s)")
+        lines.append(f"CPU per delivery, relay : node-ws: {listed}; target <= "
+                     f"{CPU_RATIO_TARGET:g}x: {verdict}")
+    mode = results["config"].get("userChannels")
+    if mode:
+        fed = "relay_publish" if results["config"].get("relayPublish") == "publish" else (
+            "pg_notify")
+        lines.append(f"relay ran with RELAY_USER_CHANNELS={mode}, fed with {fed}")
+    return lines
+
+
+def _ceiling_verdict(result: dict[str, Any], p99_ms: float) -> str:
+    at = next((p for p in result["rates"] if p["asked"] == CEILING_RATE), None)
+    if at is None:
+        return f"not measured at {CEILING_RATE:,.0f}/s: target NOT met"
+    p99 = at["latencyMs"].get("p99")
+    met = at["keptUp"] and at["lost"] == 0 and p99 is not None and p99 <= p99_ms
+    shown = "-" if p99 is None else f"{p99:,.1f}"
+    return (f"at {CEILING_RATE:,.0f}/s: delivered {at['deliveredPerSecond']:,.0f}/s, lost "
+            f"{at['lost']:,}, p99 {shown} ms: target {'met' if met else 'NOT met'}")
 
 
 def draw(results: dict[str, Any], path: Path) -> None:

@@ -16,6 +16,11 @@ ceiling on the app's notifying writes, whatever relay does.
 Each payload looks like the bundled trigger's (``table``, ``operation``, ``row``, ``ts``)
 plus what the load generators check: ``u`` (the user), ``n`` (unique) and ``k`` (phase).
 ``ts`` is PostgreSQL's ``clock_timestamp()`` as the row is built, just before the commit.
+``--publish notify`` (the default) sends each with ``pg_notify`` on the user's own channel, as
+an app's own trigger does; ``--publish publish`` calls ``relay_publish(channel, payload)``
+(installed by ``python -m relay db install``), which carries the channel inside one shared
+channel. ``--spread random`` picks each notification's user at random among ``users`` (the
+scale scenario: random users among 100,000) instead of ``n % users + 1``.
 Prints one JSON line with what was committed.
 """
 
@@ -23,24 +28,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import threading
 import time
 from typing import Any
 
 import psycopg2
 
-_NOTIFY = """
-SELECT pg_notify('user_Subscription_' || u, json_build_object(
+_PAYLOAD = """json_build_object(
     'table', 'subscription', 'operation', 'UPDATE',
     'row', json_build_object('id', n, 'user_id', u, 'plan', 'pro', 'status', 'active'),
-    'u', u, 'n', n, 'k', %s, 'ts', extract(epoch FROM clock_timestamp()))::text)
-FROM unnest(%s::text[], %s::bigint[]) AS t(u, n)
-"""
+    'u', u, 'n', n, 'k', %s, 'ts', extract(epoch FROM clock_timestamp()))"""
+# How a notification is committed: the app's own trigger's way (pg_notify on the user's
+# channel), or relay's one shared channel (relay_publish, from `python -m relay db install`).
+STATEMENTS = {
+    "notify": f"SELECT pg_notify('user_Subscription_' || u, {_PAYLOAD}::text) "
+              "FROM unnest(%s::text[], %s::bigint[]) AS t(u, n)",
+    "publish": f"SELECT relay_publish('user_Subscription_' || u, {_PAYLOAD}) "
+               "FROM unnest(%s::text[], %s::bigint[]) AS t(u, n)",
+}
 BURST_BASE = 1_000_000_000  # burst numbers never collide with steady ones
 
 
 def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, per_tx: int,
-           threads: int) -> dict[str, Any]:
+           threads: int, publish: str = "notify", spread: str = "modulo",
+           kind: str | None = None, seed: int = 1) -> dict[str, Any]:
+    """``kind``: every notification's ``k`` (else ``w`` during the warm-up, ``s`` after)."""
+    statement = STATEMENTS[publish]
     total_tx = int((warmup + duration) * rate / per_tx)
     interval = per_tx / rate
     warmup_tx = int(warmup / interval)
@@ -54,6 +68,7 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
     def run(index: int) -> None:
         conn = psycopg2.connect(dsn, application_name="bench-writer")
         conn.autocommit = True  # one statement, one transaction
+        pick = random.Random(seed * 1000 + index)
         try:
             with conn.cursor() as cur:
                 for tx in range(index, total_tx, threads):
@@ -66,10 +81,14 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
                     else:
                         worst_lag[index] = max(worst_lag[index], -delay)
                     numbers = list(range(tx * per_tx, (tx + 1) * per_tx))
-                    kind = "w" if tx < warmup_tx else "s"
-                    cur.execute(_NOTIFY, (kind, [str(n % users + 1) for n in numbers], numbers))
+                    phase = kind or ("w" if tx < warmup_tx else "s")
+                    if spread == "random":
+                        targets = [str(pick.randint(1, users)) for _ in numbers]
+                    else:
+                        targets = [str(n % users + 1) for n in numbers]
+                    cur.execute(statement, (phase, targets, numbers))
                     committed[index] += per_tx
-                    if kind == "s":
+                    if phase == "s":
                         measured[index] += per_tx
         except Exception as exc:  # noqa: BLE001 - reported in the result line
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -91,12 +110,17 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
             "errors": errors}
 
 
-def burst(dsn: str, users: int) -> dict[str, Any]:
+def burst(dsn: str, users: int, publish: str = "notify", among: int = 0,
+          seed: int = 1) -> dict[str, Any]:
+    """One transaction notifying ``users`` distinct users: 1…users, or (``among``) a random
+    sample of them among 1…among."""
+    chosen = (sorted(random.Random(seed).sample(range(1, among + 1), users)) if among > users
+              else list(range(1, users + 1)))
     conn = psycopg2.connect(dsn, application_name="bench-writer")
     try:
         with conn.cursor() as cur:
-            cur.execute(_NOTIFY, ("b", [str(u) for u in range(1, users + 1)],
-                                  [BURST_BASE + u for u in range(1, users + 1)]))
+            cur.execute(STATEMENTS[publish], ("b", [str(u) for u in chosen],
+                                              [BURST_BASE + u for u in chosen]))
         before_commit = time.time()
         conn.commit()
         committed = time.time()
@@ -195,9 +219,17 @@ def main() -> None:
     s.add_argument("--warmup", type=float, default=2.0)
     s.add_argument("--per-tx", type=int, default=5)
     s.add_argument("--threads", type=int, default=4)
+    s.add_argument("--publish", choices=sorted(STATEMENTS), default="notify")
+    s.add_argument("--spread", choices=("modulo", "random"), default="modulo")
+    s.add_argument("--kind", help="every notification's k (default: w, then s)")
+    s.add_argument("--seed", type=int, default=1)
     b = sub.add_parser("burst")
     b.add_argument("--dsn", required=True)
     b.add_argument("--users", type=int, required=True)
+    b.add_argument("--among", type=int, default=0,
+                   help="a random sample of --users distinct users among 1…among")
+    b.add_argument("--publish", choices=sorted(STATEMENTS), default="notify")
+    b.add_argument("--seed", type=int, default=1)
     c = sub.add_parser("ceiling")
     c.add_argument("--dsn", required=True)
     c.add_argument("--writers", type=int, default=8)
@@ -206,11 +238,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "steady":
         result = steady(args.dsn, args.rate, args.users, args.duration, args.warmup,
-                        args.per_tx, args.threads)
+                        args.per_tx, args.threads, args.publish, args.spread, args.kind,
+                        args.seed)
     elif args.command == "ceiling":
         result = ceiling(args.dsn, args.writers, args.seconds, args.plain)
     else:
-        result = burst(args.dsn, args.users)
+        result = burst(args.dsn, args.users, args.publish, args.among, args.seed)
     print(json.dumps(result), flush=True)
 
 

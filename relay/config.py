@@ -49,6 +49,9 @@ class Settings:
     allowed_origins: OriginPolicy = OriginPolicy()
     web_concurrency: int = 2
     worker_connections: int = 10000
+    # Handshakes (and HTTP requests) a worker serves at once: gunicorn's gevent pool. More
+    # wait in the kernel's accept queue, where they cost the worker nothing.
+    handshake_concurrency: int = 256
     socket_path: str = ""  # "" until the gunicorn master has chosen a private one
     channel_templates: tuple[str, ...] = DEFAULT_CHANNEL_TEMPLATES
     notify_channel: str = DEFAULT_NOTIFY_CHANNEL
@@ -87,7 +90,8 @@ class Settings:
 
     @property
     def worker_connection_limit(self) -> int:
-        """WebSockets a worker accepts before answering 1013; leaves pool slots for /health."""
+        """WebSockets a worker accepts before answering 1013; leaves file descriptors for
+        /health and handshakes under way."""
         if self.max_connections_per_worker:
             return self.max_connections_per_worker
         return max(1, self.worker_connections - max(10, self.worker_connections // 100))
@@ -131,6 +135,7 @@ class Settings:
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
             web_concurrency=reader.integer("WEB_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
+            handshake_concurrency=reader.integer("RELAY_HANDSHAKE_CONCURRENCY", 256, 1, 100_000),
             socket_path=_socket_path(env.get("RELAY_SOCKET_PATH", "").strip()),
             channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
             notify_channel=read_notify_channel(env),

@@ -10,6 +10,7 @@ monkey.patch_all()
 import json  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -17,6 +18,8 @@ import gevent.server  # noqa: E402
 
 from relay import bus  # noqa: E402
 from relay.config import Settings  # noqa: E402
+from relay.worker.connection import Connection  # noqa: E402
+from relay.worker.handshake import SocketReader  # noqa: E402
 from relay.worker.link import ListenerLink  # noqa: E402
 from relay.worker.node import Node  # noqa: E402
 
@@ -115,9 +118,110 @@ def housekeeping_bug(directory: str) -> dict[str, Any]:
     return {"healthy_ticks": healthy.ticks >= 3, "broken_closed_with": broken.closed_with[:1]}
 
 
+_PONG = b"\x81\x8f\0\0\0\0" + b'{"type":"pong"}'  # a client's pong, masked with a zero key
+
+
+def _pinged_connection(node: Node, seconds_ago: float) -> tuple[Connection, socket.socket]:
+    """An attached, parked connection over a real socket pair, whose last ping went out
+    ``seconds_ago``; and the client's end."""
+    ours, theirs = socket.socketpair()
+    conn = Connection(node, ours, SocketReader(ours), "test")
+    node.register(conn)
+    conn.user_id = "late"
+    conn.expires_at = int(time.time()) + 3600
+    conn.live = True
+    conn._park()  # as after its handshake: the hub reads the client when it speaks
+    now = time.monotonic()
+    conn.awaiting_pong_since = now - seconds_ago
+    conn.next_ping = now + 60
+    return conn, theirs
+
+
+def late_pong(directory: str) -> dict[str, Any]:
+    """The worker's heartbeat check runs before its reader gets to a pong that has arrived
+    (a worker held up: its ready greenlets wait their turn, its timers do not)."""
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_PING_INTERVAL": "1",
+        "RELAY_PONG_TIMEOUT": "1"})
+    node = Node(settings)
+    answered, client = _pinged_connection(node, seconds_ago=2.0)
+    client.sendall(_PONG)  # the client did answer, in time; the worker has not read it
+    silent, _silent_client = _pinged_connection(node, seconds_ago=2.0)
+    now = time.monotonic()
+    for conn in (answered, silent):  # no switch in between: the pong is still unread
+        conn.tick(now, time.time())
+    kept = answered.closing is None
+    gevent.sleep(0.2)  # now the reader's turn
+    return {"answered_kept": kept, "pong_read": answered.awaiting_pong_since is None,
+            "answered_open": answered.closing is None,
+            "silent_closed_with": silent.closing.code if silent.closing else None}
+
+
+def finished_connection_freed(directory: str) -> dict[str, Any]:
+    """A connection whose client closed is freed by its reference count alone: nothing of a
+    finished connection waits for the cyclic garbage collector, whose full collections walk
+    every object a worker holds."""
+    import gc
+    import weakref
+
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock"})
+    node = Node(settings)
+    gc.disable()
+    conn, client = _pinged_connection(node, seconds_ago=0.0)
+    gone = weakref.ref(conn)
+    del conn
+    client.sendall(b"\x88\x82\0\0\0\0\x03\xe8")  # the client's close frame, 1000
+    gevent.sleep(0.3)  # read, echoed, finished
+    return {"open": len(node.connections), "freed": gone() is None}
+
+
+def _masked_text(text: bytes, mask: bytes = b"\x1f\x2e\x3d\x4c") -> bytes:
+    """A client's text frame, masked as a browser masks it."""
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    return bytes((0x81, 0x80 | len(text))) + mask + masked
+
+
+def pong_without_greenlet(directory: str) -> dict[str, Any]:
+    """A lone canonical pong is taken by the watcher's callback, without a greenlet; any other
+    pong goes through the reader; a flood of lone pongs still meets the message rate limit."""
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_CLIENT_MSG_RATE": "2"})
+    node = Node(settings)
+    spawned: list[object] = []
+    real_spawn = gevent.spawn
+
+    def counting_spawn(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(args[0])
+        return real_spawn(*args, **kwargs)
+
+    gevent.spawn = counting_spawn  # type: ignore[assignment]
+    out: dict[str, Any] = {}
+    conn, client = _pinged_connection(node, seconds_ago=0.5)
+    client.sendall(_masked_text(b'{"type":"pong"}'))
+    gevent.sleep(0.1)
+    out["canonical"] = {"answered": conn.awaiting_pong_since is None, "greenlets": len(spawned)}
+    conn.awaiting_pong_since = time.monotonic()
+    client.sendall(_masked_text(b'{"type": "pong"}'))  # another spelling: the reader's
+    gevent.sleep(0.1)
+    out["spaced"] = {"answered": conn.awaiting_pong_since is None, "greenlets": len(spawned)}
+    for _ in range(4):  # a bucket of 2 x 2 tokens, two already taken: the flood ends it
+        client.sendall(_masked_text(b'{"type":"pong"}'))
+        gevent.sleep(0.05)
+    out["flood_closed_with"] = conn.closing.code if conn.closing else None
+    gevent.spawn = real_spawn  # type: ignore[assignment]
+    return out
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
-                 "housekeeping_bug": housekeeping_bug}
-    argument = directory if name == "housekeeping_bug" else f"{directory}/listener.sock"
+                 "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
+                 "finished_connection_freed": finished_connection_freed,
+                 "pong_without_greenlet": pong_without_greenlet}
+    argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
+                else directory)
     print(json.dumps(scenarios[name](argument)))

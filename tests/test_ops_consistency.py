@@ -47,7 +47,7 @@ def test_gunicorn_knobs_have_their_documented_defaults() -> None:
     values = gunicorn_values({})
     assert values["bind"] == ["0.0.0.0:3000"]
     assert values["workers"] == (os.cpu_count() or 1)
-    assert values["worker_connections"] == 10000
+    assert values["worker_connections"] == 256  # RELAY_HANDSHAKE_CONCURRENCY: the gevent pool
     assert values["timeout"] == 30
     assert values["graceful_timeout"] == 10 + 10  # RELAY_DRAIN_SECONDS + 10
     assert values["max_requests"] == 0  # a recycled worker would drop every WebSocket
@@ -61,10 +61,11 @@ def test_gunicorn_knobs_have_their_documented_defaults() -> None:
 def test_gunicorn_knobs_follow_the_environment() -> None:
     values = gunicorn_values({"PORT": "8080", "WEB_CONCURRENCY": "3",
                               "RELAY_WORKER_CONNECTIONS": "500", "RELAY_WORKER_TIMEOUT": "45",
-                              "RELAY_DRAIN_SECONDS": "2.5"})
+                              "RELAY_DRAIN_SECONDS": "2.5", "RELAY_HANDSHAKE_CONCURRENCY": "64"})
     assert values["bind"] == ["0.0.0.0:8080"]
     assert values["workers"] == 3
-    assert values["worker_connections"] == 500
+    assert values["worker_connections"] == 64
+    assert values["relay_open_files_per_worker"] == 500 + 64
     assert values["timeout"] == 45
     assert values["graceful_timeout"] == 3 + 10
     assert values["relay_websockets_per_worker"] == 490  # 1 %, at least 10, kept for /health
@@ -118,6 +119,7 @@ def test_operations_doc_lists_every_gunicorn_knob_with_its_default() -> None:
     rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
             if line.startswith("| `")}
     for knob, default in (("WEB_CONCURRENCY", "CPU count"), ("RELAY_WORKER_CONNECTIONS", "10000"),
+                          ("RELAY_HANDSHAKE_CONCURRENCY", "256"),
                           ("RELAY_WORKER_TIMEOUT", "30"), ("RELAY_DRAIN_SECONDS", "10")):
         row = rows.get(f"`{knob}`")
         assert row is not None, f"docs/operations.md has no row for {knob}"

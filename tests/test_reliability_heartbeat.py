@@ -73,3 +73,4 @@ def test_server_pings_at_the_interval_it_announces(
     assert pings >= 3
     assert client.close_code is None
     client.close()
+

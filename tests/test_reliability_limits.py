@@ -1,7 +1,9 @@
 """Backpressure and limits on the wire, beyond test_reliability_connection.py: what a slow
 consumer really receives (a clean prefix of its stream, then 4009 or the end of the socket)
 and what its resume gets; 1009 decided from the frame header alone; a worker at its
-WebSocket capacity answers 1013 while /health still finds a slot (trap 8)."""
+WebSocket capacity answers 1013 while /health still finds a slot (trap 8); a worker serves
+RELAY_HANDSHAKE_CONCURRENCY handshakes at once, the next wait in the kernel's queue, and a
+WebSocket waiting for its auth message holds no slot."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 
@@ -168,8 +171,8 @@ def test_message_size_is_refused_1009_from_the_frame_header(
 
 def test_worker_at_capacity_refuses_1013_and_health_still_answers(
         relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
-    # A pool of 20 gevent slots: relay takes WebSockets up to 10 and answers 1013 after that,
-    # so that /health always finds a free slot (trap 8).
+    # A budget of 20 connections: relay takes WebSockets up to 10 and answers 1013 after that,
+    # so that /health always finds a file descriptor and a slot of the pool (trap 8).
     relay = relay_factory({"RELAY_WORKER_CONNECTIONS": "20"}, workers=1)
     held = [relay.connect(f"full{i}") for i in range(10)]
     refused = [relay.connect(f"over{i}", expect_connected=False) for i in range(3)]
@@ -192,3 +195,54 @@ def test_worker_at_capacity_refuses_1013_and_health_still_answers(
     wait_for(lambda: relay.health()[1]["totalConnections"] == 1, 10)
     relay.connect("room-again").close()
     _bystander_served(held[0], postgres_url)
+
+
+def _slow_request(relay: RelayProcess) -> socket.socket:
+    """A connection whose request line never ends: it holds a slot of the worker's pool for
+    RELAY_HANDSHAKE_TIMEOUT."""
+    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    sock.sendall(b"GET /ws?tok")
+    return sock
+
+
+def test_a_full_handshake_pool_makes_the_next_connection_wait_its_turn(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    # A reconnect storm must be served a few handshakes at a time, the rest waiting in the
+    # kernel's accept queue at no cost: a pool the size of the worker's connections took
+    # 17,000 reconnecting clients at once on one worker, which then ran out of file
+    # descriptors and never answered /health again (bench scale).
+    relay = relay_factory({"RELAY_HANDSHAKE_CONCURRENCY": "2", "RELAY_HANDSHAKE_TIMEOUT": "60"},
+                          workers=1)
+    slow = [_slow_request(relay) for _ in range(2)]
+    connected: list[float] = []
+
+    def third() -> None:
+        client = relay.connect("third", timeout=30)
+        connected.append(time.monotonic())
+        client.close()
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    thread.join(1.5)  # its TCP connection is in the kernel's queue; the worker takes no more
+    assert not connected, "a third handshake was served while the pool was full"
+    freed_at = time.monotonic()
+    slow[0].close()  # a slot comes free: the queued connection is served
+    thread.join(20)
+    assert connected and connected[0] > freed_at
+    slow[1].close()
+
+
+def test_a_websocket_waiting_for_its_auth_message_holds_no_handshake_slot(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    # Clients that open a WebSocket and never authenticate (RELAY_AUTH_TIMEOUT, 10 s each)
+    # would otherwise fill a pool of RELAY_HANDSHAKE_CONCURRENCY and keep every new
+    # handshake, and /health, waiting.
+    relay = relay_factory({"RELAY_HANDSHAKE_CONCURRENCY": "2", "RELAY_AUTH_TIMEOUT": "60"},
+                          workers=1)
+    mute = [relay.connect(authenticate=False, expect_connected=False) for _ in range(4)]
+    assert relay.health()[0] == 200
+    client = relay.connect("speaks")  # token in its first message, like the JS client
+    notify(postgres_url, "user_Usage_speaks", '{"n": 1}')
+    assert client.expect("update")["data"] == {"n": 1}
+    for other in (*mute, client):
+        other.close()

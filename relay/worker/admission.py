@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -64,14 +65,17 @@ class PendingEvicted(gevent.Timeout):
 
 class PendingTicket:
     """One pending connection's place; ``release`` (idempotent) when it authenticates or
-    ends. The greenlet that took it is the one serving that connection."""
+    ends. The greenlet that took it serves that connection until it parks to wait for its
+    auth message; from then on ``on_evict`` (set by the connection, called without
+    arguments, must not block) is how it is closed early."""
 
-    __slots__ = ("_admission", "key", "greenlet")
+    __slots__ = ("_admission", "key", "greenlet", "on_evict")
 
     def __init__(self, admission: Admission, key: str, greenlet: Any) -> None:
         self._admission: Admission | None = admission
         self.key = key
         self.greenlet = greenlet
+        self.on_evict: Callable[[], None] | None = None
 
     def release(self) -> None:
         admission, self._admission = self._admission, None
@@ -116,7 +120,9 @@ class Admission:
         oldest = next(iter(self._tickets))
         oldest.release()
         self.evicted += 1
-        if oldest.greenlet is not gevent.getcurrent():
+        if oldest.on_evict is not None:
+            oldest.on_evict()
+        elif oldest.greenlet is not gevent.getcurrent():
             # Raised where that greenlet waits (its request, or its auth message); it does
             # not wait for the greenlet to end.
             if isinstance(oldest.greenlet, gevent.Greenlet):

@@ -352,6 +352,9 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
                 sock, reader = SocketReader.take_over(self.socket, self.rfile)
                 self.socket = None  # the connection's now: pywsgi must neither read nor close it
                 self._release_handshake()
+                # The connection takes this request's pending place (PENDING_KEY) and gives
+                # it up itself: it may outlive this handler while it waits for its token.
+                self._ticket = None
                 relay.serve_websocket(self.environ, sock, reader, True)
             else:
                 list(self.application(self.environ, lambda s, h, e=None: []))

@@ -33,6 +33,8 @@ log = logging.getLogger("relay.node")
 # Ticking 5,000 connections in one go held every delivery of the worker for tens of ms once a
 # second (bench steady). A slice of 500 ticks takes a millisecond or two.
 _TICK_SLICE = 500
+# The drain closes its clients in steps this far apart (50 a second), spread over the window.
+_DRAIN_STEP = 0.02
 
 
 class Client(Member, Protocol):
@@ -232,12 +234,17 @@ class Node:
         window = self.settings.drain_seconds
         log.info("draining %d connections over %.1fs", len(conns), window)
         started = time.monotonic()
-        for index, conn in enumerate(conns):
-            due = started + window * index / max(1, len(conns))
-            delay = due - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
-            conn.close(closecodes.SERVICE_RESTART, "server restarting")
+        # In steps of _DRAIN_STEP, each closing the connections whose turn has come: a sleep
+        # per connection woke the drain 1,700 times a second at 17,000 connections a worker.
+        closed = 0
+        while closed < len(conns):
+            elapsed = time.monotonic() - started
+            due = len(conns) if elapsed >= window else int(len(conns) * elapsed / window) + 1
+            for conn in conns[closed:due]:
+                conn.close(closecodes.SERVICE_RESTART, "server restarting")
+            closed = max(closed, due)
+            if closed < len(conns):
+                gevent.sleep(_DRAIN_STEP)
         # Connections accepted after the snapshot (gunicorn stops listening up to a second
         # after the signal) would otherwise hold the worker until graceful_timeout.
         for conn in list(self.connections):

@@ -39,6 +39,7 @@ _DATA_OPCODES = (OP_TEXT, OP_BINARY)
 _CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
+_HEAD16 = struct.Struct("!BBH")  # a frame header with a 16-bit length, packed at once
 
 
 class ProtocolViolation(Exception):
@@ -69,8 +70,8 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     first = 0x80 | opcode
     if length < 126:
         return bytes((first, length)) + payload
-    if length < 65536:
-        return bytes((first, 126)) + _U16.pack(length) + payload
+    if length < 65536:  # most updates: one concatenation, not two
+        return _HEAD16.pack(first, 126, length) + payload
     return bytes((first, 127)) + _U64.pack(length) + payload
 
 
@@ -83,6 +84,16 @@ def close_frame(code: int, reason: str = "") -> bytes:
     # Never cut a multi-byte character in half: the reason must stay valid UTF-8.
     data = data.decode("utf-8", "ignore").encode()
     return encode_frame(OP_CLOSE, _U16.pack(code) + data)
+
+
+def is_pong_frame(data: bytes, pong: bytes) -> bool:
+    """Whether ``data`` is exactly one client frame carrying the text ``pong``: FIN, no
+    reserved bits, text, masked, a 7-bit length. What every client sends most (its answer to
+    each heartbeat), recognised without a reader; anything else goes through ``FrameReader``,
+    which checks every rule."""
+    n = len(pong)
+    return (len(data) == 6 + n and n < 126 and data[0] == 0x80 | OP_TEXT
+            and data[1] == 0x80 | n and _unmask(data[6:], data[2:6]) == pong)
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
@@ -105,7 +116,9 @@ class FrameReader:
         self._read = read
         self._max = max_message_bytes
         self._on_frame = on_frame  # may raise ProtocolViolation to refuse the frame
-        self._fragments: list[str] = []
+        # The text of a message's earlier fragments; None until a message comes in pieces (a
+        # list per idle connection was one more object for every full collection to walk).
+        self._fragments: list[str] | None = None
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -128,6 +141,11 @@ class FrameReader:
         except OSError as exc:
             raise ConnectionEnded(str(exc)) from None
         return b"".join(chunks)
+
+    @property
+    def between_messages(self) -> bool:
+        """No message is half-read: a new text frame may start here."""
+        return self._fragment_opcode is None
 
     def next_event(self) -> Event:
         while True:
@@ -182,6 +200,12 @@ class FrameReader:
         payload = _unmask(self._exact(length), mask) if length else b""
         if opcode in _CONTROL_OPCODES:
             return self._control(opcode, payload)
+        if opcode == OP_TEXT and fin:
+            # A whole message in one frame (every pong): decoded at once, no decoder state.
+            try:
+                return Event("text", text=payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
         if opcode == OP_TEXT:
             self._fragment_opcode = opcode
             self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -191,14 +215,19 @@ class FrameReader:
             text = self._decoder.decode(payload, final=fin)
         except UnicodeDecodeError:
             raise ProtocolViolation(closecodes.INVALID_PAYLOAD, "invalid UTF-8") from None
-        if text:
-            # Empty fragments add nothing to the size limit: kept, they would grow this list
-            # by 8 bytes each, without bound (6 bytes on the wire per fragment).
-            self._fragments.append(text)
         if not fin:
+            if text:
+                # Empty fragments add nothing to the size limit: kept, they would grow this
+                # list by 8 bytes each, without bound (6 bytes on the wire per fragment).
+                if self._fragments is None:
+                    self._fragments = [text]
+                else:
+                    self._fragments.append(text)
             return None
-        text = "".join(self._fragments)
-        self._fragments = []
+        if self._fragments is not None:
+            self._fragments.append(text)
+            text = "".join(self._fragments)
+            self._fragments = None
         self._fragment_opcode = None
         self._fragment_size = 0
         self._decoder = None

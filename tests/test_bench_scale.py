@@ -1,0 +1,151 @@
+"""The scale benchmark's own logic, on fixtures (not by running it): its clients speak the
+protocol relay reads and back off as the JS client does, and its verdicts read the figures
+the way docs/performance.md states the targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import scale, sweep
+from bench.clientwire import backoff_delay, cursors_after, masked, server_frame
+from bench.loopprobe import worst_lag
+from relay.worker.websocket import FrameReader, text_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_storm_backs_off_as_the_js_client_does() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js")
+    # client/src/backoff.js with a fixed draw: its first ten waits, in ms.
+    script = ("import { createBackoff } from './client/src/backoff.js';"
+              "const b = createBackoff({ random: () => 0.75 });"
+              "console.log(JSON.stringify(Array.from({ length: 10 }, () => b.next())));")
+    done = subprocess.run([node, "--input-type=module", "-e", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=True)
+    js = json.loads(done.stdout)
+    ours = [backoff_delay(n, 0.5, 30.0, 0.75) * 1000 for n in range(10)]
+    assert [int(ms) for ms in ours] == js  # JS floors to whole ms
+    assert js[-1] == int(0.75 * 30_000)  # the cap binds
+
+
+def test_client_frames_are_what_relay_reads() -> None:
+    auth = json.dumps({"type": "auth", "token": "t" * 300, "resume": {"a": "x:1"}}).encode()
+    stream = masked(0x1, auth) + masked(0x1, b'{"type":"pong"}') + masked(0x8, b"\x03\xf4")
+    position = 0
+
+    def read(n: int) -> bytes:
+        nonlocal position
+        chunk = stream[position:position + n]
+        position += len(chunk)
+        return chunk
+
+    reader = FrameReader(read, 1 << 16)
+    assert reader.next_event().text == auth.decode()
+    assert reader.next_event().text == '{"type":"pong"}'
+    close = reader.next_event()
+    assert close.kind == "close" and close.close_code == 1012
+
+
+def test_server_frames_are_parsed_whole_or_not_at_all() -> None:
+    frames = bytearray(text_frame(b"x" * 200) + text_frame(b"y"))
+    assert server_frame(frames[:100]) is None  # the first frame has not all arrived
+    opcode, payload, used = server_frame(frames)
+    assert (opcode, payload) == (0x1, b"x" * 200)
+    assert server_frame(frames[used:])[1] == b"y"
+
+
+def test_a_resumed_channel_keeps_its_cursor_until_the_server_moves_it() -> None:
+    connected = {"cursors": {"user_Subscription_1": "e2:9", "user_Usage_1": "e2:4"}}
+    assert cursors_after(connected, {"user_Subscription_1": "e1:7"}) == {
+        "user_Subscription_1": "e1:7", "user_Usage_1": "e2:4"}
+    assert cursors_after({"cursors": None}, {}) == {}
+
+
+def test_the_loop_probe_reads_back_the_worst_stall_of_a_stretch(tmp_path: Path) -> None:
+    (tmp_path / "101.lag").write_text("100.0 101.0 3.00 0.00 0 1.0\n"
+                                      "101.0 102.0 640.00 610.50 1 2900.0\n"
+                                      "102.0 103.0 9.00 0.00 0\n103.0 10")  # a line in writing
+    (tmp_path / "102.lag").write_text("100.5 101.5 120.00 0.00 0\n")
+    stretch = worst_lag(tmp_path, 100.2, 101.2)
+    assert stretch["worstMs"] == 640.0 and stretch["worstFullCollectionMs"] == 610.5
+    assert stretch["worstReadyWaitMs"] == 2900.0
+    assert stretch["windowsOver100Ms"] == 2 and stretch["windowsOver500Ms"] == 1
+    assert [spike[1] for spike in stretch["spikes"]] == [102, 101]  # in time order
+    assert worst_lag(tmp_path, 102.5, 103.0)["worstMs"] == 9.0
+
+
+def test_the_storm_rate_is_taken_until_most_clients_are_back() -> None:
+    # 1,000 clients: 900 back within 2 s of the first, the last 100 trickling for 30 s.
+    by_second = {1000: 400, 1001: 500, **{1002 + i: 10 for i in range(10)}}
+    assert scale.bulk_rate(by_second, 1000, 1000.0) == pytest.approx(450.0)
+    assert scale.bulk_rate({1000: 10}, 1000, 1000.0) is None  # never got there
+
+
+def _point(asked: float, cpu: float, p99: float, kept: bool = True, lost: int = 0
+           ) -> dict[str, Any]:
+    return {"asked": asked, "committedPerSecond": asked, "deliveredPerSecond": asked,
+            "serverCpuPer10k": cpu, "latencyMs": {"p99": p99}, "keptUp": kept, "lost": lost}
+
+
+def test_the_sweep_judges_the_ceiling_and_the_cpu_ratio_under_load() -> None:
+    results = {"config": {"ceilingP99Ms": 50.0}, "servers": {
+        "relay": {"rates": [_point(1_000, 2.0, 3.0), _point(10_000, 0.36, 6.0),
+                            _point(20_000, 0.25, 40.0), _point(25_000, 0.22, 48.0)]},
+        "node-ws": {"rates": [_point(1_000, 0.5, 20.0), _point(10_000, 0.30, 60.0),
+                              _point(20_000, 0.20, 140.0), _point(25_000, 0.18, 700.0)]}}}
+    lines = sweep.ceiling_lines(results)
+    assert "relay kept up with nothing lost and p99 <= 50 ms up to 25,000/s" in lines[0]
+    assert lines[0].endswith("target met")
+    assert "node-ws kept up with nothing lost and p99 <= 50 ms up to 1,000/s" in lines[1]
+    # 4x at 1,000/s is not judged; from 10,000/s the worst is 1.25x (20,000/s): met.
+    assert lines[2].endswith("target <= 1.25x: met (worst 1.25x from 10,000/s)")
+    results["servers"]["relay"]["rates"][-1] = _point(25_000, 0.22, 48.0, lost=3)
+    assert sweep.ceiling_lines(results)[0].endswith("target NOT met")
+
+
+def test_the_scale_table_marks_each_target(tmp_path: Path) -> None:
+    results = {
+        "machine": {"nproc": 2, "cpu": "Test", "ramGiB": 8, "postgres": "18.4",
+                    "python": "3.11", "loadAverage": [0.5, 0, 0]},
+        "loadAverageAfter": [1.0, 0, 0],
+        "scale": {"config": {"connections": 100_000, "workers": 6, "loadgens": 7,
+                             "user_channels": "off"},
+                  "workerConnections": 19_900, "publish": "publish",
+                  "phases": {
+                      "openFirst": {"opened": 1_000, "failures": {}},
+                      "openRest": {"opened": 99_000, "failures": {}},
+                      "idle": {"held": 100_000, "asked": 100_000, "bytesPerConnection": 5_200},
+                      "dbFirst": {"users": 1_000, "backendUsPerNotification": 20.0,
+                                  "listenerUsPerNotification": 10.0},
+                      "dbAll": {"users": 100_000, "backendUsPerNotification": 22.0,
+                                "listenerUsPerNotification": 16.0, "committed": 10,
+                                "delivered": 10},
+                      "burst": {"users": 50_000, "lastSeconds": 1.5, "lost": 0},
+                  }}}
+    rows = {label: (value, verdict) for label, value, _, verdict in scale.rows(results["scale"])}
+    assert rows["idle: connections held"] == ("100,000", "met")
+    assert rows["idle: RSS per connection KB (1k → all)"] == ("5.20", "NOT met")
+    assert rows["db: PostgreSQL backend growth (x)"] == ("1.10", "met")
+    assert rows["db: listener growth (x)"] == ("1.60", "NOT met")
+    assert rows["burst: s until the last has it"] == ("1.500", "met")
+    table = scale.render(results)
+    assert "RELAY_USER_CHANNELS=off, published with relay_publish" in table
+
+
+def test_the_cut_is_read_as_the_longest_silence_of_the_probes_around_it() -> None:
+    # Probes every 10 ms; the cut at 100.0; one stray probe at 100.003, then nothing until
+    # 101.2, then every 10 ms again.
+    arrivals = [99.5 + i * 0.01 for i in range(50)] + [100.003] + [
+        101.2 + i * 0.01 for i in range(20)]
+    gap = scale.outage([(t - 0.001, t) for t in arrivals], 100.0)
+    assert gap is not None
+    assert gap["endsAfterCutSeconds"] == pytest.approx(1.2)
+    assert gap["seconds"] == pytest.approx(1.197)
