@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _get(result: dict[str, Any], *path: str) -> Any:
+def dig(result: dict[str, Any], *path: str) -> Any:
+    """``result[path[0]][path[1]]…``, or ``None`` where any step is missing."""
     value: Any = result
     for key in path:
         if not isinstance(value, dict) or key not in value:
@@ -46,7 +47,7 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             figures[key] = {"value": value, "unit": unit, "run": run_id, "how": how}
 
     relay = _server(results, "relay")
-    put("idleBytesPerConnection", _get(relay, "idle", "bytesPerConnection"), "bytes",
+    put("idleBytesPerConnection", dig(relay, "idle", "bytesPerConnection"), "bytes",
         "relay, idle: (RSS of the listener and workers holding C connections − their RSS "
         "before) / C")
     roles = relay.get("baselineByRole") or {}
@@ -56,39 +57,39 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             "bytes", "relay, before any client: RSS of the master, supervisor and listener")
         put("baselineWorkerRssBytes", sum(roles["worker"]) / len(roles["worker"]), "bytes",
             "relay, before any client: RSS of one worker (the mean)")
-    cpu = _get(relay, "steady", "serverCpuPer10k")
+    cpu = dig(relay, "steady", "serverCpuPer10k")
     put("cpuSecondsPerDelivery", cpu / 10_000 if cpu else None, "seconds",
         "relay, steady: CPU of every relay process per delivered update")
-    handshakes = _get(relay, "connect", "perSecond")
+    handshakes = dig(relay, "connect", "perSecond")
     workers = config.get("workers") or 0
     put("handshakesPerSecondPerWorker", handshakes / workers if handshakes and workers else None,
         "per second", "relay, connect: handshakes/s / workers (load generators on the same "
         "machine)")
-    pg_cpu = _get(relay, "steady", "postgresCpuPer10k")
+    pg_cpu = dig(relay, "steady", "postgresCpuPer10k")
     put("postgresCpuSecondsPerNotification", pg_cpu / 10_000 if pg_cpu else None, "seconds",
         "relay, steady: PostgreSQL's CPU (writers' commits, relay's backend) per notification")
-    put("listenerBackendUssBytes", _per(_get(relay, "db", "backendUss"),
-                                        _get(relay, "db", "connections")),
+    put("listenerBackendUssBytes", _per(dig(relay, "db", "backendUss"),
+                                        dig(relay, "db", "connections")),
         "bytes", "relay, db: USS of relay's PostgreSQL backend, all clients' channels LISTENed")
 
-    notify = _get(results, "database", "notify") or {}
+    notify = dig(results, "database", "notify") or {}
     durable = notify.get("external") or notify.get("fsyncOn")
     if durable:
         where = "--notify-dsn" if "external" in notify else "the embedded PostgreSQL, fsync on"
-        put("notifyCommitsPerSecond", _get(durable, "notify", "commitsPerSecond"), "per second",
-            f"notify: {_get(durable, 'notify', 'writers')} writers, one NOTIFY per transaction, "
+        put("notifyCommitsPerSecond", dig(durable, "notify", "commitsPerSecond"), "per second",
+            f"notify: {dig(durable, 'notify', 'writers')} writers, one NOTIFY per transaction, "
             f"{where}")
 
     old = _server(results, "per-client-listen")
-    backends = _get(old, "db", "connections")
-    put("oldBackendUssBytes", _per(_get(old, "db", "backendUss"), backends), "bytes",
+    backends = dig(old, "db", "connections")
+    put("oldBackendUssBytes", _per(dig(old, "db", "backendUss"), backends), "bytes",
         "per-client-listen, db: USS of one session's PostgreSQL backend")
-    put("oldBackendRssBytes", _per(_get(old, "db", "backendRss"), backends), "bytes",
+    put("oldBackendRssBytes", _per(dig(old, "db", "backendRss"), backends), "bytes",
         "per-client-listen, db: RSS of one session's backend (counts shared buffers)")
-    old_cpu = _get(old, "steady", "serverCpuPer10k")
+    old_cpu = dig(old, "steady", "serverCpuPer10k")
     put("oldFunctionCpuSecondsPerDelivery", old_cpu / 10_000 if old_cpu else None, "seconds",
         "per-client-listen, steady: the Node server's CPU per delivered update")
-    old_pg = _get(old, "steady", "postgresCpuPer10k")
+    old_pg = dig(old, "steady", "postgresCpuPer10k")
     put("oldPostgresCpuSecondsPerNotificationPerListener",
         _per(old_pg / 10_000 if old_pg else None, backends), "seconds",
         "per-client-listen, steady: PostgreSQL's CPU per notification / listening backends")

@@ -51,7 +51,7 @@ from typing import Any
 import psutil
 
 from bench import scale
-from bench.figures import write_sizing_figures
+from bench.figures import dig, write_sizing_figures
 from bench.servers import (
     ROOT,
     Database,
@@ -606,15 +606,6 @@ def say(text: str) -> None:
 # ----- output ----------------------------------------------------------------------------------
 
 
-def _get(result: dict[str, Any], *path: str) -> Any:
-    value: Any = result
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
 # (label, path in a server's result, format, target text, "higher"/"lower" is better)
 ROWS: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("idle: connections held", ("idle", "connections"), "{:,.0f}", "10,000", "higher"),
@@ -669,13 +660,13 @@ def render_table(results: dict[str, Any]) -> str:
         header.append("relay : node-ws")
     rows = [header]
     for label, path, style, target, _better in ROWS:
-        values = [_get(results["servers"][name], *path) for name in servers]
+        values = [dig(results["servers"][name], *path) for name in servers]
         if all(v is None for v in values):
             continue
         row = [label, *(_format(v, style) for v in values), target]
         if len(header) > len(servers) + 2:
-            ours = _get(results["servers"]["relay"], *path)
-            theirs = _get(results["servers"]["node-ws"], *path)
+            ours = dig(results["servers"]["relay"], *path)
+            theirs = dig(results["servers"]["node-ws"], *path)
             ok = isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and theirs
             row.append(f"{ours / theirs:.2f}x" if ok else "-")
         rows.append(row)
@@ -696,7 +687,7 @@ def render_table(results: dict[str, Any]) -> str:
                 "config"]["connections"]:
             notes.append(f"per-client-listen measured at {result['connectionsAsked']:,} "
                          "connections (one PostgreSQL backend each; --per-client-max)")
-        failures = _get(result, "open", "failures")
+        failures = dig(result, "open", "failures")
         if failures:
             notes.append(f"{name}: failed opens {failures}")
     m = results["machine"]

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import run
+from bench.figures import dig
 from bench.loopprobe import worst_lag
 from bench.servers import (
     ROOT,
@@ -801,10 +802,6 @@ def _fds(process: Any) -> int:
 # ----- the table -----------------------------------------------------------------------------
 
 
-def _g(result: dict[str, Any], *path: str) -> Any:
-    return run._get(result, *path)
-
-
 def _ratio(high: Any, low: Any) -> float | None:
     if isinstance(high, (int, float)) and isinstance(low, (int, float)) and low:
         return high / low
@@ -829,17 +826,17 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             value, (int, float)) else str(value)), target, verdict))
 
     idle = p.get("idle", {})
-    failures = run.merge_counts([_g(p, "openFirst", "failures") or {},
-                                 _g(p, "openRest", "failures") or {}])
+    failures = run.merge_counts([dig(p, "openFirst", "failures") or {},
+                                 dig(p, "openRest", "failures") or {}])
     if idle:
         asked = idle.get("asked", 0)
         add("idle: connections held", idle.get("held"), target=f"{asked:,}",
             verdict="met" if idle.get("held") == asked and not failures else "NOT met")
         add("idle: failed opens", sum(failures.values()), target="0",
             verdict="met" if not failures else "NOT met")
-        add("idle: opening rate /s", _g(p, "openRest", "perSecond"))
+        add("idle: opening rate /s", dig(p, "openRest", "perSecond"))
         add("idle: worst worker loop stall while opening ms",
-            _g(p, "openRest", "workerLoop", "worstMs"), "{:,.0f}")
+            dig(p, "openRest", "workerLoop", "worstMs"), "{:,.0f}")
         per = idle.get("bytesPerConnection")
         add("idle: RSS per connection KB (1k → all)", per / 1000 if per else None, "{:,.2f}",
             "<= 5", _verdict(per / 1000 if per else None, 5.0, "lower"))
@@ -858,13 +855,13 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if beat:
         add("heartbeat: pings answered in 25 s", beat.get("pings"))
         add("heartbeat: ping lateness p99 / max ms",
-            _pair(_g(beat, "pingLateMs", "p99"), _g(beat, "pingLateMs", "max")))
-        add("heartbeat: worst worker loop stall ms", _g(beat, "workerLoop", "worstMs"),
+            _pair(dig(beat, "pingLateMs", "p99"), dig(beat, "pingLateMs", "max")))
+        add("heartbeat: worst worker loop stall ms", dig(beat, "workerLoop", "worstMs"),
             "{:,.0f}", "a few ms")
         add("heartbeat: longest full GC in a worker ms",
-            _g(beat, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
+            dig(beat, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
         add("heartbeat: longest wait of a ready greenlet ms",
-            _g(beat, "workerLoop", "worstReadyWaitMs"), "{:,.0f}")
+            dig(beat, "workerLoop", "worstReadyWaitMs"), "{:,.0f}")
         add("heartbeat: workers' CPU (share of a core)", beat.get("workersCoreShare"), "{:.1%}")
         add("heartbeat: connections closed meanwhile", sum((beat.get("closes") or {}).values()),
             target="0", verdict="met" if not beat.get("closes") else "NOT met")
@@ -889,12 +886,12 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("steady: delivered/s", steady.get("deliveredPerSecond"))
         add("steady: lost", steady.get("lost"), target="0",
             verdict=_verdict(steady.get("lost"), 0, "lower"))
-        add("steady: latency p50 ms", _g(steady, "latencyMs", "p50"), "{:,.1f}")
-        add("steady: latency p99 ms", _g(steady, "latencyMs", "p99"), "{:,.1f}", "<= 25",
-            _verdict(_g(steady, "latencyMs", "p99"), 25.0, "lower"))
-        add("steady: latency max ms", _g(steady, "latencyMs", "max"), "{:,.1f}")
+        add("steady: latency p50 ms", dig(steady, "latencyMs", "p50"), "{:,.1f}")
+        add("steady: latency p99 ms", dig(steady, "latencyMs", "p99"), "{:,.1f}", "<= 25",
+            _verdict(dig(steady, "latencyMs", "p99"), 25.0, "lower"))
+        add("steady: latency max ms", dig(steady, "latencyMs", "max"), "{:,.1f}")
         add("steady: server CPU s / 10k", steady.get("serverCpuPer10k"), "{:,.2f}")
-        add("steady: worst worker loop stall ms", _g(steady, "workerLoop", "worstMs"),
+        add("steady: worst worker loop stall ms", dig(steady, "workerLoop", "worstMs"),
             "{:,.0f}")
     burst = p.get("burst", {})
     if burst:
@@ -907,7 +904,7 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if cut:
         add("cut: s until updates flow again", cut.get("flowingAgainSeconds"), "{:,.2f}",
             "<= 2 (off)", _verdict(cut.get("flowingAgainSeconds"), 2.0, "lower"))
-        add("cut: longest silence of the probes s", _g(cut, "outage", "seconds"), "{:,.2f}")
+        add("cut: longest silence of the probes s", dig(cut, "outage", "seconds"), "{:,.2f}")
         add("cut: s until the last client's resync", cut.get("lastResyncSeconds"), "{:,.2f}")
         add("cut: clients told to resync", cut.get("resynced"))
     st = p.get("storm", {})
@@ -915,17 +912,17 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if drained:
         add("drain: s from SIGTERM to exit", drained.get("drainExitSeconds"), "{:,.1f}",
             f"<= {scale.get('config', {}).get('drain_seconds', 10):g} + 3")
-        closes = _g(drained, "drained", "closes") or {}
+        closes = dig(drained, "drained", "closes") or {}
         add("drain: clients closed 1012", closes.get("1012", 0),
             target=f"{drained.get('held', 0):,}",
             verdict="met" if closes.get("1012", 0) == drained.get("held") else "NOT met")
-        add("drain: last close, s after SIGTERM", _g(drained, "drained", "lastDrop"), "{:,.1f}")
+        add("drain: last close, s after SIGTERM", dig(drained, "drained", "lastDrop"), "{:,.1f}")
         add("drain: worst worker loop stall ms",
-            max(_g(drained, "drainLoop", "worstMs") or 0.0,
-                _g(drained, "drainLoop", "worstReadyWaitMs") or 0.0)
+            max(dig(drained, "drainLoop", "worstMs") or 0.0,
+                dig(drained, "drainLoop", "worstReadyWaitMs") or 0.0)
             if drained.get("drainLoop") else None, "{:,.0f}")
         add("drain: longest full GC in a worker ms",
-            _g(drained, "drainLoop", "worstFullCollectionMs"), "{:,.0f}")
+            dig(drained, "drainLoop", "worstFullCollectionMs"), "{:,.0f}")
     if st:
         add("storm: s down (SIGTERM → new relay ready)", st.get("downSeconds"), "{:,.1f}")
         add("storm: handshakes/s until 90% back", st.get("handshakesPerSecond90"),
@@ -938,18 +935,18 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if st.get("allBackSeconds") is not None else "NOT met")
         add("storm: reattached / held", f"{st.get('reattached', 0):,} / {st.get('held', 0):,}")
         # The target reads both waits: a timer's (pings, deliveries) and a ready greenlet's.
-        stall = max(_g(st, "workerLoop", "worstMs") or 0.0,
-                    _g(st, "workerLoop", "worstReadyWaitMs") or 0.0) if st.get(
+        stall = max(dig(st, "workerLoop", "worstMs") or 0.0,
+                    dig(st, "workerLoop", "worstReadyWaitMs") or 0.0) if st.get(
             "workerLoop") else None
         add("storm: worst worker loop stall ms", stall, "{:,.0f}", "<= 500",
             _verdict(stall, 500.0, "lower"))
         add("storm: longest full GC in a worker ms",
-            _g(st, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
+            dig(st, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
         add("storm: longest wait of a ready greenlet ms",
-            _g(st, "workerLoop", "worstReadyWaitMs"), "{:,.0f}")
+            dig(st, "workerLoop", "worstReadyWaitMs"), "{:,.0f}")
         add("storm: ping lateness p99 / max ms",
-            _pair(_g(st, "pingLateMs", "p99"), _g(st, "pingLateMs", "max")))
-        add("storm: delivery p99 ms meanwhile (probe)", _g(st, "probeLatencyMs", "p99"),
+            _pair(dig(st, "pingLateMs", "p99"), dig(st, "pingLateMs", "max")))
+        add("storm: delivery p99 ms meanwhile (probe)", dig(st, "probeLatencyMs", "p99"),
             "{:,.1f}")
         after = st.get("after", {})
         leaked = (after.get("reportedConnections"), after.get("clientsHeld"))
