@@ -48,6 +48,33 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None,
 SECRET = "test-secret-" + "s" * 40
 
 
+class BrowserScript:
+    """A headless Chromium driven by one of the client's ``test-support/*.mjs`` scripts:
+    one JSON command a line in, one JSON answer a line out (``{"ok": …, "value": …}``)."""
+
+    def __init__(self, script: str) -> None:
+        assert NODE is not None
+        self.proc = subprocess.Popen(
+            [NODE, script], cwd=CLIENT, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "CHROMIUM": CHROMIUM or ""})
+
+    def step(self, **command: Any) -> Any:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        assert answer["ok"], answer
+        return answer.get("value", answer)
+
+    def close(self) -> None:
+        try:
+            self.step(step="close")
+            self.proc.wait(20)
+        except Exception:  # noqa: BLE001 - never leave a browser behind
+            self.proc.kill()
+
+
 def free_port() -> int:
     """A port below Linux's ephemeral range (32768+), so that the many outgoing client
     sockets of a concurrent test or benchmark cannot take it between now and gunicorn's

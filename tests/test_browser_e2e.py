@@ -4,20 +4,17 @@ downloaded browser): the /demo page and the React hook against a real relay."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import (
-    CHROMIUM,
     CLIENT,
-    NODE,
+    BrowserScript,
     RelayProcess,
     execute,
     needs_chromium,
@@ -28,28 +25,9 @@ from tests.support import (
 pytestmark = pytest.mark.slow  # every test here boots real processes
 
 
-class Browser:
+class Browser(BrowserScript):
     def __init__(self) -> None:
-        assert NODE is not None
-        self.proc = subprocess.Popen(
-            [NODE, "test-support/e2e.mjs"], cwd=CLIENT, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "CHROMIUM": CHROMIUM or ""})
-
-    def step(self, **command: Any) -> Any:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        assert answer["ok"], answer
-        return answer.get("value", answer)
-
-    def close(self) -> None:
-        try:
-            self.step(step="close")
-            self.proc.wait(20)
-        except Exception:  # noqa: BLE001 - never leave a browser behind
-            self.proc.kill()
+        super().__init__("test-support/e2e.mjs")
 
 
 @needs_node

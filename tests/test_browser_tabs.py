@@ -8,7 +8,6 @@ relay's dev-mode /demo routes, so the pages are on an origin in ALLOWED_ORIGINS)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -19,9 +18,8 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    CHROMIUM,
     CLIENT,
-    NODE,
+    BrowserScript,
     RelayProcess,
     execute,
     free_port,
@@ -42,25 +40,13 @@ NO_BROADCAST_CHANNEL = "delete window.BroadcastChannel;"
 NO_WEB_LOCKS = "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined });"
 
 
-class Tabs:
+class Tabs(BrowserScript):
     """The driver: contexts (separate browser profiles) and their pages, by name."""
 
     def __init__(self, relay: RelayProcess) -> None:
-        assert NODE is not None
+        super().__init__("test-support/tabs.mjs")
         self.relay = relay
-        self.proc = subprocess.Popen(
-            [NODE, "test-support/tabs.mjs"], cwd=CLIENT, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "CHROMIUM": CHROMIUM or ""})
         self.pages: dict[str, str] = {}  # page → context
-
-    def step(self, **command: Any) -> Any:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        assert answer["ok"], answer
-        return answer.get("value", answer)
 
     def context(self, name: str, init: str | None = None) -> None:
         self.step(step="context", context=name, init=init)
@@ -94,13 +80,6 @@ class Tabs:
     def close_context(self, context: str) -> None:
         self.step(step="close-context", context=context)
         self.pages = {p: c for p, c in self.pages.items() if c != context}
-
-    def close(self) -> None:
-        try:
-            self.step(step="close")
-            self.proc.wait(20)
-        except Exception:  # noqa: BLE001 - never leave a browser behind
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
