@@ -27,39 +27,43 @@ And once, against the database alone:
 Prints one table and writes JSON to bench/results/, and the figures ``python -m relay size``
 reads to bench/results/sizing.json (bench/figures.py). The chart of latency against load comes
 from ``make bench-sweep`` (``bench/sweep.py``). docs/performance.md explains the figures and
-records the results.
+records the results. The scenarios themselves are in ``bench.scenarios`` and what every
+benchmark measures of the machine in ``bench.measure``, shared with ``bench.scale`` and
+``bench.sweep``; this module chooses, runs and reports.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from array import array
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench import scale
 from bench.figures import dig, write_sizing_figures
+from bench.measure import database_version, git_commit, machine, raise_open_files, say, uptime_line
+from bench.scenarios import (
+    Config,
+    burst,
+    connect,
+    notify_ceiling,
+    open_connections,
+    split,
+    steady,
+    users,
+)
 from bench.servers import (
-    ROOT,
     Database,
     LoadGenerators,
     NodeServer,
     RelayServer,
     Server,
-    cpu_seconds,
     install_peers,
     memory,
 )
@@ -68,32 +72,6 @@ SCENARIOS = ("idle", "db", "steady", "burst", "connect", "notify")
 ALL_SCENARIOS = (*SCENARIOS, "scale")
 SERVERS = ("relay", "node-ws", "per-client-listen")
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-@dataclass
-class Config:
-    scenarios: tuple[str, ...]
-    servers: tuple[str, ...]
-    connections: int  # C
-    rate: float  # R
-    users: int  # U
-    duration: float
-    warmup: float
-    burst_users: int
-    connect_seconds: float
-    connect_concurrency: int
-    workers: int
-    loadgens: int
-    per_tx: int
-    writer_threads: int
-    per_client_max: int
-    open_concurrency: int
-    quick: bool = False
-    notify_writers: int = 8
-    notify_seconds: float = 5.0
-    notify_dsn: str | None = None
-    publish: str = "notify"  # bench.writer --publish: pg_notify per user, or relay_publish
-    spread: str = "modulo"  # bench.writer --spread: users n % U + 1, or random among U
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path, Any]:
@@ -232,14 +210,6 @@ def main_scale(config: scale.ScaleConfig) -> int:
     return 0
 
 
-def uptime_line() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5,
-                              check=False).stdout.strip()
-    except OSError:
-        return ""
-
-
 # ----- one server ------------------------------------------------------------------------------
 
 
@@ -304,303 +274,7 @@ def run_server(name: str, config: Config, database: Database, workdir: Path) -> 
     return out
 
 
-def users(first: int, count: int) -> list[str]:
-    return [str(u) for u in range(first, first + count)]
-
-
-def split(items: list[str], parts: int, **command: Any) -> list[dict[str, Any]]:
-    size = -(-len(items) // parts)
-    return [{**command, "users": items[i * size:(i + 1) * size]} for i in range(parts)]
-
-
-def open_connections(gens: LoadGenerators, count: int, config: Config) -> dict[str, Any]:
-    cpu0 = gens.cpu()
-    started = time.monotonic()
-    replies = gens.each(split(users(1, count), len(gens), cmd="open",
-                              concurrency=config.open_concurrency))
-    seconds = time.monotonic() - started
-    failures: dict[str, int] = {}
-    for reply in replies:
-        for reason, n in reply["failures"].items():
-            failures[reason] = failures.get(reason, 0) + n
-    opened = sum(r["opened"] for r in replies)
-    return {"opened": opened, "failures": failures, "seconds": seconds,
-            "perSecond": opened / seconds if seconds else 0.0,
-            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds)}
-
-
-def steady(gens: LoadGenerators, server: Server, database: Database, config: Config,
-           user_count: int) -> dict[str, Any]:
-    gens.all({"cmd": "reset"})
-    server_cpu0, pg_cpu0, gen_cpu0 = (cpu_seconds(server.tree()),
-                                      cpu_seconds(database.processes()), gens.cpu())
-    started, busy0 = time.monotonic(), machine_busy()
-    written = run_writer("steady", "--dsn", database.url, "--rate", str(config.rate),
-                         "--users", str(user_count), "--duration", str(config.duration),
-                         "--warmup", str(config.warmup), "--per-tx", str(config.per_tx),
-                         "--threads", str(config.writer_threads),
-                         "--publish", config.publish, "--spread", config.spread,
-                         timeout=config.duration + config.warmup + 120)
-    wait_for_kinds(gens, ("w", "s"), written["committed"])
-    seconds = time.monotonic() - started
-    server_cpu = cpu_seconds(server.tree()) - server_cpu0
-    pg_cpu = cpu_seconds(database.processes()) - pg_cpu0
-    gen_cpu = client_cpu(gen_cpu0, gens.cpu(), seconds)
-    stats = gens.all({"cmd": "stats"})
-    latencies = array("f")
-    for reply in stats:
-        latencies.frombytes(base64.b64decode(reply["latencies"]))
-    ordered = sorted(latencies)
-    worst: dict[int, float] = {}
-    arrived: dict[int, int] = {}
-    for reply in stats:
-        for tenth, latency in reply["worst"].items():
-            worst[int(tenth)] = max(worst.get(int(tenth), 0.0), latency)
-        for tenth, count in reply["arrived"].items():
-            arrived[int(tenth)] = arrived.get(int(tenth), 0) + count
-    # Throughput: updates that arrived while the writer was committing, per second (not
-    # from the last arrival, which would charge one late message to the whole run).
-    first_tenth = int(written["start"] * 10) + 1
-    tenths = int(written["seconds"] * 10) - 1
-    in_window = sum(arrived.get(first_tenth + i, 0) for i in range(tenths))
-    unique = sum(r["unique"] for r in stats)
-    delivered = sum(r["updates"] for r in stats)
-    measured = sum(r["byKind"].get("s", 0) for r in stats)
-    return {
-        "users": user_count, "committed": written["committed"],
-        "committedPerSecond": written["rate"], "writerWorstLagS": written["worstLagS"],
-        "writerErrors": written["errors"], "measuredCommitted": written["measured"],
-        "measuredDelivered": measured,
-        "deliveredPerSecond": in_window / (tenths / 10) if tenths > 0 else 0.0,
-        "latencyMs": percentiles(ordered), "delivered": delivered,
-        "lost": written["committed"] - unique, "duplicated": sum(r["duplicates"] for r in stats),
-        "misrouted": sum(r["misrouted"] for r in stats),
-        "seqGaps": sum(r["seqGaps"] for r in stats),
-        "closes": merge_counts(r["closes"] for r in stats),
-        "serverCpuSeconds": server_cpu, "postgresCpuSeconds": pg_cpu,
-        "writerCpuSeconds": written["cpuSeconds"],
-        "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
-        "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
-        "clientCpu": gen_cpu, "machineBusy": busy_share(busy0),
-        "clientLagMs": {"p99": max((r["lagMs"].get("p99", 0.0) for r in stats), default=0.0),
-                        "max": max((r["lagMs"].get("max", 0.0) for r in stats), default=0.0)},
-        # Worst latency of each 0.1 s, from the first measured commit: where spikes happen.
-        "worstByTenth": [[round(t / 10 - written["measuredStart"], 1), round(worst[t], 2)]
-                         for t in sorted(worst)],
-    }
-
-
-def burst(gens: LoadGenerators, server: Server, database: Database,
-          user_count: int, among: int = 0, publish: str = "notify",
-          limit: float = 60.0) -> dict[str, Any]:
-    """One transaction notifying ``user_count`` users: 1…user_count, or a random sample of
-    them among 1…``among``."""
-    gens.all({"cmd": "reset"})
-    server_cpu0, busy0 = cpu_seconds(server.tree()), machine_busy()
-    written = run_writer("burst", "--dsn", database.url, "--users", str(user_count),
-                         "--among", str(among), "--publish", publish, timeout=120)
-    wait_for_kinds(gens, ("b",), user_count, limit=limit)
-    server_cpu = cpu_seconds(server.tree()) - server_cpu0
-    stats = gens.all({"cmd": "stats"})
-    received = sum(r["byKind"].get("b", 0) for r in stats)
-    arrivals = array("d")
-    for reply in stats:
-        arrivals.frombytes(base64.b64decode(reply["burstTimes"]))
-    after = sorted(t - written["beforeCommit"] for t in arrivals)
-    last = max((r["last"].get("b", 0.0) for r in stats), default=0.0)
-    first = min((r["first"].get("b", float("inf")) for r in stats), default=0.0)
-    return {"users": user_count, "received": received,
-            "lost": user_count - sum(r["unique"] for r in stats),
-            "commitSeconds": written["committed"] - written["beforeCommit"],
-            "firstSeconds": first - written["beforeCommit"] if received else None,
-            "lastSeconds": last - written["beforeCommit"] if received else None,
-            "serverCpuSeconds": server_cpu, "machineBusy": busy_share(busy0),
-            "arrivalSeconds": {f"p{q}": after[min(len(after) - 1, len(after) * q // 100)]
-                               for q in (10, 50, 90, 99)} if after else {}}
-
-
-def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> dict[str, Any]:
-    concurrency = max(1, config.connect_concurrency // len(gens))
-    if isinstance(server, NodeServer) and server.name == "per-client-listen":
-        concurrency = max(1, min(concurrency, config.per_client_max // (2 * len(gens))))
-    cpu0, server_cpu0, busy0 = gens.cpu(), cpu_seconds(server.tree()), machine_busy()
-    started = time.monotonic()
-    replies = gens.each(split(users(1, max(pool, len(gens))), len(gens), cmd="churn",
-                              concurrency=concurrency, duration=config.connect_seconds))
-    seconds = time.monotonic() - started
-    handshakes = sum(r["handshakes"] for r in replies)
-    p99 = max((r["handshakeMs"].get("p99", 0.0) for r in replies), default=0.0)
-    return {"handshakes": handshakes, "seconds": config.connect_seconds,
-            "perSecond": handshakes / config.connect_seconds,
-            "failures": merge_counts(r["failures"] for r in replies),
-            "handshakeP99Ms": p99, "inFlight": concurrency * len(gens),
-            "serverCpuSeconds": cpu_seconds(server.tree()) - server_cpu0,
-            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds), "machineBusy": busy_share(busy0)}
-
-
-def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
-    """Notifying (and, for contrast, plain) commits/s, with fsync off and on.
-
-    The embedded cluster runs with fsync off (relay.dev.postgres); a notifying commit holds
-    PostgreSQL's NOTIFY lock until its commit record is flushed, so the run with fsync on is
-    the one that stands for a durable database. With ``--notify-dsn`` the given database is
-    measured as it is configured."""
-    import psycopg2
-
-    def run(dsn: str, plain: bool) -> dict[str, Any]:
-        return run_writer("ceiling", "--dsn", dsn, "--writers", str(config.notify_writers),
-                          "--seconds", str(config.notify_seconds),
-                          *(["--plain"] if plain else []),
-                          timeout=config.notify_seconds + 60)
-
-    if config.notify_dsn:
-        return {"external": {"notify": run(config.notify_dsn, False),
-                             "plain": run(config.notify_dsn, True)}}
-    out: dict[str, Any] = {}
-    conn = psycopg2.connect(database.url)
-    conn.autocommit = True
-    try:
-        for fsync in ("off", "on"):
-            with conn.cursor() as cur:
-                cur.execute(f"ALTER SYSTEM SET fsync = {fsync}")
-                cur.execute("SELECT pg_reload_conf()")
-            time.sleep(0.5)  # the reload reaches every backend at its next command
-            key = f"fsync{fsync.capitalize()}"
-            out[key] = {"notify": run(database.url, False), "plain": run(database.url, True)}
-    finally:
-        with conn.cursor() as cur:
-            cur.execute("ALTER SYSTEM RESET fsync")
-            cur.execute("SELECT pg_reload_conf()")
-        conn.close()
-    return out
-
-
-def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,
-                   patience: float = 5.0, limit: float = 60.0) -> None:
-    """Until the clients have ``expected`` updates of ``kinds``, or they stop coming."""
-    started = last_change = time.monotonic()
-    seen = -1
-    while time.monotonic() - started < limit:
-        counts = gens.all({"cmd": "count"})
-        got = sum(c["byKind"].get(k, 0) for c in counts for k in kinds)
-        if got >= expected:
-            return
-        if got != seen:
-            seen, last_change = got, time.monotonic()
-        elif time.monotonic() - last_change > patience:
-            return
-        time.sleep(0.1)
-
-
-def run_writer(*args: str, timeout: float) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-m", "bench.writer", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"writer failed: {done.stderr.strip()[-500:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["cpuSeconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return result
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy CPU seconds over all cores, wall clock) now: diff two to get a phase's load."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0), time.monotonic()
-
-
-def busy_share(before: tuple[float, float]) -> float:
-    """Share of the machine's cores that were busy since ``before`` (everything, not only us):
-    the machine is shared, so a figure taken while others ran is marked by this."""
-    busy, now = machine_busy()
-    return (busy - before[0]) / ((now - before[1]) * (os.cpu_count() or 1))
-
-
-def client_cpu(before: list[float], after: list[float], seconds: float) -> dict[str, float]:
-    """CPU of the load generators: the busiest one's share of a core, and the total."""
-    used = [b - a for a, b in zip(before, after, strict=True)]
-    return {"maxCoreShare": max(used) / seconds if seconds else 0.0, "cpuSeconds": sum(used)}
-
-
-def percentiles(ordered: list[float]) -> dict[str, float]:
-    if not ordered:
-        return {}
-    return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1,
-                                                                   int(len(ordered) * 0.99))],
-            "max": ordered[-1], "count": len(ordered)}
-
-
-def merge_counts(items: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for item in items:
-        for key, value in item.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
 # ----- environment -----------------------------------------------------------------------------
-
-
-def raise_open_files(needed: int) -> None:
-    """Every held connection is a descriptor in a server and in a load generator."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = max(soft, needed)
-    if hard != resource.RLIM_INFINITY and target > hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
-            return
-        except (ValueError, OSError):
-            target = hard  # not root: as many as we may
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    node = shutil.which("node")
-    return {
-        "nproc": os.cpu_count(), "cpu": model,
-        "ramGiB": round(psutil.virtual_memory().total / 2**30, 1),
-        "loadAverage": os.getloadavg(), "python": platform.python_version(),
-        "node": subprocess.run([node, "--version"], capture_output=True, text=True,
-                               check=False).stdout.strip() if node else None,
-        "kernel": platform.release(),
-    }
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with "+" when it has uncommitted changes), for the record."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
-
-
-def database_version(url: str) -> str:
-    import psycopg2
-
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW server_version")
-            return str(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # ----- output ----------------------------------------------------------------------------------

@@ -51,9 +51,10 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from bench import run
 from bench.figures import dig
 from bench.loopprobe import worst_lag
+from bench.measure import busy_share, client_cpu, machine_busy, merge_counts, percentiles, say
+from bench.scenarios import Config, burst, run_writer, split, steady, users, wait_for_kinds
 from bench.servers import (
     ROOT,
     Database,
@@ -183,14 +184,14 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
     server = RelayServer(workdir, database.url, cfg.workers, cfg.connections,
                          worker_connections=worker_connections, env=env,
                          probe_dir=workdir / "probe-1")
-    steady_config = run.Config(
+    steady_config = Config(
         scenarios=("steady",), servers=("relay",), connections=cfg.connections, rate=cfg.rate,
         users=cfg.connections, duration=cfg.duration, warmup=cfg.warmup, burst_users=0,
         connect_seconds=0.0, connect_concurrency=0, workers=cfg.workers,
         loadgens=cfg.loadgens, per_tx=cfg.per_tx, writer_threads=cfg.writer_threads,
         per_client_max=0, open_concurrency=cfg.open_concurrency, publish=publish,
         spread="random")
-    run.say(f"[scale] relay: {cfg.workers} workers x {worker_connections:,} connections, "
+    say(f"[scale] relay: {cfg.workers} workers x {worker_connections:,} connections, "
             f"RELAY_USER_CHANNELS={cfg.user_channels}, publishing with {publish}")
     servers = [server]  # every relay started, for the final stop whatever happens
     phase.probe_dir = workdir / "probe-1"
@@ -198,68 +199,68 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
     gens = LoadGenerators(cfg.loadgens, server.port)
     phases = out["phases"]
     try:
-        gens.each(run.split(run.users(1, 20), len(gens), cmd="open", concurrency=10))
+        gens.each(split(users(1, 20), len(gens), cmd="open", concurrency=10))
         gens.all({"cmd": "close"})
         time.sleep(2.0)
         baseline = {"memory": memory(server.measured()), "sockstat": sockstat(),
                     "meminfo": meminfo(), "openFiles": open_files(server)}
         out["baseline"] = baseline
 
-        run.say(f"[scale] opening users 1…{cfg.first:,}")
+        say(f"[scale] opening users 1…{cfg.first:,}")
         with phase(phases, "openFirst") as record:
             record.update(open_users(gens, 1, cfg.first, cfg))
         time.sleep(2.0)
         if "db" in cfg.phases:
-            run.say(f"[scale] database cost at {cfg.first:,} users")
+            say(f"[scale] database cost at {cfg.first:,} users")
             with phase(phases, "dbFirst") as record:
                 record.update(db_cost(gens, server, database, cfg, cfg.first, publish))
         before_rest = memory(server.measured())
-        run.say(f"[scale] opening users {cfg.first + 1:,}…{cfg.connections:,}")
+        say(f"[scale] opening users {cfg.first + 1:,}…{cfg.connections:,}")
         with phase(phases, "openRest") as record:
             record.update(open_users(gens, cfg.first + 1, cfg.connections - cfg.first, cfg))
         time.sleep(5.0)
         phases["idle"] = idle_figures(server, gens, baseline, before_rest, cfg)
         held = phases["idle"]["held"]
-        run.say(f"[scale] heartbeats: {held:,} idle connections for 25 s")
+        say(f"[scale] heartbeats: {held:,} idle connections for 25 s")
         with phase(phases, "heartbeat") as record:
             record.update(heartbeat(gens, server, 25.0))
         if "db" in cfg.phases:
-            run.say(f"[scale] database cost at {held:,} users")
+            say(f"[scale] database cost at {held:,} users")
             with phase(phases, "dbAll") as record:
                 record.update(db_cost(gens, server, database, cfg, cfg.connections, publish))
         if "steady" in cfg.phases:
             settle(gens, database, phases, "beforeSteady")
-            run.say(f"[scale] steady: {cfg.rate:,.0f}/s to random users among "
+            say(f"[scale] steady: {cfg.rate:,.0f}/s to random users among "
                     f"{cfg.connections:,}")
             with phase(phases, "steady") as record:
-                record.update(run.steady(gens, server, database, steady_config,
+                record.update(steady(gens, server, database, steady_config,
                                          cfg.connections))
         if "burst" in cfg.phases:
             settle(gens, database, phases, "beforeBurst")
-            run.say(f"[scale] burst: one transaction to {cfg.burst_users:,} users")
+            say(f"[scale] burst: one transaction to {cfg.burst_users:,} users")
             with phase(phases, "burst") as record:
-                record.update(run.burst(gens, server, database, cfg.burst_users,
+                record.update(burst(gens, server, database, cfg.burst_users,
                                         among=cfg.connections, publish=publish,
                                         limit=120.0))
         if "cut" in cfg.phases:
             settle(gens, database, phases, "beforeCut")
-            run.say("[scale] database link cut")
+            say("[scale] database link cut")
             with phase(phases, "cut") as record:
                 record.update(link_cut(gens, server, database, cfg, publish))
         if "drain" in cfg.phases and "storm" not in cfg.phases:
             settle(gens, database, phases, "beforeDrain")
-            run.say("[scale] SIGTERM: the drain alone")
+            say("[scale] SIGTERM: the drain alone")
             with phase(phases, "drain") as record:
                 drain_only(gens, server, cfg, workdir, record)
         if "storm" in cfg.phases:
             settle(gens, database, phases, "beforeStorm")
-            run.say("[scale] restart and reconnect storm")
+            say("[scale] restart and reconnect storm")
             with phase(phases, "storm") as record:
                 server = storm(gens, servers, database, cfg, publish, baseline, workdir,
                                record)
     except Exception as exc:  # noqa: BLE001 - what was measured so far is still reported
         out["error"] = f"{type(exc).__name__}: {exc}"
-        run.say(f"[scale] failed: {out['error']}\n{server.log_tail(10)}")
+        say(f"[scale] failed: {out['error']}\n{server.log_tail(10)}")
     finally:
         logged = [line for started in servers for line in warnings_of(started)]
         out["relayWarningCount"] = len(logged)
@@ -285,14 +286,14 @@ class phase:  # noqa: N801 - used as a context manager, reads as a statement
         phases[name] = self.record
 
     def __enter__(self) -> dict[str, Any]:
-        self._busy = run.machine_busy()
+        self._busy = machine_busy()
         self._started = time.time()
         self.record["loadAverageBefore"] = os.getloadavg()[0]
         return self.record
 
     def __exit__(self, *exc: object) -> None:
         self.record["phaseSeconds"] = time.time() - self._started
-        self.record["machineBusy"] = run.busy_share(self._busy)
+        self.record["machineBusy"] = busy_share(self._busy)
         self.record["loadAverageAfter"] = os.getloadavg()[0]
         if phase.probe_dir is not None and "workerLoop" not in self.record:
             self.record["workerLoop"] = worst_lag(phase.probe_dir, self._started, time.time())
@@ -326,7 +327,7 @@ def settle(gens: LoadGenerators, database: Database, phases: dict[str, Any], nam
     phases[name] = {"settleSeconds": seconds, "queueUsage": usage,
                     "settled": usage < 0.001 and quiet >= 2}
     if seconds > 5:
-        run.say(f"[scale] {name}: the previous phase's backlog took {seconds:.0f} s to settle "
+        say(f"[scale] {name}: the previous phase's backlog took {seconds:.0f} s to settle "
                 f"(queue usage {usage:.1%})")
 
 
@@ -377,16 +378,16 @@ def open_users(gens: LoadGenerators, first: int, count: int, cfg: ScaleConfig
                ) -> dict[str, Any]:
     cpu0 = gens.cpu()
     started = time.monotonic()
-    replies = gens.each(run.split(run.users(first, count), len(gens), cmd="open",
+    replies = gens.each(split(users(first, count), len(gens), cmd="open",
                                   concurrency=cfg.open_concurrency, timeout=60.0))
     seconds = time.monotonic() - started
     opened = sum(r["opened"] for r in replies)
     return {"asked": count, "opened": opened,
-            "failures": run.merge_counts(r["failures"] for r in replies),
+            "failures": merge_counts(r["failures"] for r in replies),
             "seconds": seconds, "perSecond": opened / seconds if seconds else 0.0,
             "handshakeP99Ms": max((r["handshakeMs"].get("p99", 0.0) for r in replies),
                                   default=0.0),
-            "clientCpu": run.client_cpu(cpu0, gens.cpu(), seconds)}
+            "clientCpu": client_cpu(cpu0, gens.cpu(), seconds)}
 
 
 def idle_figures(server: RelayServer, gens: LoadGenerators, baseline: dict[str, Any],
@@ -439,8 +440,8 @@ def heartbeat(gens: LoadGenerators, server: RelayServer, seconds: float) -> dict
     for reply in stats:
         late.frombytes(base64.b64decode(reply["pingLateMs"]))
     return {"seconds": seconds, "pings": len(late),
-            "pingLateMs": run.percentiles(sorted(late)),
-            "closes": run.merge_counts(r["closes"] for r in stats),
+            "pingLateMs": percentiles(sorted(late)),
+            "closes": merge_counts(r["closes"] for r in stats),
             "workersCoreShare": cpu / seconds,
             "workerCpuUsPerPing": cpu / len(late) * 1e6 if late else None}
 
@@ -460,12 +461,12 @@ def db_cost(gens: LoadGenerators, server: RelayServer, database: Database, cfg: 
     backend0, listener0 = cpu_seconds(backend), cpu_seconds(listener)
     workers0 = cpu_seconds(server.roles()["worker"])
     count = cfg.db_notifications
-    written = run.run_writer(
+    written = run_writer(
         "steady", "--dsn", database.url, "--rate", str(cfg.db_rate), "--users", str(users),
         "--duration", f"{count / cfg.db_rate:.3f}", "--warmup", "0", "--per-tx", "5",
         "--threads", "2", "--spread", "random", "--kind", "d", "--publish", publish,
         timeout=count / cfg.db_rate + 120)
-    run.wait_for_kinds(gens, ("d",), written["committed"], patience=10.0, limit=120.0)
+    wait_for_kinds(gens, ("d",), written["committed"], patience=10.0, limit=120.0)
     backend_cpu = cpu_seconds(backend) - backend0
     listener_cpu = cpu_seconds(listener) - listener0
     workers_cpu = cpu_seconds(server.roles()["worker"]) - workers0
@@ -585,7 +586,7 @@ def link_cut(gens: LoadGenerators, server: RelayServer, database: Database, cfg:
         "firstResyncSeconds": first_resync - cut_at if resynced else None,
         "lastResyncSeconds": last_resync - cut_at if resynced else None,
         "probesAfterCut": len(after),
-        "probeLatencyAfterMs": run.percentiles(sorted((a - t) * 1000 for t, a in after)),
+        "probeLatencyAfterMs": percentiles(sorted((a - t) * 1000 for t, a in after)),
         "databaseReconnects": (health.get("listener") or {}).get("databaseReconnects"),
         "gaveUpAfter": None if resynced >= held else cfg.cut_limit,
     }
@@ -623,7 +624,7 @@ def drain_only(gens: LoadGenerators, server: RelayServer, cfg: ScaleConfig, work
     record["drainLoop"] = worst_lag(workdir / "probe-1", term_at, exited_at)
     stats = gens.all({"cmd": "stats"})
     first = min((r["closeFirst"] for r in stats if r["closeFirst"]), default=term_at)
-    record["drained"] = {"closes": run.merge_counts(r["closes"] for r in stats),
+    record["drained"] = {"closes": merge_counts(r["closes"] for r in stats),
                          "firstDrop": first - term_at,
                          "lastDrop": max((r["closeLast"] for r in stats), default=0.0) - term_at}
 
@@ -640,7 +641,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
                 "timeout": 30.0, "seed": index + 1} for index in range(len(gens))])
     old_tree = server.tree()
     term_at = time.time()
-    run.say(f"[scale] SIGTERM: draining {held:,} clients over {cfg.drain_seconds:g} s")
+    say(f"[scale] SIGTERM: draining {held:,} clients over {cfg.drain_seconds:g} s")
     record["drainExitSeconds"] = server.terminate(timeout=cfg.drain_seconds + 30)
     exited_at = time.time()
     record["oldProcessesLeft"] = sum(1 for p in old_tree if p.is_running()
@@ -653,7 +654,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
     phase.probe_dir = workdir / "probe-2"
     fresh.start(timeout=120)
     ready_at = time.time()
-    run.say(f"[scale] relay back after {ready_at - term_at:.1f} s; waiting for {held:,} "
+    say(f"[scale] relay back after {ready_at - term_at:.1f} s; waiting for {held:,} "
             "clients")
     writer = probe_writer(database, cfg, publish, cfg.storm_limit + cfg.storm_hold + 30)
     try:
@@ -670,7 +671,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
             if back >= held and not in_flight and not waiting:
                 break
         done_at = time.time()
-        run.say(f"[scale] {sum(s['held'] for s in status):,} back after "
+        say(f"[scale] {sum(s['held'] for s in status):,} back after "
                 f"{done_at - ready_at:.1f} s; holding {cfg.storm_hold:g} s for the pings")
         time.sleep(cfg.storm_hold)
     finally:
@@ -702,15 +703,15 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
     record.update({
         "termAt": term_at, "exitedAt": exited_at, "readyAt": ready_at, "doneAt": done_at,
         "downSeconds": ready_at - term_at,
-        "drained": {"closes": run.merge_counts(r["closes"] for r in reports),
+        "drained": {"closes": merge_counts(r["closes"] for r in reports),
                     "firstDrop": min((r["firstDrop"] for r in reports if r["firstDrop"]),
                                      default=0.0) - term_at,
                     "lastDrop": max((r["lastDrop"] for r in reports), default=0.0) - term_at},
         "reattached": reattached, "resumed": sum(r["resumed"] for r in reports),
         "abandoned": sum(r["abandoned"] for r in reports),
         "attempts": sum(r["attempts"] for r in reports),
-        "failures": run.merge_counts(r["failures"] for r in reports),
-        "attemptsNeeded": run.merge_counts(r["attemptsNeeded"] for r in reports),
+        "failures": merge_counts(r["failures"] for r in reports),
+        "attemptsNeeded": merge_counts(r["attemptsNeeded"] for r in reports),
         "allBackSeconds": done_at - ready_at if now_held >= held else None,
         "lastBackAfterReadySeconds": last_ok - ready_at if last_ok else None,
         "lastBackAfterTermSeconds": last_ok - term_at if last_ok else None,
@@ -720,13 +721,13 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         "handshakesPerSecond90": bulk_rate(by_second, held, first_ok),
         "busiestSecond": busiest,
         "bySecond": [[second - int(ready_at), by_second[second]] for second in sorted(by_second)],
-        "handshakeMs": run.percentiles(sorted(handshake)),
+        "handshakeMs": percentiles(sorted(handshake)),
         "timeline": timeline,
         "peakInFlight": max((t[2] for t in timeline), default=0),
-        "awaySeconds": run.percentiles(sorted(away)),
+        "awaySeconds": percentiles(sorted(away)),
         "workerLoop": worst_lag(workdir / "probe-2", ready_at, time.time()),
-        "pingLateMs": run.percentiles(sorted(ping_late)),
-        "probeLatencyMs": run.percentiles(sorted((a - t) * 1000 for t, a in probes)),
+        "pingLateMs": percentiles(sorted(ping_late)),
+        "probeLatencyMs": percentiles(sorted((a - t) * 1000 for t, a in probes)),
         "after": {
             "clientsHeld": now_held, "reportedConnections": health.get("totalConnections"),
             "reportedUsers": health.get("connectedUsers"),
@@ -826,7 +827,7 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             value, (int, float)) else str(value)), target, verdict))
 
     idle = p.get("idle", {})
-    failures = run.merge_counts([dig(p, "openFirst", "failures") or {},
+    failures = merge_counts([dig(p, "openFirst", "failures") or {},
                                  dig(p, "openRest", "failures") or {}])
     if idle:
         asked = idle.get("asked", 0)

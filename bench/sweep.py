@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import run
+from bench.measure import database_version, machine, raise_open_files, say
+from bench.scenarios import Config, open_connections, steady
 from bench.servers import ROOT, Database, LoadGenerators, install_peers
 
 SERVERS = ("relay", "node-ws")
@@ -47,7 +49,7 @@ CPU_RATIO_TARGET = 1.25  # relay's CPU per delivery at most this × node-ws's �
 CPU_RATIO_FROM = 10_000.0  # … at the rates from this one up
 
 
-def parse_args(argv: list[str] | None) -> tuple[run.Config, tuple[float, ...], argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> tuple[Config, tuple[float, ...], argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.sweep", description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -92,7 +94,7 @@ def parse_args(argv: list[str] | None) -> tuple[run.Config, tuple[float, ...], a
         parser.error(f"--rates: numbers separated by commas, not {args.rates!r}")
     if not rates or rates[0] <= 0:
         parser.error("--rates: at least one rate, each above 0")
-    config = run.Config(
+    config = Config(
         scenarios=("steady",), servers=servers, connections=args.connections, rate=rates[0],
         users=min(args.connections, args.users), duration=args.duration, warmup=args.warmup,
         burst_users=0, connect_seconds=0.0, connect_concurrency=0, workers=args.workers,
@@ -108,21 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         print(render_table(results))
         draw(results, args.png)
         return 0
-    run.raise_open_files(config.connections * 2 + 4096)
+    raise_open_files(config.connections * 2 + 4096)
     if any(name != "relay" for name in config.servers):
         install_peers()
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="relay-sweep-"))
     results: dict[str, Any] = {
-        "machine": run.machine(), "config": {**dataclasses.asdict(config), "rates": rates,
+        "machine": machine(), "config": {**dataclasses.asdict(config), "rates": rates,
                                              "pause": args.pause},
         "command": " ".join(["python -m bench.sweep", *sys.argv[1:]]), "started": started,
         "servers": {}}
     database = Database(workdir, 400)
     try:
-        run.say(f"PostgreSQL in {workdir} ...")
+        say(f"PostgreSQL in {workdir} ...")
         database.start()
-        results["machine"]["postgres"] = run.database_version(database.url)
+        results["machine"]["postgres"] = database_version(database.url)
         relay_env: dict[str, str] = {}
         relay_publish = "notify"
         if args.user_channels:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(results)
     print(table)
     path = run.write_results(results, table, kind="sweep")
-    run.say(f"results: {path}")
+    say(f"results: {path}")
     draw(results, args.png)
     return 0
 
@@ -155,36 +157,36 @@ def main(argv: list[str] | None = None) -> int:
 # ----- one server ------------------------------------------------------------------------------
 
 
-def sweep_server(name: str, config: run.Config, rates: tuple[float, ...], pause: float,
+def sweep_server(name: str, config: Config, rates: tuple[float, ...], pause: float,
                  database: Database, workdir: Path,
                  relay_env: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"connectionsAsked": config.connections, "rates": []}
     server = run.make_server(name, config, workdir, database.url, relay_env)
     gens: LoadGenerators | None = None
     try:
-        run.say(f"[{name}] starting")
+        say(f"[{name}] starting")
         server.start()
         gens = LoadGenerators(config.loadgens, server.port)
-        run.say(f"[{name}] opening {config.connections} connections")
-        out["open"] = run.open_connections(gens, config.connections, config)
+        say(f"[{name}] opening {config.connections} connections")
+        out["open"] = open_connections(gens, config.connections, config)
         opened = out["open"]["opened"]
         if opened == 0:
             raise RuntimeError("no connection could be opened")
         time.sleep(3.0)
         for rate in rates:
-            run.say(f"[{name}] {rate:,.0f}/s for {config.warmup:g} + {config.duration:g} s")
+            say(f"[{name}] {rate:,.0f}/s for {config.warmup:g} + {config.duration:g} s")
             at_rate = dataclasses.replace(config, rate=rate)
-            point = {"asked": rate, **run.steady(gens, server, database, at_rate,
+            point = {"asked": rate, **steady(gens, server, database, at_rate,
                                                  min(config.users, opened))}
             point["keptUp"], point["verdict"] = keeps_up(point)
             out["rates"].append(point)
             if not point["keptUp"]:
-                run.say(f"[{name}] stops here: {point['verdict']}")
+                say(f"[{name}] stops here: {point['verdict']}")
                 break
             time.sleep(pause)
     except Exception as exc:  # noqa: BLE001 - one server failing must not lose the other
         out["error"] = f"{type(exc).__name__}: {exc}"
-        run.say(f"[{name}] failed: {out['error']}\n{server.log_tail(5)}")
+        say(f"[{name}] failed: {out['error']}\n{server.log_tail(5)}")
     finally:
         if gens is not None:
             gens.stop()
@@ -335,7 +337,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        run.say("no chart: matplotlib is not installed (make bench-sweep installs "
+        say("no chart: matplotlib is not installed (make bench-sweep installs "
                 "bench/requirements.txt into .venv)")
         return
     matplotlib.use("Agg")
@@ -392,7 +394,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
-    run.say(f"chart: {path}")
+    say(f"chart: {path}")
 
 
 if __name__ == "__main__":
