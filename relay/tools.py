@@ -113,7 +113,7 @@ def _db_install(url: str, args: argparse.Namespace) -> int:
     held = outbox_held(url)
     if held:
         print(f"note: the outbox is on but held off: {held}. Nothing to do: it turns on by "
-              "itself once they are gone (docs/operations.md, \"Upgrades\")")
+              "itself (docs/operations.md, \"Upgrades\")")
     if channel is not None:
         print(f"relay_publish notifies the channel {channel!r} (RELAY_NOTIFY_CHANNEL)")
     if legacy_notify_on(url):

@@ -72,6 +72,13 @@ BEGIN
             -- listeners of version 1 are connected), or NULL.
             ADD COLUMN outbox_held text;
     END IF;
+    -- When a relay listener that keeps the durable history (relay.hello(2)) first connected.
+    -- Until one has, writers keep nothing: no relay reads the outbox (main's listener of
+    -- version 1 drops numbered frames), and nothing would ever clean it.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'relay.meta'::regclass
+                   AND attname = 'durable_since' AND NOT attisdropped) THEN
+        ALTER TABLE relay.meta ADD COLUMN durable_since timestamptz;
+    END IF;
 END
 $meta$;
 

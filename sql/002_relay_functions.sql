@@ -588,16 +588,13 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
             hello_at = excluded.hello_at
 $$;
 
--- Hold the outbox off while a version 1 listener is alive, release it when none is; on a
--- change, recompile the writers' setting and announce it (kind c, body 'outbox'). The caller
--- holds advisory lock 3.
-CREATE OR REPLACE FUNCTION relay._review_hold() RETURNS text
+-- Why the outbox must be held off now, or NULL: a version 1 listener is alive, or no durable
+-- listener has ever said hello. Forgets the listeners whose backend is gone.
+CREATE OR REPLACE FUNCTION relay._hold_reason() RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     old1 text;
     reason text;
-    held text;
-    saved text;
 BEGIN
     DELETE FROM relay.listeners l
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
@@ -609,7 +606,28 @@ BEGIN
     IF old1 IS NOT NULL THEN
         reason := 'relay listeners of version 1 are connected (backend pid ' || old1
                   || '): writers send version 1''s frames until they are gone';
+    ELSIF (SELECT durable_since IS NULL FROM relay.meta) THEN
+        -- A fresh install, or an upgrade from version 1: until a listener that keeps the
+        -- durable history has said hello(2), keeping messages would only fill the outbox for
+        -- nobody (no such listener reads it, none cleans it). A listener starting for the first
+        -- time begins at the head anyway: no message kept before it could be asked for.
+        reason := 'no relay listener of version 2 has connected yet: writers send version 1''s '
+                  || 'frames until one says relay.hello(2)';
     END IF;
+    RETURN reason;
+END
+$fn$;
+
+-- Hold the outbox off while relay._hold_reason() says so, release it when not; on a change,
+-- recompile the writers' setting and announce it (kind c, body 'outbox'). The caller holds
+-- advisory lock 3.
+CREATE OR REPLACE FUNCTION relay._review_hold() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    reason text := relay._hold_reason();
+    held text;
+    saved text;
+BEGIN
     SELECT outbox_held INTO held FROM relay.meta;
     IF (reason IS NULL) <> (held IS NULL) THEN
         UPDATE relay.meta SET outbox_held = reason;
@@ -653,6 +671,9 @@ BEGIN
     END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 3);  -- one hello at a time decides
     PERFORM relay._register(coalesce(p_speaks, 1));
+    IF p_speaks >= 2 THEN
+        UPDATE relay.meta SET durable_since = now() WHERE durable_since IS NULL;
+    END IF;
     PERFORM relay._review_hold();
     IF coalesce(p_speaks, 1) < 2 THEN
         -- Version 1's answer, for main's listener before the durable history.

@@ -66,7 +66,9 @@ WHERE NOT EXISTS (SELECT 1 FROM relay.heartbeat WHERE is_called);
 -- Relay listeners connected now that have not said hello(2) are taken for version 1's (main's
 -- listener before the durable history, which sets this application_name): the outbox is held
 -- off until they are gone (relay._review_hold). A listener of this version that has not said
--- hello yet releases it with its hello(2), on this install's announcement.
+-- hello yet releases it with its hello(2), on this install's announcement. On a fresh install
+-- or an upgrade from version 1 the outbox stays held until the first hello(2) anyway
+-- (relay.meta.durable_since): with main's listener alone, writers behave as version 1's.
 INSERT INTO relay.listeners (pid, backend_start, speaks, hello_at)
 SELECT a.pid, a.backend_start, 1, now() FROM pg_catalog.pg_stat_activity a
 WHERE a.datname = current_database() AND a.application_name = 'relay-listener'
@@ -74,6 +76,10 @@ WHERE a.datname = current_database() AND a.application_name = 'relay-listener'
 ON CONFLICT (pid) DO UPDATE SET backend_start = excluded.backend_start, speaks = 1,
                                 hello_at = excluded.hello_at
     WHERE relay.listeners.backend_start IS DISTINCT FROM excluded.backend_start;
+-- A fresh install, or the upgrade from version 1: held from the start (no writer of this
+-- version has staged anything yet, so there is nothing to wait for nor to announce).
+UPDATE relay.meta SET outbox_held = relay._hold_reason()
+WHERE outbox_held IS NULL AND durable_since IS NULL;
 SELECT relay._compile();
 SELECT relay._review_hold();
 

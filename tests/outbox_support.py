@@ -40,6 +40,15 @@ def query(url_or_conn: Any, statement: str, params: tuple[Any, ...] = ()) -> lis
         return cursor.fetchall() if cursor.description else []
 
 
+def install_durable(url: str, **kwargs: Any) -> None:
+    """Install relay's SQL and say ``relay.hello(2)`` once, as the first relay listener that
+    keeps the durable history does: until one has, writers keep nothing in the outbox."""
+    from relay.schema import install_schema
+
+    install_schema(url, **kwargs)
+    query(url, "SELECT relay.hello(2)")
+
+
 def publish(conn: Any, channel: str, payload: str,
             sent: list[tuple[str, str]] | None = None) -> None:
     with conn.cursor() as cursor:

@@ -21,8 +21,15 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from relay.schema import install_schema
-from tests.outbox_support import Writers, check_outbox, frames_of, publish, query, raw_listener
+from tests.outbox_support import (
+    Writers,
+    check_outbox,
+    frames_of,
+    install_durable,
+    publish,
+    query,
+    raw_listener,
+)
 from tests.support import NotifyListener
 
 pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
@@ -30,7 +37,7 @@ pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
 
 @pytest.fixture
 def db(empty_database: str) -> str:
-    install_schema(empty_database)
+    install_durable(empty_database)
     query(empty_database, "CREATE TABLE app (id bigserial PRIMARY KEY, k text, v int)")
     return empty_database
 

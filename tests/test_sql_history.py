@@ -24,7 +24,14 @@ from psycopg2 import sql
 
 from relay.dev.postgres import EmbeddedPostgres
 from relay.schema import install_schema
-from tests.outbox_support import Writers, frames_of, publish, query, raw_listener
+from tests.outbox_support import (
+    Writers,
+    frames_of,
+    install_durable,
+    publish,
+    query,
+    raw_listener,
+)
 from tests.support import execute
 
 pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
@@ -32,7 +39,7 @@ pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
 
 @pytest.fixture
 def db(empty_database: str) -> str:
-    install_schema(empty_database)
+    install_durable(empty_database)
     return empty_database
 
 
@@ -287,7 +294,7 @@ def small_queue(tmp_path: Path) -> Iterator[str]:
     try:
         if query(server.url, "SELECT current_setting('server_version_num')::int")[0][0] < 170000:
             pytest.skip("max_notify_queue_pages needs PostgreSQL 17 or later")
-        install_schema(server.url)
+        install_durable(server.url)
         yield server.url
     finally:
         server.stop("immediate")

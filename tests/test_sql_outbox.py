@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from relay.schema import install_schema
-from tests.outbox_support import frames_of, publish, query, raw_listener
+from tests.outbox_support import frames_of, install_durable, publish, query, raw_listener
 from tests.support import NotifyListener
 
 pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
 
 @pytest.fixture
 def db(empty_database: str) -> str:
-    install_schema(empty_database)
+    install_durable(empty_database)
     return empty_database
 
 
@@ -311,6 +311,44 @@ def test_a_version_1_listener_holds_the_outbox_off_and_the_last_one_gone_release
     app.commit()
     assert [(f.kind, f.body) for f in frames_of(raw)] == [
         ("c", "outbox"), ("m", '{"after": "release"}')]
+
+
+def test_until_a_durable_listener_says_hello_writers_keep_nothing(empty_database: str) -> None:
+    # A fresh install (or an upgrade from version 1) with main's listener alone, or no relay
+    # at all: writers send version 1's frames and the outbox stays empty, for ever if need be.
+    db = empty_database
+    install_schema(db)
+    raw = raw_listener(db)
+    app = psycopg2.connect(db)
+    old = psycopg2.connect(db, application_name="relay-listener")
+    old.autocommit = True
+    try:
+        publish(app, "A", '{"no relay": 1}')
+        app.commit()
+        [(hello,)] = query(old, "SELECT relay.hello()")  # main's listener connects
+        assert hello["outbox"] is False
+        old.close()                                     # and goes away again
+        query(db, "SELECT relay.cleanup()")             # (nobody else would release it)
+        publish(app, "A", '{"no relay": 2}')
+        app.commit()
+        assert _outbox(db) == []
+        assert [(f.kind, f.body) for f in frames_of(raw)] == [
+            ("n", '{"no relay": 1}'), ("n", '{"no relay": 2}')]
+
+        [(durable,)] = query(db, "SELECT relay.hello(2)")  # the first durable listener
+        assert durable["outbox"] is True and durable["outboxHeld"] is None
+        publish(app, "A", '{"kept": 1}')
+        app.commit()
+        assert [(f.kind, f.body) for f in frames_of(raw)] == [
+            ("c", "outbox"), ("m", '{"kept": 1}')]
+        install_schema(db)  # a re-install does not hold it again
+        publish(app, "A", '{"kept": 2}')
+        app.commit()
+        assert [payload for *_, payload in _outbox(db)] == ['{"kept": 1}', '{"kept": 2}']
+    finally:
+        app.close()
+        old.close()
+        raw.conn.close()
 
 
 def test_hello_2_answers_what_a_durable_listener_needs(db: str) -> None:

@@ -20,6 +20,7 @@ import pytest
 from psycopg2 import sql
 
 from relay.schema import install_schema, schema_files
+from tests.outbox_support import install_durable
 from tests.support import NotifyListener, execute
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
@@ -32,7 +33,7 @@ def _database(postgres_url: str, outbox: str) -> Iterator[str]:
     execute(postgres_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = psycopg2.extensions.make_dsn(postgres_url, dbname=name)
     try:
-        install_schema(url, examples=True)
+        install_durable(url, examples=True)
         execute(url, "SELECT relay.set('outbox', %s)", (outbox,))
         yield url
     finally:

@@ -71,6 +71,8 @@ def test_install_twice_changes_nothing_but_function_bodies(empty_database: str) 
     result = _relay_cli("db", "install", DATABASE_URL=url)
     assert result.returncode == 0, result.stderr
     assert f"relay's SQL is at version {SQL_VERSION} (new install)" in result.stdout
+    assert "held off: no relay listener of version 2 has connected yet" in result.stdout
+    query(url, "SELECT relay.hello(2)")  # the first relay that keeps the durable history
     query(url, "SELECT relay.set('retention', '30 minutes')")
     publish_conn = psycopg2.connect(url)
     try:
@@ -82,12 +84,13 @@ def test_install_twice_changes_nothing_but_function_bodies(empty_database: str) 
     again = _relay_cli("db", "install", DATABASE_URL=url)
     assert again.returncode == 0, again.stderr
     assert f"relay's SQL is at version {SQL_VERSION}\n" in again.stdout
+    assert "held off" not in again.stdout
     assert _state(url) == before
     assert before["triggers"] == 2 and before["settings"]["retention"] == "30 minutes"
     assert query(url, "SELECT count(*) FROM relay.outbox") == [(1,)]
 
 
-def test_an_upgrade_from_version_1_keeps_the_operators_settings_and_starts_the_outbox(
+def test_upgrading_version_1_keeps_the_settings_and_a_durable_listener_starts_the_outbox(
         empty_database: str) -> None:
     url = empty_database
     _install_v1(url)
@@ -103,15 +106,19 @@ def test_an_upgrade_from_version_1_keeps_the_operators_settings_and_starts_the_o
         result = _relay_cli("db", "install", DATABASE_URL=url)
         assert result.returncode == 0, result.stderr
         assert "(upgraded from version 1)" in result.stdout
-        assert "held off" not in result.stdout  # no relay listener is connected
+        # No relay listener is connected: held until one that keeps the history says hello.
+        assert "held off: no relay listener of version 2 has connected yet" in result.stdout
         state = _state(url)
         assert state["version"] == SQL_VERSION and state["epoch"]
         assert state["settings"]["notify_channel"] == "relay_app"
         assert state["settings"]["legacy_notify"] == "on"
         assert state["settings"]["outbox"] == "on"
         publish(listener.conn, "A", '{"v2": 1}')
+        query(url, "SELECT relay.hello(2)")
+        publish(listener.conn, "A", '{"v2": 2}')
         assert [(f.kind, f.body) for f in frames_of(listener, "relay_app")] == [
-            ("i", "2"), ("m", '{"v2": 1}')]
+            ("i", "2"), ("n", '{"v2": 1}'), ("c", "outbox"), ("m", '{"v2": 2}')]
+        assert query(url, "SELECT payload::text FROM relay.outbox") == [('{"v2": 2}',)]
     finally:
         listener.conn.close()
 
