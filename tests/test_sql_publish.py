@@ -260,8 +260,12 @@ def test_an_app_role_without_privileges_on_schema_relay_publishes_and_nothing_mo
         _run(app, "SELECT relay_publish('user_Usage_u1', '{\"direct\": 1}')")
         assert [p.channel for p in published.collect()] == ["user_Item_u1", "user_Usage_u1"]
         for forbidden in ("SELECT * FROM relay.settings", "SELECT relay.set('legacy_notify', "
-                          "'on')", "SELECT relay.hello()",
-                          "SELECT relay._publish('user_Usage_u1', '1', NULL)"):
+                          "'on')", "SELECT relay.hello()", "SELECT relay.hello(2)",
+                          "SELECT relay._publish('user_Usage_u1', '1', NULL)",
+                          # the history keeps row data: readable by relay's role alone
+                          "SELECT * FROM relay.outbox", "SELECT * FROM relay.read_from(0, 10)",
+                          "SELECT * FROM relay.read_channel('user_Item_u1', 1, 10)",
+                          "SELECT relay.cleanup()", "SELECT relay.new_epoch('forged')"):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 _run(app, forbidden)
     finally:
