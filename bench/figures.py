@@ -80,6 +80,19 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             f"notify: {dig(durable, 'notify', 'writers')} writers, one NOTIFY per transaction, "
             f"{where}")
 
+    outbox = dig(results, "database", "outbox") or {}
+    if "error" not in outbox:
+        put("outboxBytesPerMessage", outbox.get("outboxBytesPerRow"), "bytes",
+            f"outbox: relay.outbox's growth (heap, TOAST, indexes) per message of "
+            f"{outbox.get('payloadBytes')} payload bytes")
+        wal, cleanup_wal = outbox.get("walBytesPerMessage"), dig(outbox, "cleanup",
+                                                                   "walBytesPerRow")
+        put("outboxWalBytesPerMessage",
+            wal + (cleanup_wal or 0) if isinstance(wal, (int, float)) else None, "bytes",
+            f"outbox, fsync {outbox.get('fsync')}: WAL of a relay_publish transaction minus a "
+            f"pg_notify one ({wal}), plus cleanup's DELETE per row ({cleanup_wal}); VACUUM and "
+            "full-page images after checkpoints not counted")
+
     old = _server(results, "per-client-listen")
     backends = dig(old, "db", "connections")
     put("oldBackendUssBytes", _per(dig(old, "db", "backendUss"), backends), "bytes",

@@ -23,6 +23,10 @@ And once, against the database alone:
 * notify  — notifying commits/s that PostgreSQL takes (concurrent writers, one NOTIFY per
             transaction; fsync off and on, and plain commits for contrast): the ceiling a
             NOTIFY-based design puts on the app's writes.
+* outbox  — what relay's durable history costs each app write (``bench/outbox_cost.py``, fsync
+            on): added commit latency against a plain ``pg_notify`` (p50/p99, one writer and
+            several), the first transaction of a new connection, WAL and outbox bytes per
+            message, cleanup's cost, failed writes (must be 0).
 
 Prints one table and writes JSON to bench/results/, and the figures ``python -m relay size``
 reads to bench/results/sizing.json (bench/figures.py). The chart of latency against load comes
@@ -54,6 +58,7 @@ from bench.scenarios import (
     connect,
     notify_ceiling,
     open_connections,
+    outbox_cost,
     split,
     steady,
     users,
@@ -68,7 +73,7 @@ from bench.servers import (
     memory,
 )
 
-SCENARIOS = ("idle", "db", "steady", "burst", "connect", "notify")
+SCENARIOS = ("idle", "db", "steady", "burst", "connect", "notify", "outbox")
 ALL_SCENARIOS = (*SCENARIOS, "scale")
 SERVERS = ("relay", "node-ws", "per-client-listen")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,6 +117,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, Any]:
     parser.add_argument("--notify-dsn",
                         help="notify scenario: measure this database instead of the embedded "
                              "one (e.g. a Neon branch's direct endpoint; its settings as they are)")
+    parser.add_argument("--outbox-rounds", type=int,
+                        help="outbox scenario: rounds of the three kinds of write (1500)")
     parser.add_argument("--sizing-out", type=Path, default=RESULTS / "sizing.json",
                         help="where to write the figures python -m relay size reads")
     scale.add_arguments(parser)
@@ -148,6 +155,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, Any]:
         open_concurrency=args.open_concurrency, quick=quick,
         notify_writers=args.notify_writers,
         notify_seconds=pick(args.notify_seconds, 5.0, 2.0), notify_dsn=args.notify_dsn,
+        outbox_rounds=pick(args.outbox_rounds, 1500, 300),
+        outbox_seconds=pick(None, 10.0, 3.0),
     ), args.sizing_out, scale.config_from(args, quick) if "scale" in scenarios else None
 
 
@@ -171,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if "notify" in config.scenarios:
             say("[database] notify: notifying commits/s")
             results["database"] = {"notify": notify_ceiling(database, config)}
+        if "outbox" in config.scenarios:
+            say("[database] outbox: what the durable history costs a write (fsync on)")
+            results.setdefault("database", {})["outbox"] = outbox_cost(database, config)
         for name in config.servers:
             results["servers"][name] = run_server(name, config, database, workdir)
     finally:
@@ -370,6 +382,7 @@ def render_table(results: dict[str, Any]) -> str:
                  f"PostgreSQL {m.get('postgres')}, Python {m['python']}, Node {m['node']}")
     lines.extend(f"note: {n}" for n in notes)
     lines.extend(notify_lines(results.get("database", {}).get("notify")))
+    lines.extend(outbox_lines(results.get("database", {}).get("outbox")))
     return "\n".join(lines)
 
 
@@ -389,6 +402,40 @@ def notify_lines(notify: dict[str, Any] | None) -> list[str]:
             f"{n['commitsPerSecond']:,.0f} commits/s (p99 {n['latencyMs']['p99'] or 0:.1f} ms); "
             f"without NOTIFY {p['commitsPerSecond']:,.0f}/s (p99 "
             f"{p['latencyMs']['p99'] or 0:.1f} ms)")
+    return lines
+
+
+def outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
+    """The outbox scenario: what relay_publish adds to a write over a plain pg_notify."""
+    if not outbox:
+        return []
+    if "error" in outbox:
+        return [f"outbox: failed: {outbox['error']}"]
+    lines = []
+    for key in ("single", "concurrent"):
+        part = outbox.get(key)
+        if not part:
+            continue
+        label = "1 writer" if key == "single" else f"{part['writers']} writers"
+        n, p = part["notify"], part["publish"]
+        lines.append(
+            f"outbox ({label}, fsync {outbox['fsync']}): commit p50/p99 ms: pg_notify "
+            f"{n['p50']:.2f}/{n['p99']:.2f}, relay_publish {p['p50']:.2f}/{p['p99']:.2f}: "
+            f"added {part['addedP50Ms']:+.2f}/{part['addedP99Ms']:+.2f} (target p99 <= +1), "
+            f"median pair {part['medianPairDifferenceMs']:+.2f}")
+    first = outbox.get("firstTransaction") or {}
+    if first.get("notify") and first.get("publish"):
+        lines.append(f"outbox: first transaction of a new connection p50 ms: pg_notify "
+                     f"{first['notify']['p50']:.1f}, relay_publish {first['publish']['p50']:.1f}")
+    cleanup = outbox.get("cleanup") or {}
+    batch = (cleanup.get("batchMs") or {}).get("p50")
+    lines.append(
+        f"outbox: {outbox['walBytesPerMessage']:,} WAL bytes and {outbox['outboxBytesPerRow']:,} "
+        f"table bytes per message (payload {outbox['payloadBytes']} bytes); cleanup "
+        + (f"{batch:.1f} ms per {cleanup['batchRows']:,} rows, " if batch else
+           f"{cleanup.get('msPer1000Rows')} ms per 1,000 rows, ")
+        + f"{cleanup.get('walBytesPerRow')} WAL bytes per row; failed writes "
+        f"{outbox['failedWrites']} (target 0)")
     return lines
 
 

@@ -47,6 +47,8 @@ class Config:
     notify_writers: int = 8
     notify_seconds: float = 5.0
     notify_dsn: str | None = None
+    outbox_rounds: int = 1500  # outbox scenario: rounds of base/notify/publish on one writer
+    outbox_seconds: float = 10.0  # outbox scenario: the concurrent writers' phase
     publish: str = "notify"  # bench.writer --publish: pg_notify per user, or relay_publish
     spread: str = "modulo"  # bench.writer --spread: users n % U + 1, or random among U
 
@@ -220,6 +222,38 @@ def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
             cur.execute("SELECT pg_reload_conf()")
         conn.close()
     return out
+
+
+def outbox_cost(database: Database, config: Config) -> dict[str, Any]:
+    """bench/outbox_cost.py in a database of its own on the embedded cluster, fsync on (a
+    COMMIT waits for its flush: the latency an app sees on a durable database)."""
+    import psycopg2
+    from psycopg2.extensions import make_dsn
+
+    conn = psycopg2.connect(database.url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS bench_outbox")
+            cur.execute("CREATE DATABASE bench_outbox")
+            cur.execute("ALTER SYSTEM SET fsync = on")
+            cur.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # the reload reaches every backend at its next command
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.outbox_cost",
+             "--dsn", make_dsn(database.url, dbname="bench_outbox"),
+             "--rounds", str(config.outbox_rounds), "--seconds", str(config.outbox_seconds)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            return {"error": done.stderr.strip()[-500:]}
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET fsync")
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute("DROP DATABASE IF EXISTS bench_outbox WITH (FORCE)")
+        conn.close()
 
 
 def wait_for_kinds(gens: LoadGenerators, kinds: tuple[str, ...], expected: int,

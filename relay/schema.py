@@ -1,7 +1,10 @@
 """Install relay's database side: the ``sql/*.sql`` files, in name order, in one transaction.
 
 Called by the CLI (``python -m relay db install``, and ``make run``) against ``DATABASE_URL``,
-and by the tests. The files are written to be re-run, so installing twice is harmless.
+and by the tests. The files are written to be re-run, so installing twice is harmless, and
+they upgrade whatever version of relay's SQL the database holds (``SQL_VERSION`` and before);
+a database with a newer version is refused (``NewerSchemaError``) before anything runs, and the
+SQL refuses it again inside the transaction, should two installers race.
 
 Files whose name contains ``example`` (``sql/010_example_tables.sql``: the ``subscription``
 and ``usage`` tables behind the default channels) are the demo's, not relay's: they are
@@ -22,6 +25,9 @@ from pathlib import Path
 import psycopg2
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The version the files in sql/ install (relay.meta.version; docs/operations.md "Upgrades"):
+# 1 the shared channel, 2 the durable history (the outbox).
+SQL_VERSION = 2
 
 # Two installers racing (two test sessions, two deploys) would trip over each other's
 # CREATE OR REPLACE FUNCTION ("tuple concurrently updated"); one advisory lock serialises them.
@@ -54,11 +60,44 @@ _SET_CHANNEL = ("SELECT relay.set('notify_channel', %s) WHERE (SELECT value "
                 "FROM relay.settings WHERE name = 'notify_channel') <> %s")
 
 
+class NewerSchemaError(RuntimeError):
+    """The database holds a newer version of relay's SQL than this relay installs."""
+
+    def __init__(self, installed: int) -> None:
+        super().__init__(
+            f"this database has relay's SQL version {installed}, newer than this relay's "
+            f"(version {SQL_VERSION}): refusing to downgrade it. Deploy a relay of version "
+            f"{installed} or later; relays of this version keep working with the newer SQL")
+        self.installed = installed
+
+
+def installed_version(dsn: str) -> int | None:
+    """The version of relay's SQL in the database: ``None`` when there is none, 0 for relay's
+    SQL from before versions were recorded (``relay_notify_owner`` in schema public)."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            return _installed_version(cursor)
+    finally:
+        connection.close()
+
+
+def _installed_version(cursor: psycopg2.extensions.cursor) -> int | None:
+    cursor.execute("SELECT to_regclass('relay.meta') IS NOT NULL, to_regprocedure("
+                   "'public.relay_notify_owner(text,text,text,text,json,text,boolean)') "
+                   "IS NOT NULL")
+    has_meta, has_v0 = cursor.fetchone()
+    if has_meta:
+        cursor.execute("SELECT max(version) FROM relay.meta")
+        return cursor.fetchone()[0] or 0
+    return 0 if has_v0 else None
+
+
 def install_schema(dsn: str, examples: bool = False,
                    notify_channel: str | None = None) -> list[str]:
     """Apply relay's SQL files (and the example tables if ``examples``) to the database at
     ``dsn``, and ``notify_channel`` (``RELAY_NOTIFY_CHANNEL``) when given; return the applied
-    file names."""
+    file names. Raises ``NewerSchemaError`` when the database holds a newer version."""
     files = schema_files(examples)
     if not files:
         raise FileNotFoundError(f"no SQL files in {SQL_DIR}")
@@ -66,6 +105,9 @@ def install_schema(dsn: str, examples: bool = False,
     try:
         with connection, connection.cursor() as cursor:  # commits, or rolls back on error
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+            installed = _installed_version(cursor)
+            if installed is not None and installed > SQL_VERSION:
+                raise NewerSchemaError(installed)
             for path in files:
                 cursor.execute(path.read_text(encoding="utf-8"))
             if notify_channel is not None:
@@ -73,6 +115,19 @@ def install_schema(dsn: str, examples: bool = False,
     finally:
         connection.close()
     return [path.name for path in files]
+
+
+def outbox_held(dsn: str) -> str | None:
+    """Why writers keep version 1's behaviour although the outbox is on (relay listeners of
+    the version before are connected), or ``None``."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT outbox_held FROM relay.meta")
+            row = cursor.fetchone()
+    finally:
+        connection.close()
+    return row[0] if row else None
 
 
 def legacy_notify_on(dsn: str) -> bool:

@@ -69,7 +69,7 @@ class Inputs:
     cpu_target: float = 0.7  # of the sustained quota, so the p99 stays low (make bench-sweep)
     average_share: float = 0.5  # the month's average of connected users / the peak
     neon_cu: float = 0.25  # the compute relay's LISTEN keeps awake
-    outbox_retention_hours: float = 24.0  # issue 13 sets the real default
+    outbox_retention_hours: float = 0.25  # relay.settings' retention: 15 minutes
     # The old design: one serverless function (and one PostgreSQL connection) per session.
     old_function_memory_gb: float = 1.0
     old_sessions_per_instance: int = 1  # >1 with Fluid compute's in-function concurrency
@@ -475,6 +475,6 @@ def _notes(s: Sizing, figures: Figures) -> list[str]:
             f"at the peak rate (every commit wakes all {s.old.sessions:,} listening backends), "
             f"more than its {s.old.neon_cu:g} CU compute has")
     if figures.outbox_bytes_per_message is None:
-        notes.append("the durable outbox (issue 13) is not built yet: its rows and WAL are not "
-                     "in this bill (make bench will measure them)")
+        notes.append("the durable outbox (issue 13) is not measured in these figures: its rows "
+                     "and WAL are not in this bill (make bench's outbox scenario measures them)")
     return notes

@@ -76,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neon-cu", metavar="CU",
                    help=f"Neon compute size relay's LISTEN keeps awake ({d['neon_cu']})")
     p.add_argument("--outbox-retention-hours", metavar="H",
-                   help=f"durable outbox retention ({d['outbox_retention_hours']:g}; counted "
-                        "once make bench measures the outbox)")
+                   help=f"durable outbox retention ({d['outbox_retention_hours']:g}: "
+                        "relay.settings' retention, 15 minutes)")
     p.add_argument("--old-function-memory-gb", metavar="GB",
                    help=f"old design: memory of the function ({d['old_function_memory_gb']:g})")
     p.add_argument("--old-sessions-per-instance", metavar="N",
@@ -292,7 +292,7 @@ def render(s: Sizing, figures: Figures, prices: Prices) -> str:
                               f"{db.commits_per_second / db.commit_ceiling:.1%} of the measured "
                               f"ceiling ({db.commit_ceiling:,.0f}/s)"),
         ("PostgreSQL CPU at peak", f"{db.postgres_vcpu_at_peak:.2g} vCPU for the NOTIFYs"),
-        ("outbox (issue 13)", "not built yet, not in this bill" if db.outbox is None else
+        ("outbox (issue 13)", "not measured, not in this bill" if db.outbox is None else
          f"{mem(db.outbox.table_bytes)} retained ({i.outbox_retention_hours:g} h), "
          f"{mem(db.outbox.wal_bytes_per_day)} of WAL a day: {usd(db.outbox.month_usd)}/month"),
     ]

@@ -4,58 +4,108 @@
 -- never shadow one of relay's, and functions and operators are never looked up in pg_temp)
 -- and names every relay object with its schema: a role that can create objects earlier in a
 -- writer's search_path cannot make relay's trigger run its code. Writer-side functions are
--- SECURITY DEFINER: an app's role needs no privilege on schema relay.
+-- SECURITY DEFINER: an app's role needs no privilege on schema relay, and the commit trigger
+-- runs with the same rights whichever role is current at COMMIT.
 --
 -- PostgreSQL has no permissions on NOTIFY and LISTEN: any role that can connect to this
 -- database can LISTEN to relay's channel (and read every message) or NOTIFY it (and forge
 -- one). The database is relay's trust boundary (docs/security.md).
+--
+-- Advisory lock keys (two-int form, class 1919249505 = 'rela'): 1 the commit lock (numbering),
+-- 2 cleanup, 3 install and anything that recompiles the settings. Order, whoever takes more
+-- than one: 3 before 1; 2 never waits for 3.
 
 ------------------------------------------------------------------------------------------------
--- Writer-side configuration, compiled from relay.settings by relay._compile(). IMMUTABLE
--- constant functions: PL/pgSQL folds them into its cached plans, so reading them costs nothing
--- per call, and replacing them invalidates those plans in every session at once.
+-- Writer-side configuration, compiled from relay.settings (and relay.meta.outbox_held) by
+-- relay._compile(). IMMUTABLE constant functions: PL/pgSQL folds them into its cached plans, so
+-- reading them costs nothing per call, and replacing them invalidates those plans in every
+-- session at once (tests/test_sql_outbox.py checks that a change reaches an open session).
 ------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION relay._cfg_outbox() RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT false $$;
 CREATE OR REPLACE FUNCTION relay._cfg_channel() RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT 'relay'::text $$;
 CREATE OR REPLACE FUNCTION relay._cfg_legacy() RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT false $$;
+CREATE OR REPLACE FUNCTION relay._cfg_dormant_after() RETURNS bigint
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT 3600::bigint $$;
+CREATE OR REPLACE FUNCTION relay._cfg_notify_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT 100 $$;
+CREATE OR REPLACE FUNCTION relay._cfg_lock_wait() RETURNS interval
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT interval '5 seconds' $$;
 
 CREATE OR REPLACE FUNCTION relay._compile() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     s record;
+    held boolean := (SELECT outbox_held IS NOT NULL FROM relay.meta);
 BEGIN
+    -- Two sessions replacing the same function at once fail ("tuple concurrently updated").
+    PERFORM pg_advisory_xact_lock(1919249505, 3);
     SELECT
+        max(value) FILTER (WHERE name = 'outbox') AS outbox,
         max(value) FILTER (WHERE name = 'notify_channel') AS channel,
-        max(value) FILTER (WHERE name = 'legacy_notify') AS legacy
+        max(value) FILTER (WHERE name = 'legacy_notify') AS legacy,
+        max(value) FILTER (WHERE name = 'dormant_after') AS dormant,
+        max(value) FILTER (WHERE name = 'notify_per_message_max') AS notify_max,
+        max(value) FILTER (WHERE name = 'commit_lock_wait') AS lock_wait
     INTO s FROM relay.settings;
+    EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_outbox() RETURNS boolean LANGUAGE sql '
+                   'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::boolean $c$',
+                   s.outbox::boolean AND NOT coalesce(held, false));
     EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_channel() RETURNS text LANGUAGE sql '
                    'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::text $c$',
                    s.channel);
     EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_legacy() RETURNS boolean LANGUAGE sql '
                    'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::boolean $c$',
                    s.legacy::boolean);
+    EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_dormant_after() RETURNS bigint LANGUAGE sql '
+                   'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %s::bigint $c$',
+                   extract(epoch FROM s.dormant::interval)::bigint);
+    EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_notify_max() RETURNS integer LANGUAGE sql '
+                   'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %s $c$',
+                   s.notify_max::integer);
+    EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_lock_wait() RETURNS interval LANGUAGE sql '
+                   'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::interval $c$',
+                   s.lock_wait::interval);
 END
 $fn$;
 
 -- Change a setting: validated, stored, compiled into the writer side, announced to listeners
--- (kind c, on the channel they LISTEN to now).
+-- (kind c, on the channel they LISTEN to now, at commit).
 CREATE OR REPLACE FUNCTION relay.set(p_name text, p_value text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     old_channel text := relay._cfg_channel();
 BEGIN
+    PERFORM pg_advisory_xact_lock(1919249505, 3);
     CASE p_name
-        WHEN 'legacy_notify' THEN
+        WHEN 'outbox', 'legacy_notify' THEN
             PERFORM p_value::boolean;
         WHEN 'notify_channel' THEN
             IF p_value IS NULL OR p_value = '' OR octet_length(p_value) > 63 THEN
                 RAISE EXCEPTION 'relay.set: notify_channel must be 1..63 bytes';
             END IF;
+        WHEN 'commit_lock_wait' THEN
+            IF p_value::interval < interval '0' THEN
+                RAISE EXCEPTION 'relay.set: commit_lock_wait must be 0 or more';
+            END IF;
+        WHEN 'retention', 'dormant_after' THEN
+            IF p_value::interval <= interval '0' THEN
+                RAISE EXCEPTION 'relay.set: % must be a positive interval', p_name;
+            END IF;
+        WHEN 'notify_per_message_max' THEN
+            IF p_value::integer < 0 THEN
+                RAISE EXCEPTION 'relay.set: notify_per_message_max must be 0 or more';
+            END IF;
         ELSE
             RAISE EXCEPTION 'relay.set: unknown setting %', p_name;
     END CASE;
     UPDATE relay.settings SET value = p_value WHERE name = p_name;
+    IF (SELECT value::interval FROM relay.settings WHERE name = 'dormant_after')
+            < (SELECT value::interval FROM relay.settings WHERE name = 'retention') THEN
+        RAISE EXCEPTION 'relay.set: dormant_after must be at least retention';
+    END IF;
     PERFORM relay._compile();
     PERFORM pg_catalog.pg_notify(old_channel, 'r1 c 0 0 00000000 0  ' || p_name);
 END
@@ -66,15 +116,22 @@ $fn$;
 --
 --   r1 <kind> <pos> <seq> <tag> <chlen> <channel> <body>
 --
--- single spaces; <chlen> is the channel's length in characters (code points), so the channel
--- may hold spaces or quotes; <body> is everything after the space that follows the channel.
--- The listener routes on that prefix without parsing the JSON. Kinds sent by this version:
---   n  a message without a database number (the listener numbers it in memory): pos and seq
---      0, a random tag (NOTIFY collapses identical payloads of one transaction: the tag keeps
---      two identical messages two)
---   i  relay's SQL was installed (body: the version): RELAY_USER_CHANNELS=auto switches
---   c  a setting changed (body: its name)
--- Anything else is a newer SQL's; the listener counts and drops what it does not speak.
+-- single spaces; <tag> 8 hex digits; <chlen> is the channel's length in characters (code
+-- points), so the channel may hold spaces or quotes; <body> is everything after the space that
+-- follows the channel. The listener routes on that prefix without parsing the JSON. Kinds:
+--   m  a numbered message (pos, seq, tag set), its payload in the body
+--   r  a numbered message too big for one NOTIFY: empty body, the listener reads the row
+--   s  sync: rows were committed that no NOTIFY carries (a REPEATABLE READ / SERIALIZABLE
+--      commit, a big transaction, a NOTIFY queue over half full): settle, then read from pos
+--   n  a message without a database number (outbox off or held, a read-only transaction, no
+--      relay alive for dormant_after, numbering failed): pos and seq 0, a random tag (NOTIFY
+--      collapses identical payloads of one transaction: the tag keeps two messages two)
+--   e  a new epoch (body: the epoch); i relay's SQL was installed (body: its version);
+--   c  a setting changed (body: its name; 'outbox' also when a version 1 listener holds it)
+-- Anything else is a newer SQL's: a listener treats it as s.
+--
+-- The header is built inline everywhere: a SQL-language helper called from PL/pgSQL is parsed
+-- and planned again in every transaction.
 ------------------------------------------------------------------------------------------------
 
 -- NOTIFY one message, kind n. NOTIFY refuses a payload of 8000 bytes or more inside the
@@ -99,10 +156,22 @@ END
 $fn$;
 
 -- relay_publish's body. p_fallback: what to send instead when the message does not fit one
--- NOTIFY (relay_notify passes a reference to the row).
+-- NOTIFY and there is no outbox to carry it (relay_notify passes a reference to the row).
+--
+-- Per transaction, the first publish decides the path and remembers it in the transaction-
+-- local setting relay.armed (rolled back with a savepoint, like the rows):
+--   's' staged (READ COMMITTED: numbered by the deferred trigger relay_commit at COMMIT)
+--   'u' unsettled (REPEATABLE READ / SERIALIZABLE: numbered later by relay.settle())
+--   'n' unnumbered NOTIFY now (outbox off or held, read-only transaction, dormant)
+-- so that the transaction's further publishes cost one current_setting() and one INSERT.
+-- Nothing is locked and nothing is numbered here: two writers publishing to the same channels
+-- in any order never wait for each other before COMMIT.
 CREATE OR REPLACE FUNCTION relay._publish(p_channel text, p_payload json, p_fallback json)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    path text := current_setting('relay.armed', true);
+    arm boolean := false;
 BEGIN
     -- Never fail the writer's transaction over a bad argument: warn and drop. 63 bytes is
     -- PostgreSQL's identifier limit, kept so that a channel means the same with per-user
@@ -128,32 +197,627 @@ BEGIN
         END IF;
     END IF;
 
-    -- DURABLE HISTORY SEAM (issue 13): with the outbox, the message is staged here (numbered
-    -- at commit, kinds m/r/s); kind n stays for outbox off, read-only transactions and the
-    -- fallback when numbering fails. The frame and the listener's routing do not change.
-    PERFORM relay._notify_unnumbered(p_channel, p_payload::text, p_fallback::text);
+    IF path IS NULL OR path = '' THEN  -- the transaction's first publish (or since its trigger)
+        IF NOT relay._cfg_outbox()
+           OR current_setting('transaction_read_only') = 'on'
+           OR extract(epoch FROM clock_timestamp())::bigint
+                - pg_catalog.pg_sequence_last_value('relay.heartbeat'::regclass)
+              > relay._cfg_dormant_after()
+        THEN
+            path := 'n';
+        ELSIF current_setting('transaction_isolation') = 'read committed' THEN
+            path := 's';
+            arm := true;
+        ELSE
+            path := 'u';
+            arm := true;
+        END IF;
+        PERFORM set_config('relay.armed', path, true);
+    END IF;
+
+    IF path = 's' THEN
+        -- The fallback is kept only where it could be needed: the message goes out unnumbered
+        -- after all (numbering failed, or the outbox was held off before COMMIT) and is too
+        -- big for one NOTIFY.
+        INSERT INTO relay.staged (xid, channel, payload, fallback, arm)
+        VALUES (pg_current_xact_id(), p_channel, p_payload,
+                CASE WHEN octet_length(p_payload::text) > 7800 THEN p_fallback END, arm);
+    ELSIF path = 'u' THEN
+        INSERT INTO relay.unsettled (xid, channel, payload, arm)
+        VALUES (pg_current_xact_id(), p_channel, p_payload, arm);
+    ELSE
+        PERFORM relay._notify_unnumbered(p_channel, p_payload::text, p_fallback::text);
+    END IF;
 END
 $fn$;
 
--- The listener's handshake, on every (re)connect: what this database speaks, as one JSON
--- object. Refuses a replica (LISTEN is not possible there and nothing can be written).
--- DURABLE HISTORY SEAM (issue 13): the epoch, its fingerprint and the outbox's head go here.
-CREATE OR REPLACE FUNCTION relay.hello() RETURNS json
+------------------------------------------------------------------------------------------------
+-- Numbering. Runs with the commit lock held; the lock is released when the transaction ends,
+-- after its commit is visible, so numbers are handed out in commit order. PostgreSQL already
+-- lets one NOTIFYing commit at a time through its queue lock (taken after every trigger);
+-- relay's lock is always taken before that one and is the only lock relay waits for at COMMIT:
+-- no cycle (docs/architecture.md "The durable history").
+------------------------------------------------------------------------------------------------
+
+-- Number the staged messages of the committing READ COMMITTED transaction p_xid in publish
+-- order, keep them in the outbox and NOTIFY them; returns how many. Taking them out of
+-- relay.staged happens BEFORE the commit lock, so that the serialised part is only: settle
+-- check, positions, channel heads, outbox rows, NOTIFY.
+CREATE OR REPLACE FUNCTION relay._number_staged(p_xid xid8) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    chans text[];
+    bodies json[];
+    fallbacks json[];
+    n integer;
+    base bigint;
+    each_one boolean;
+    now_ts timestamptz;
+    app_timeout text;
+    bound interval;
+    v_tag integer;
+    v_seq bigint;
+    v_body text;
+    v_head text;
+BEGIN
+    WITH gone AS (DELETE FROM relay.staged WHERE xid = p_xid
+                  RETURNING id, channel, payload, fallback)
+    SELECT array_agg(channel ORDER BY id), array_agg(payload ORDER BY id),
+           array_agg(fallback ORDER BY id)
+    INTO chans, bodies, fallbacks FROM gone;
+    n := coalesce(array_length(chans, 1), 0);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+
+    -- ---- the commit lock: serialised from here to the end of the transaction ----
+    -- Uncontended, it is taken at once. Otherwise wait at most commit_lock_wait (or the app's
+    -- own lock_timeout when shorter): COMMIT is not subject to statement_timeout, so without a
+    -- bound a transaction holding the lock for long (SET CONSTRAINTS ALL IMMEDIATE) would stall
+    -- every publishing writer; with it they commit with their messages unnumbered.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
+        app_timeout := current_setting('lock_timeout');
+        bound := relay._cfg_lock_wait();
+        IF bound > interval '0' AND (app_timeout = '0' OR app_timeout::interval > bound) THEN
+            PERFORM set_config('lock_timeout',
+                               (extract(epoch FROM bound) * 1000)::bigint::text, true);
+            PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+            PERFORM set_config('lock_timeout', app_timeout, true);
+        ELSE
+            PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+        END IF;
+    END IF;
+    IF EXISTS (SELECT 1 FROM relay.commits) THEN
+        PERFORM relay._settle_locked();  -- earlier RR/SER commits come first on every channel
+    END IF;
+    -- The outbox was held off (a relay listener of version 1 connected) after this transaction
+    -- published: such a listener drops numbered frames, so send these as version 1 did. (The
+    -- statement above locked a table, which made this session see the recompiled setting.)
+    IF NOT relay._cfg_outbox() THEN
+        FOR i IN 1..n LOOP
+            PERFORM relay._notify_unnumbered(chans[i], bodies[i]::text, fallbacks[i]::text);
+        END LOOP;
+        RETURN n;
+    END IF;
+    now_ts := clock_timestamp();
+    -- A block of n consecutive positions (nobody else calls nextval without the lock).
+    base := nextval('relay.pos'::regclass);
+    IF n > 1 THEN
+        PERFORM setval('relay.pos'::regclass, base + n - 1);
+    END IF;
+    -- One NOTIFY per message normally; one sync NOTIFY for a big transaction, or when the
+    -- NOTIFY queue is filling up: a full queue fails every notifying commit, and with the outbox
+    -- relay need not be one of them (listeners read the rows instead).
+    each_one := n <= relay._cfg_notify_max() AND pg_catalog.pg_notification_queue_usage() < 0.5;
+
+    IF n <= 8 THEN
+        -- Small transactions (nearly all): three simple statements per message, where the
+        -- set-based statement below costs more executor start-up even for one row. Under the
+        -- commit lock nobody else writes relay.channel: UPDATE, else INSERT, is race-free.
+        FOR i IN 1..n LOOP
+            v_tag := (random() * 2147483646)::integer;
+            UPDATE relay.channel SET seq = seq + 1, tag = v_tag, pos = base + i - 1,
+                                     updated_at = now_ts
+            WHERE channel = chans[i] RETURNING relay.channel.seq INTO v_seq;
+            IF NOT FOUND THEN
+                v_seq := 1;
+                INSERT INTO relay.channel (channel, seq, tag, pos, updated_at)
+                VALUES (chans[i], 1, v_tag, base + i - 1, now_ts);
+            END IF;
+            INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
+            VALUES (base + i - 1, chans[i], v_seq, v_tag, bodies[i], now_ts);
+            IF each_one THEN
+                v_body := bodies[i]::text;
+                v_head := ' ' || (base + i - 1) || ' ' || v_seq || ' '
+                          || lpad(to_hex(v_tag), 8, '0') || ' ' || length(chans[i]) || ' '
+                          || chans[i] || ' ';
+                IF octet_length(v_head) + octet_length(v_body) <= 7995 THEN  -- + 4: "r1 m"
+                    PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 m' || v_head || v_body);
+                ELSE
+                    PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 r' || v_head);
+                END IF;
+            END IF;
+        END LOOP;
+    ELSE
+        WITH r AS (
+            SELECT u.channel, u.payload, u.k,
+                   (random() * 2147483646)::integer AS tag,
+                   row_number() OVER (PARTITION BY u.channel ORDER BY u.k) AS ck,
+                   count(*) OVER (PARTITION BY u.channel) AS cn
+            FROM unnest(chans, bodies) WITH ORDINALITY AS u(channel, payload, k)
+        ), heads AS (
+            INSERT INTO relay.channel AS ch (channel, seq, tag, pos, updated_at)
+            SELECT channel, max(cn), (array_agg(tag ORDER BY ck DESC))[1], max(base + k - 1),
+                   now_ts
+            FROM r GROUP BY channel ORDER BY channel
+            ON CONFLICT (channel) DO UPDATE
+                SET seq = ch.seq + excluded.seq, tag = excluded.tag, pos = excluded.pos,
+                    updated_at = excluded.updated_at
+            RETURNING channel, seq AS last
+        ), rows AS (
+            INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
+            SELECT base + r.k - 1, r.channel, heads.last - r.cn + r.ck, r.tag, r.payload, now_ts
+            FROM r JOIN heads USING (channel)
+            RETURNING pos, payload::text AS body,
+                ' ' || pos || ' ' || seq || ' ' || lpad(to_hex(tag), 8, '0') || ' '
+                    || length(channel) || ' ' || channel || ' ' AS h
+        )
+        SELECT count(*) INTO n FROM (
+            SELECT CASE WHEN each_one THEN pg_catalog.pg_notify(relay._cfg_channel(),
+                       CASE WHEN octet_length(h) + octet_length(body) <= 7995
+                            THEN 'r1 m' || h || body ELSE 'r1 r' || h END) END
+            FROM rows ORDER BY pos
+        ) sent;
+    END IF;
+    IF NOT each_one AND pg_catalog.pg_notification_queue_usage() < 0.9 THEN
+        PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 s ' || base || ' 0 00000000 0  ');
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+-- The same for a REPEATABLE READ / SERIALIZABLE transaction's messages, from relay.settle():
+-- no NOTIFY (its commit sent kind s). The caller holds the commit lock.
+CREATE OR REPLACE FUNCTION relay._number_unsettled(p_xid xid8) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    n integer;
+    base bigint;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    SELECT count(*) INTO n FROM relay.unsettled WHERE xid = p_xid;
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    base := nextval('relay.pos'::regclass);
+    IF n > 1 THEN
+        PERFORM setval('relay.pos'::regclass, base + n - 1);
+    END IF;
+    WITH gone AS (
+        DELETE FROM relay.unsettled WHERE xid = p_xid RETURNING id, channel, payload
+    ), r AS (
+        SELECT channel, payload,
+               (random() * 2147483646)::integer AS tag,
+               row_number() OVER (ORDER BY id) AS k,
+               row_number() OVER (PARTITION BY channel ORDER BY id) AS ck,
+               count(*) OVER (PARTITION BY channel) AS cn
+        FROM gone
+    ), heads AS (
+        INSERT INTO relay.channel AS ch (channel, seq, tag, pos, updated_at)
+        SELECT channel, max(cn), (array_agg(tag ORDER BY ck DESC))[1], max(base + k - 1), now_ts
+        FROM r GROUP BY channel ORDER BY channel
+        ON CONFLICT (channel) DO UPDATE
+            SET seq = ch.seq + excluded.seq, tag = excluded.tag, pos = excluded.pos,
+                updated_at = excluded.updated_at
+        RETURNING channel, seq AS last
+    )
+    INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
+    SELECT base + r.k - 1, r.channel, heads.last - r.cn + r.ck, r.tag, r.payload, now_ts
+    FROM r JOIN heads USING (channel);
+    RETURN n;
+END
+$fn$;
+
+-- Number what REPEATABLE READ / SERIALIZABLE transactions committed, in their commit order.
+-- The caller holds the commit lock.
+CREATE OR REPLACE FUNCTION relay._settle_locked() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    c record;
+    total integer := 0;
+BEGIN
+    FOR c IN SELECT xid, min(ordinal) AS ordinal FROM relay.commits GROUP BY xid ORDER BY 2 LOOP
+        total := total + relay._number_unsettled(c.xid);
+        DELETE FROM relay.commits WHERE xid = c.xid;
+    END LOOP;
+    RETURN total;
+END
+$fn$;
+
+-- For listeners (on kind s, and before a catch-up scan): number whatever is committed and not
+-- numbered yet, so that the scan sees it. Waits for the commit lock: call it under a timeout.
+CREATE OR REPLACE FUNCTION relay.settle() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM relay.commits) THEN
+        RETURN 0;  -- the common case takes no lock
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+    RETURN relay._settle_locked();
+END
+$fn$;
+
+-- The deferred constraint trigger relay_commit: fires at COMMIT (or PREPARE, or SET
+-- CONSTRAINTS … IMMEDIATE) for the arming row of a transaction — once per transaction.
+CREATE OR REPLACE FUNCTION relay._on_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    me xid8 := pg_current_xact_id();
+    ordinal bigint;
+    app_timeout text;
+    bound interval;
+BEGIN
+    -- Whatever is published from now on (an app's deferred trigger firing after this one)
+    -- arms again and gets its own firing, still inside this COMMIT.
+    PERFORM set_config('relay.armed', '', true);
+
+    IF TG_TABLE_NAME = 'unsettled' THEN
+        -- REPEATABLE READ / SERIALIZABLE: read nothing (no snapshot-dependent update, no SSI
+        -- predicate lock), only write. The ordinal, taken under the commit lock, is this
+        -- commit's place in commit order; relay.settle() numbers the rows later.
+        BEGIN
+            IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
+                app_timeout := current_setting('lock_timeout');
+                bound := relay._cfg_lock_wait();
+                IF bound > interval '0' AND (app_timeout = '0' OR app_timeout::interval > bound) THEN
+                    PERFORM set_config('lock_timeout',
+                                       (extract(epoch FROM bound) * 1000)::bigint::text, true);
+                END IF;
+                PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+                PERFORM set_config('lock_timeout', app_timeout, true);
+            END IF;
+        EXCEPTION WHEN OTHERS OR query_canceled THEN  -- never fail the write
+            RAISE WARNING 'relay: commit lock not taken (%): the numbering order of this transaction is approximate', SQLERRM;
+        END;
+        ordinal := nextval('relay.pos'::regclass);
+        INSERT INTO relay.commits (xid, ordinal, committed_at)
+        VALUES (me, ordinal, clock_timestamp());
+        IF pg_catalog.pg_notification_queue_usage() < 0.9 THEN
+            PERFORM pg_catalog.pg_notify(relay._cfg_channel(),
+                                         'r1 s ' || ordinal || ' 0 00000000 0  ');
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    BEGIN
+        PERFORM relay._number_staged(me);  -- takes the commit lock
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        -- Anything (commit_lock_wait or the app's lock_timeout expiring while COMMIT waits for
+        -- the lock, a deadlock, a cancel, a bug): the write must still commit. The rows are back
+        -- (the block's rollback); send them unnumbered, and listeners resync those channels.
+        -- query_canceled is not part of OTHERS; statement_timeout does not apply to COMMIT.
+        RAISE WARNING 'relay: numbering failed (% %); messages sent unnumbered', SQLSTATE, SQLERRM;
+        BEGIN
+            PERFORM relay._notify_unnumbered(s.channel, s.payload::text, s.fallback::text)
+            FROM (SELECT channel, payload, fallback FROM relay.staged WHERE xid = me
+                  ORDER BY id) s;
+            DELETE FROM relay.staged WHERE xid = me;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'relay: unnumbered fallback failed too (%); messages dropped', SQLERRM;
+        END;
+    END;
+    RETURN NULL;
+END
+$fn$;
+
+------------------------------------------------------------------------------------------------
+-- The history's identity (docs/architecture.md "Epoch").
+------------------------------------------------------------------------------------------------
+
+-- What identifies the history this database holds: it changes with a restore into another
+-- cluster or database, a point-in-time recovery or failover, a Neon branch.
+CREATE OR REPLACE FUNCTION relay._fingerprint(
+    OUT system_identifier bigint, OUT timeline integer, OUT database_oid oid,
+    OUT neon_timeline text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    BEGIN
+        SELECT c.system_identifier INTO system_identifier FROM pg_control_system() c;
+    EXCEPTION WHEN insufficient_privilege THEN
+        system_identifier := NULL;  -- unknown: never compared
+    END;
+    -- The insert timeline, which changes at promotion at once (pg_control_checkpoint()'s
+    -- timeline only after the next checkpoint).
+    BEGIN
+        timeline := ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
+    EXCEPTION WHEN OTHERS THEN
+        timeline := NULL;
+    END;
+    SELECT d.oid INTO database_oid FROM pg_database d WHERE d.datname = current_database();
+    neon_timeline := nullif(current_setting('neon.timeline_id', true), '');
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION relay._new_epoch_id() RETURNS text
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT substr(replace(gen_random_uuid()::text, '-', ''), 1, 12)
+$$;
+
+-- Start a new epoch (every cursor becomes unresumable) and tell every listener (kind e).
+-- A listener calls it when it finds the history rewound under it (design: "per listener").
+CREATE OR REPLACE FUNCTION relay.new_epoch(p_reason text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    fp record := relay._fingerprint();
+    e text := relay._new_epoch_id();
+BEGIN
+    UPDATE relay.meta SET epoch = e, epoch_started_at = now(),
+        epoch_reason = coalesce(p_reason, 'relay.new_epoch()'),
+        system_identifier = fp.system_identifier, timeline = fp.timeline,
+        database_oid = fp.database_oid, neon_timeline = fp.neon_timeline;
+    PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 e 0 0 00000000 0  ' || e);
+    RETURN e;
+END
+$fn$;
+
+-- A relay listener's sign of life: writers stop keeping messages after dormant_after without
+-- one (nothing grows for ever when no relay runs).
+CREATE OR REPLACE FUNCTION relay.beat() RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.setval('relay.heartbeat'::regclass,
+                             extract(epoch FROM clock_timestamp())::bigint)
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Listeners of two versions. Main's listener before the durable history (version 1) drops
+-- numbered frames (kinds m, r, s) as unknown: while one is connected, writers keep version 1's
+-- behaviour (kind n at publish), whatever the outbox setting says. That makes the order of a
+-- deploy free: SQL first (Fly's release_command), relays first, or relays rolled back.
+------------------------------------------------------------------------------------------------
+
+-- Remember which version's frames the calling backend understands.
+CREATE OR REPLACE FUNCTION relay._register(p_speaks integer) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO relay.listeners (pid, backend_start, speaks, hello_at)
+    SELECT pg_backend_pid(), a.backend_start, p_speaks, now()
+    FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()
+    ON CONFLICT (pid) DO UPDATE
+        SET backend_start = excluded.backend_start, speaks = excluded.speaks,
+            hello_at = excluded.hello_at
+$$;
+
+-- Why the outbox must be held off now, or NULL: a version 1 listener is alive, or no durable
+-- listener has ever said hello. Forgets the listeners whose backend is gone.
+CREATE OR REPLACE FUNCTION relay._hold_reason() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    old1 text;
+    reason text;
+BEGIN
+    DELETE FROM relay.listeners l
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                      WHERE a.pid = l.pid AND a.datname = current_database()
+                        AND (a.backend_start IS NULL OR l.backend_start IS NULL
+                             OR a.backend_start = l.backend_start));
+    SELECT string_agg(pid::text, ', ' ORDER BY pid) INTO old1
+    FROM relay.listeners WHERE speaks < 2;
+    IF old1 IS NOT NULL THEN
+        reason := 'relay listeners of version 1 are connected (backend pid ' || old1
+                  || '): writers send version 1''s frames until they are gone';
+    ELSIF (SELECT durable_since IS NULL FROM relay.meta) THEN
+        -- A fresh install, or an upgrade from version 1: until a listener that keeps the
+        -- durable history has said hello(2), keeping messages would only fill the outbox for
+        -- nobody (no such listener reads it, none cleans it). A listener starting for the first
+        -- time begins at the head anyway: no message kept before it could be asked for.
+        reason := 'no relay listener of version 2 has connected yet: writers send version 1''s '
+                  || 'frames until one says relay.hello(2)';
+    END IF;
+    RETURN reason;
+END
+$fn$;
+
+-- Hold the outbox off while relay._hold_reason() says so, release it when not; on a change,
+-- recompile the writers' setting and announce it (kind c, body 'outbox'). The caller holds
+-- advisory lock 3.
+CREATE OR REPLACE FUNCTION relay._review_hold() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    reason text := relay._hold_reason();
+    held text;
+    saved text;
+BEGIN
+    SELECT outbox_held INTO held FROM relay.meta;
+    IF (reason IS NULL) <> (held IS NULL) THEN
+        UPDATE relay.meta SET outbox_held = reason;
+        PERFORM relay._compile();
+        IF reason IS NOT NULL THEN
+            -- Numbering commits that took the commit lock before us finish first; those after
+            -- us see the held setting at COMMIT and send version 1's frames (_number_staged).
+            saved := current_setting('lock_timeout');
+            BEGIN
+                PERFORM set_config('lock_timeout', '2s', true);
+                PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+            EXCEPTION WHEN lock_not_available THEN
+                NULL;  -- a transaction holds it for long (SET CONSTRAINTS): do not wait with it
+            END;
+            PERFORM set_config('lock_timeout', saved, true);
+        END IF;
+        PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 c 0 0 00000000 0  outbox');
+    ELSIF reason IS DISTINCT FROM held THEN
+        UPDATE relay.meta SET outbox_held = reason;  -- other pids, same state
+    END IF;
+    RETURN reason;
+END
+$fn$;
+
+-- What a listener calls on every (re)connect, after LISTEN, and on kinds c and i. p_speaks:
+-- the highest relay SQL version whose frames it understands (2: the durable history).
+-- Refuses a replica; checks the fingerprint (and the heartbeat) and starts a new epoch when
+-- the history may have diverged; records a heartbeat; returns what the listener needs as one
+-- JSON object.
+CREATE OR REPLACE FUNCTION relay.hello(p_speaks integer) RETURNS json
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     m relay.meta;
+    fp record;
+    reason text;
+    silent bigint;
 BEGIN
     IF pg_is_in_recovery() THEN
-        RAISE EXCEPTION 'relay: this server is a replica (in recovery): NOTIFY is not delivered here; connect to the primary'
+        RAISE EXCEPTION 'relay: this server is a replica (in recovery): NOTIFY is not delivered here and nothing can be written; connect to the primary'
             USING ERRCODE = 'read_only_sql_transaction';
     END IF;
-    SELECT * INTO m FROM relay.meta;
+    PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 3);  -- one hello at a time decides
+    PERFORM relay._register(coalesce(p_speaks, 1));
+    IF p_speaks >= 2 THEN
+        UPDATE relay.meta SET durable_since = now() WHERE durable_since IS NULL;
+    END IF;
+    PERFORM relay._review_hold();
+    IF coalesce(p_speaks, 1) < 2 THEN
+        -- Version 1's answer, for main's listener before the durable history.
+        RETURN json_build_object(
+            'protocol', (SELECT protocol FROM relay.meta),
+            'version', (SELECT version FROM relay.meta),
+            'outbox', false,
+            'notifyChannel', relay._cfg_channel(),
+            'legacyNotify', relay._cfg_legacy());
+    END IF;
+
+    SELECT * INTO m FROM relay.meta FOR UPDATE;
+    fp := relay._fingerprint();
+    silent := extract(epoch FROM clock_timestamp())::bigint
+              - pg_catalog.pg_sequence_last_value('relay.heartbeat'::regclass);
+    IF m.system_identifier IS NOT NULL AND fp.system_identifier IS NOT NULL
+       AND m.system_identifier <> fp.system_identifier THEN
+        reason := 'system identifier changed: restored or copied into another cluster';
+    ELSIF m.database_oid IS DISTINCT FROM fp.database_oid THEN
+        reason := 'database oid changed: dumped and restored, or copied into another database';
+    ELSIF m.timeline IS DISTINCT FROM fp.timeline AND fp.timeline IS NOT NULL THEN
+        reason := 'timeline changed: point-in-time recovery or failover';
+    ELSIF m.neon_timeline IS DISTINCT FROM fp.neon_timeline THEN
+        reason := 'Neon timeline changed: a branch or a restore';
+    ELSIF silent > relay._cfg_dormant_after() THEN
+        reason := 'no relay for longer than dormant_after: messages were not kept';
+    END IF;
+    IF reason IS NOT NULL THEN
+        PERFORM relay.new_epoch(reason);
+        SELECT * INTO m FROM relay.meta;
+    END IF;
+    PERFORM relay.beat();
     RETURN json_build_object(
         'protocol', m.protocol,
         'version', m.version,
-        'outbox', false,
+        'epoch', m.epoch,
+        'epochStartedAt', m.epoch_started_at,
+        'epochReason', m.epoch_reason,
+        'rotated', reason,
+        'outbox', relay._cfg_outbox(),
+        'outboxSetting', (SELECT value FROM relay.settings WHERE name = 'outbox'),
+        'outboxHeld', m.outbox_held,
         'notifyChannel', relay._cfg_channel(),
-        'legacyNotify', relay._cfg_legacy());
+        'legacyNotify', relay._cfg_legacy(),
+        'retentionSeconds', (SELECT extract(epoch FROM value::interval)::bigint
+                             FROM relay.settings WHERE name = 'retention'),
+        'dormantAfterSeconds', relay._cfg_dormant_after(),
+        -- where a fresh listener starts: the newest visible row (not the sequence, which may be
+        -- ahead by positions of transactions still committing)
+        'headPos', (SELECT max(pos) FROM relay.outbox),
+        -- the highest position ever handed out: survives cleanup, goes back after a restore
+        'issuedPos', pg_catalog.pg_sequence_last_value('relay.pos'::regclass),
+        'deletedUpto', m.deleted_upto);
+END
+$fn$;
+
+-- Version 1's handshake, kept for main's listener before the durable history (it calls it on
+-- every connect and on kinds c and i): while such a listener is connected, the outbox is held.
+CREATE OR REPLACE FUNCTION relay.hello() RETURNS json
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT relay.hello(1)
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Reading, for listeners.
+------------------------------------------------------------------------------------------------
+
+-- Catch-up and gap fill: everything after a position, in commit order.
+CREATE OR REPLACE FUNCTION relay.read_from(p_after bigint, p_limit integer)
+RETURNS TABLE (pos bigint, channel text, seq bigint, tag integer, payload text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT o.pos, o.channel, o.seq, o.tag, o.payload::text FROM relay.outbox o
+    WHERE o.pos > p_after ORDER BY o.pos LIMIT p_limit
+$$;
+
+-- Resume of one channel: the rows from a seq on (the first row proves the cursor).
+CREATE OR REPLACE FUNCTION relay.read_channel(p_channel text, p_from_seq bigint, p_limit integer)
+RETURNS TABLE (pos bigint, seq bigint, tag integer, payload text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT o.pos, o.seq, o.tag, o.payload::text FROM relay.outbox o
+    WHERE o.channel = p_channel AND o.seq >= p_from_seq ORDER BY o.seq LIMIT p_limit
+$$;
+
+-- Heads of many channels in one round trip (a reconnect storm resumes thousands at once).
+CREATE OR REPLACE FUNCTION relay.heads(p_channels text[])
+RETURNS TABLE (channel text, seq bigint, tag integer, pos bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.channel, c.seq, c.tag, c.pos FROM relay.channel c WHERE c.channel = ANY (p_channels)
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Cleanup: one instance at a time, bounded, never waiting for a writer nor making one wait.
+-- A listener calls it every few seconds on a connection of its own (a batch costs ~10-20 ms).
+-- Returns the outbox rows deleted, or -1 when another session is cleaning.
+------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION relay.cleanup(p_max_rows integer DEFAULT 2000) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    done_upto bigint;
+    cutoff timestamptz;
+    deleted integer;
+    upto bigint;
+BEGIN
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 2) THEN
+        RETURN -1;
+    END IF;
+    PERFORM relay.beat();
+    -- A held outbox is released here once the last version 1 listener is gone (never waiting
+    -- for an install or a hello that is deciding the same).
+    IF (SELECT outbox_held IS NOT NULL FROM relay.meta)
+       AND pg_catalog.pg_try_advisory_xact_lock(1919249505, 3) THEN
+        PERFORM relay._review_hold();
+    END IF;
+    SELECT now() - value::interval INTO cutoff FROM relay.settings WHERE name = 'retention';
+    SELECT deleted_upto INTO done_upto FROM relay.meta;
+    -- Oldest first, starting after what was already deleted (skips the dead index entries a
+    -- queue table keeps at its left end until vacuum). created_at is clock_timestamp() under the
+    -- commit lock, so it grows with pos: stop at the first row young enough.
+    WITH victims AS (
+        SELECT o.pos FROM relay.outbox o
+        WHERE o.pos > done_upto AND o.created_at < cutoff
+          AND o.pos < coalesce((SELECT min(y.pos) FROM relay.outbox y
+                                WHERE y.pos > done_upto AND y.created_at >= cutoff),
+                               9223372036854775807)
+        ORDER BY o.pos LIMIT p_max_rows
+    ), d AS (
+        DELETE FROM relay.outbox o USING victims v WHERE o.pos = v.pos RETURNING o.pos
+    )
+    SELECT count(*), max(pos) INTO deleted, upto FROM d;
+    IF upto IS NOT NULL THEN
+        UPDATE relay.meta SET deleted_upto = upto;
+    END IF;
+    -- Unnumbered rows whose transaction left no commit record (its trigger never ran: a
+    -- crash in between, or the trigger disabled): nobody will ever number them.
+    DELETE FROM relay.unsettled u
+    WHERE u.created_at < cutoff
+      AND pg_xact_status(u.xid) IS DISTINCT FROM 'in progress'
+      AND NOT EXISTS (SELECT 1 FROM relay.commits c WHERE c.xid = u.xid);
+    -- Staged rows are visible only once their transaction committed, and a committing
+    -- transaction takes its own out: what is visible here was left by a COMMIT whose trigger
+    -- did not run (it was dropped or disabled meanwhile).
+    DELETE FROM relay.staged s
+    WHERE s.id = ANY (ARRAY(SELECT id FROM relay.staged LIMIT p_max_rows));
+    RETURN deleted;
 END
 $fn$;
 

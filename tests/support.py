@@ -448,6 +448,11 @@ class Published:
         return f"Published({self.channel!r}, {self.payload[:60]!r}, {self.via})"
 
 
+# Frames that carry a message: n (numbered by the listener), m (numbered by the database), r
+# (numbered, too big for one NOTIFY: the row is read from relay.outbox).
+MESSAGE_KINDS = ("n", "m", "r")
+
+
 def parse_frame(payload: str) -> tuple[str, str, str] | None:
     """``(kind, channel, body)`` of an r1 frame (docs/architecture.md, "The shared channel"),
     parsed independently of relay's own parser."""
@@ -465,8 +470,9 @@ class NotifyListener:
     NOTIFY delivers in commit order, so once our sentinel (committed after the writes under
     test) arrives, every notification of those writes has arrived too: no sleeps, and "nothing
     else was sent" is a real assertion. It LISTENs relay's shared channel and reports the
-    messages (kind ``n``) of the channels it was asked to ``listen`` to, and LISTENs those
-    channels themselves too (what an app's own ``pg_notify`` uses).
+    messages (kinds ``n``, ``m`` and ``r``, whose row it reads) of the channels it was asked to
+    ``listen`` to, and LISTENs those channels themselves too (what an app's own ``pg_notify``
+    uses).
     """
 
     def __init__(self, conn: Any, shared: str | None = SHARED_CHANNEL) -> None:
@@ -486,6 +492,13 @@ class NotifyListener:
         self.channels.add(channel)
         self._listen(channel)
 
+    def _read_row(self, payload: str) -> str:
+        """The payload of a kind-r frame (too big for one NOTIFY), from the outbox."""
+        pos = int(payload.split(" ", 3)[2])
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT payload FROM relay.read_from(%s, 1)", (pos - 1,))
+            return cursor.fetchone()[0]
+
     def collect(self, timeout: float = 5.0) -> list[Published]:
         with self.conn.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", (self.sentinel,))
@@ -499,8 +512,9 @@ class NotifyListener:
                     return received
                 if notify.channel == self.shared:
                     frame = parse_frame(notify.payload)
-                    if frame and frame[0] == "n" and frame[1] in self.channels:
-                        received.append(Published(frame[1], frame[2], "shared", notify.payload))
+                    if frame and frame[0] in MESSAGE_KINDS and frame[1] in self.channels:
+                        body = frame[2] if frame[0] != "r" else self._read_row(notify.payload)
+                        received.append(Published(frame[1], body, "shared", notify.payload))
                 elif notify.channel in self.channels:
                     received.append(Published(notify.channel, notify.payload, "direct"))
             remaining = deadline - time.monotonic()

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from relay.schema import install_schema
+from relay.schema import SQL_VERSION, install_schema
 from tests.support import (
     Client,
     RelayProcess,
@@ -147,7 +147,7 @@ def test_auto_listens_per_user_until_db_install_then_switches_without_a_resync(
     listener = _listener(relay, userChannels="off", listened=1)
     print(f"auto switched to the shared channel {time.monotonic() - started:.3f}s after the "
           "install committed (including /health's push interval)")
-    assert listener["relaySql"] == 1
+    assert listener["relaySql"] == SQL_VERSION
 
     notify_directly(url, channel, '{"direct": "unheard now"}')
     _publish(url, channel, {"after": "install"})
@@ -174,7 +174,7 @@ def test_forced_modes_ignore_whether_relays_sql_is_installed(
     _listener(relay, userChannels=mode)
     install_schema(empty_database)
     client = relay.connect("forced")
-    _listener(relay, relaySql=1)
+    _listener(relay, relaySql=SQL_VERSION)
     assert relay.health()[1]["listener"]["userChannels"] == mode
     notify_directly(empty_database, "user_Usage_forced", '{"direct": 1}')
     _publish(empty_database, "user_Usage_forced", {"shared": 1})

@@ -20,7 +20,8 @@ import pytest
 from psycopg2 import sql
 
 from relay.listener import frames
-from relay.schema import install_schema
+from relay.schema import SQL_VERSION, NewerSchemaError, install_schema, schema_sql
+from tests.outbox_support import install_durable
 from tests.support import ROOT, NotifyListener, execute, parse_frame
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
@@ -30,8 +31,15 @@ LIMIT = 8000  # NOTIFY refuses a payload of this many bytes or more
 
 @pytest.fixture
 def db(empty_database: str) -> str:
-    install_schema(empty_database)
+    install_durable(empty_database)
     return empty_database
+
+
+@pytest.fixture
+def db_off(db: str) -> str:
+    """relay's SQL with the outbox turned off: version 1's behaviour, numbered by listeners."""
+    execute(db, "SELECT relay.set('outbox', 'off')")
+    return db
 
 
 @pytest.fixture
@@ -76,8 +84,21 @@ def _run(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[str]:
         conn.close()
 
 
-def test_publish_sends_one_r1_frame_on_the_shared_channel(db: str, raw: NotifyListener) -> None:
+def test_publish_sends_one_numbered_r1_frame_on_the_shared_channel(
+        db: str, raw: NotifyListener) -> None:
     _run(db, "SELECT relay_publish('user_Subscription_42', '{\"plan\": \"pro\"}')")
+    [payload] = _frames(raw)
+    assert re.fullmatch(r'r1 m 1 1 [0-9a-f]{8} 20 user_Subscription_42 \{"plan": "pro"\}',
+                        payload), payload
+    frame = frames.parse(payload)
+    assert frame is not None
+    assert (frame.kind, frame.pos, frame.seq, frame.channel, json.loads(frame.body)) == (
+        "m", 1, 1, "user_Subscription_42", {"plan": "pro"})
+
+
+def test_with_the_outbox_off_publish_sends_an_unnumbered_frame(
+        db_off: str, raw: NotifyListener) -> None:
+    _run(db_off, "SELECT relay_publish('user_Subscription_42', '{\"plan\": \"pro\"}')")
     [payload] = _frames(raw)
     assert re.fullmatch(r'r1 n 0 0 [0-9a-f]{8} 20 user_Subscription_42 \{"plan": "pro"\}',
                         payload), payload
@@ -97,17 +118,17 @@ def test_the_channel_travels_as_characters_whatever_they_are(
     assert f" {len(channel)} {channel} [1]" in payload  # chlen counts characters, not bytes
     frame = frames.parse(payload)
     assert frame is not None and (frame.channel, frame.body) == (channel, "[1]")
-    assert parse_frame(payload) == ("n", channel, "[1]")
+    assert parse_frame(payload) == ("m", channel, "[1]")
 
 
-def test_publish_payload_boundary_7999_bytes_whole_8000_truncated(
-        db: str, raw: NotifyListener) -> None:
+def test_outbox_off_payload_boundary_7999_bytes_whole_8000_truncated(
+        db_off: str, raw: NotifyListener) -> None:
     channel = "user_Usage_bound"
     head = len(f"r1 n 0 0 00000000 {len(channel)} {channel} ".encode())
     for size, whole in ((LIMIT - 1, True), (LIMIT, False), (LIMIT + 5000, False)):
         body = json.dumps("x" * (size - head - 2))  # a JSON string: its quotes count
         assert head + len(body.encode()) == size
-        assert _run(db, "SELECT relay_publish(%s, %s::json)", (channel, body)) == []
+        assert _run(db_off, "SELECT relay_publish(%s, %s::json)", (channel, body)) == []
         [payload] = _frames(raw)
         if whole:
             assert len(payload.encode()) == LIMIT - 1 and payload.endswith(body)
@@ -115,9 +136,9 @@ def test_publish_payload_boundary_7999_bytes_whole_8000_truncated(
             assert payload.endswith(f"{channel} " + '{"truncated":true}')
 
 
-def test_multibyte_payloads_are_measured_in_bytes(db: str, raw: NotifyListener) -> None:
+def test_multibyte_payloads_are_measured_in_bytes(db_off: str, raw: NotifyListener) -> None:
     body = json.dumps("é" * 3990, ensure_ascii=False)  # 3,992 characters, 7,982 bytes
-    _run(db, "SELECT relay_publish('user_Usage_mb', %s::json)", (body,))
+    _run(db_off, "SELECT relay_publish('user_Usage_mb', %s::json)", (body,))
     [payload] = _frames(raw)
     assert payload.endswith('{"truncated":true}')
 
@@ -125,7 +146,7 @@ def test_multibyte_payloads_are_measured_in_bytes(db: str, raw: NotifyListener) 
 def test_channel_limits_warn_and_never_fail_the_write(db: str, raw: NotifyListener) -> None:
     ok = "c" * 63
     _run(db, "SELECT relay_publish(%s, '1')", (ok,))
-    assert parse_frame(_frames(raw)[0]) == ("n", ok, "1")
+    assert parse_frame(_frames(raw)[0]) == ("m", ok, "1")
     for channel, payload in (("c" * 64, "1"), ("é" * 32, "1"), ("", "1"), (None, "1"),
                              ("user_Usage_x", None)):
         notices = _run(db, "SELECT relay_publish(%s, %s::json)", (channel, payload))
@@ -135,7 +156,7 @@ def test_channel_limits_warn_and_never_fail_the_write(db: str, raw: NotifyListen
 
 def test_install_announces_itself_on_the_shared_channel(db: str, raw: NotifyListener) -> None:
     install_schema(db)
-    assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "1")]
+    assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "2")]
 
 
 def test_legacy_notify_also_sends_the_bare_payload_on_the_channel(
@@ -162,14 +183,14 @@ def test_a_new_notify_channel_is_announced_on_the_old_one_and_used_at_once(
             cursor.execute("SELECT relay_publish('user_Usage_nc', '1')")
         assert len(_frames(raw)) == 1
         install_schema(db, notify_channel="relay_v2")
-        assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "1"),
+        assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "2"),
                                                            ("c", "", "notify_channel")]
         raw.listen("relay_v2")
         with app.cursor() as cursor:
             cursor.execute("SELECT relay_publish('user_Usage_nc', '2')")
         received = raw.collect()
         assert [(p.channel, parse_frame(p.payload)) for p in received] == [
-            ("relay_v2", ("n", "user_Usage_nc", "2"))]
+            ("relay_v2", ("m", "user_Usage_nc", "2"))]
     finally:
         app.close()
 
@@ -239,8 +260,12 @@ def test_an_app_role_without_privileges_on_schema_relay_publishes_and_nothing_mo
         _run(app, "SELECT relay_publish('user_Usage_u1', '{\"direct\": 1}')")
         assert [p.channel for p in published.collect()] == ["user_Item_u1", "user_Usage_u1"]
         for forbidden in ("SELECT * FROM relay.settings", "SELECT relay.set('legacy_notify', "
-                          "'on')", "SELECT relay.hello()",
-                          "SELECT relay._publish('user_Usage_u1', '1', NULL)"):
+                          "'on')", "SELECT relay.hello()", "SELECT relay.hello(2)",
+                          "SELECT relay._publish('user_Usage_u1', '1', NULL)",
+                          # the history keeps row data: readable by relay's role alone
+                          "SELECT * FROM relay.outbox", "SELECT * FROM relay.read_from(0, 10)",
+                          "SELECT * FROM relay.read_channel('user_Item_u1', 1, 10)",
+                          "SELECT relay.cleanup()", "SELECT relay.new_epoch('forged')"):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 _run(app, forbidden)
     finally:
@@ -249,9 +274,12 @@ def test_an_app_role_without_privileges_on_schema_relay_publishes_and_nothing_mo
 
 
 def test_install_refuses_to_downgrade_a_newer_relay_sql(db: str) -> None:
-    _run(db, "UPDATE relay.meta SET version = 2")
+    _run(db, f"UPDATE relay.meta SET version = {SQL_VERSION + 1}")
+    with pytest.raises(NewerSchemaError, match="refusing to downgrade"):
+        install_schema(db)  # relay/schema.py reads the version first
+    # The SQL's own guard, for an installer racing it (or the script run as a migration).
     with pytest.raises(psycopg2.errors.RaiseException, match="refusing to downgrade"):
-        install_schema(db)
+        _run(db, schema_sql())
 
 
 def _relay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

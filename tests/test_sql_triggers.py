@@ -1,7 +1,10 @@
 """The bundled triggers (sql/) against a real PostgreSQL: channel names, payloads, limits.
 
 relay_notify publishes through relay_publish: one NOTIFY on relay's shared channel whose
-payload is an r1 frame carrying the logical channel (``NotifyListener`` reads both)."""
+payload is an r1 frame carrying the logical channel (``NotifyListener`` reads both). With the
+outbox (the default) a row of any size travels whole; with the outbox off (version 1's
+behaviour) a row too big for one NOTIFY becomes a reference to it. Each mode has a database
+of its own, so that no relay of another test module can change what these tests see."""
 
 from __future__ import annotations
 
@@ -17,16 +20,39 @@ import pytest
 from psycopg2 import sql
 
 from relay.schema import install_schema, schema_files
-from tests.support import NotifyListener
+from tests.outbox_support import install_durable
+from tests.support import NotifyListener, execute
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
 
 NOTIFY_PAYLOAD_LIMIT = 8000
 
 
-@pytest.fixture
-def listener(postgres_url: str, schema_installed: list[str]) -> Iterator[NotifyListener]:
-    conn = psycopg2.connect(postgres_url)
+def _database(postgres_url: str, outbox: str) -> Iterator[str]:
+    name = f"relay_triggers_{outbox}_{uuid.uuid4().hex[:8]}"
+    execute(postgres_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = psycopg2.extensions.make_dsn(postgres_url, dbname=name)
+    try:
+        install_durable(url, examples=True)
+        execute(url, "SELECT relay.set('outbox', %s)", (outbox,))
+        yield url
+    finally:
+        execute(postgres_url, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def app_db(postgres_url: str) -> Iterator[str]:
+    yield from _database(postgres_url, "on")
+
+
+@pytest.fixture(scope="module")
+def app_db_off(postgres_url: str) -> Iterator[str]:
+    yield from _database(postgres_url, "off")
+
+
+def _listener(url: str) -> Iterator[NotifyListener]:
+    conn = psycopg2.connect(url)
     conn.autocommit = True  # a listener inside a transaction hears nothing
     try:
         yield NotifyListener(conn)
@@ -34,13 +60,32 @@ def listener(postgres_url: str, schema_installed: list[str]) -> Iterator[NotifyL
         conn.close()
 
 
-@pytest.fixture
-def writer(postgres_url: str, schema_installed: list[str]) -> Iterator[Any]:
-    conn = psycopg2.connect(postgres_url)
+def _writer(url: str) -> Iterator[Any]:
+    conn = psycopg2.connect(url)
     try:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture
+def listener(app_db: str) -> Iterator[NotifyListener]:
+    yield from _listener(app_db)
+
+
+@pytest.fixture
+def writer(app_db: str) -> Iterator[Any]:
+    yield from _writer(app_db)
+
+
+@pytest.fixture
+def listener_off(app_db_off: str) -> Iterator[NotifyListener]:
+    yield from _listener(app_db_off)
+
+
+@pytest.fixture
+def writer_off(app_db_off: str) -> Iterator[Any]:
+    yield from _writer(app_db_off)
 
 
 def _write(writer: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
@@ -104,9 +149,27 @@ def test_usage_notifies_user_usage_channel(listener: NotifyListener, writer: Any
     assert payload["row"]["amount"] == 7
 
 
-def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
+def test_with_the_outbox_a_row_of_any_size_arrives_whole(
     listener: NotifyListener, writer: Any
 ) -> None:
+    user = _unique_user()
+    listener.listen(f"user_Subscription_{user}")
+    for size in (9000, 20_000, 200_000):
+        (row_id,) = _write(
+            writer,
+            "INSERT INTO subscription (user_id, plan, notes) VALUES (%s, 'pro', %s) "
+            "RETURNING id", (user, "x" * size))
+        [notify] = listener.collect()
+        assert notify.frame.startswith("r1 r ")  # the wake-up: the listener reads the row
+        payload = json.loads(notify.payload)
+        assert payload["row"]["id"] == row_id and payload["row"]["notes"] == "x" * size
+        assert "truncated" not in payload
+
+
+def test_without_the_outbox_a_row_too_large_for_notify_arrives_as_truncated_reference(
+    listener_off: NotifyListener, writer_off: Any
+) -> None:
+    listener, writer = listener_off, writer_off
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
 
@@ -130,8 +193,9 @@ def test_row_too_large_for_notify_commits_and_arrives_as_truncated_reference(
 
 
 def test_payload_size_is_measured_in_bytes_not_characters(
-    listener: NotifyListener, writer: Any
+    listener_off: NotifyListener, writer_off: Any
 ) -> None:
+    listener, writer = listener_off, writer_off
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
     notes = "é" * 3900  # 3900 characters but 7800 bytes: with the rest of the row, over 8000
@@ -166,12 +230,19 @@ def test_row_just_under_the_limit_is_sent_whole(listener: NotifyListener, writer
     assert NOTIFY_PAYLOAD_LIMIT - 40 < len(notify.frame.encode()) < NOTIFY_PAYLOAD_LIMIT
 
 
+@pytest.mark.parametrize("outbox", ["on", "off"])
 def test_the_limit_counts_the_channel_that_travels_in_the_frame(
-    listener: NotifyListener, writer: Any
+    outbox: str, app_db: str, app_db_off: str
 ) -> None:
     # NOTIFY refuses 8000 bytes: a frame of 7,999 bytes goes whole, one byte more becomes the
     # reference. The channel is part of the frame now, so a longer user id moves the row
-    # size at which that happens, byte for byte.
+    # size at which that happens, byte for byte. With the outbox, one byte more becomes a
+    # kind-r frame and the row is read whole from the outbox.
+    url = app_db if outbox == "on" else app_db_off
+    listen_conn = psycopg2.connect(url)
+    listen_conn.autocommit = True
+    listener = NotifyListener(listen_conn)
+    writer = psycopg2.connect(url)
     for user in (_unique_user(), _unique_user("a-much-longer-user-id-")):
         listener.listen(f"user_Subscription_{user}")
         (row_id,) = _write(writer, "INSERT INTO subscription (user_id, notes) VALUES (%s, 'n') "
@@ -187,8 +258,13 @@ def test_the_limit_counts_the_channel_that_travels_in_the_frame(
             if whole:
                 assert len(notify.frame.encode()) == NOTIFY_PAYLOAD_LIMIT - 1
                 assert payload["row"]["notes"] == "n" * (1 + extra)
+            elif outbox == "on":
+                assert notify.frame.startswith("r1 r ")
+                assert payload["row"]["notes"] == "n" * (1 + extra)
             else:
                 assert payload["truncated"] is True and payload["id"] == row_id
+    listen_conn.close()
+    writer.close()
 
 
 def test_changing_owner_notifies_old_owner_of_removal_and_new_owner_of_update(
@@ -247,8 +323,11 @@ def test_multibyte_user_id_is_measured_in_bytes(listener: NotifyListener, writer
 
 
 def test_trigger_arguments_choose_the_user_and_id_columns(
-    listener: NotifyListener, writer: Any
+    listener_off: NotifyListener, writer_off: Any
 ) -> None:
+    # The id column names the row in the reference that replaces a row too big for one
+    # NOTIFY, which only happens without the outbox.
+    listener, writer = listener_off, writer_off
     table = f"relay_test_notes_{uuid.uuid4().hex[:8]}"
     user = _unique_user()
     listener.listen(f"user_Note_{user}")
@@ -277,8 +356,9 @@ def test_trigger_arguments_choose_the_user_and_id_columns(
 
 
 def test_install_twice_is_idempotent_and_keeps_data(
-    postgres_url: str, listener: NotifyListener, writer: Any
+    app_db: str, listener: NotifyListener, writer: Any
 ) -> None:
+    postgres_url = app_db
     user = _unique_user()
     listener.listen(f"user_Subscription_{user}")
     (row_id,) = _write(

@@ -1,0 +1,352 @@
+"""The durable history over time (SQL version 2): the epoch and what changes it, retention and
+cleanup, what happens when no relay runs, a full NOTIFY queue, and a replica refused.
+
+The epoch names the database's history: it must change whenever that history may have
+diverged (a restore or copy into another database or cluster, a failover, a Neon branch) and
+never on a re-install or a restart, or clients would drop real updates as duplicates (a new
+epoch where none was due only costs one resync)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from psycopg2 import sql
+
+from relay.dev.postgres import EmbeddedPostgres
+from relay.schema import install_schema
+from tests.outbox_support import (
+    Writers,
+    frames_of,
+    install_durable,
+    publish,
+    query,
+    raw_listener,
+)
+from tests.support import execute
+
+pytestmark = pytest.mark.slow  # every test here boots PostgreSQL
+
+
+@pytest.fixture
+def db(empty_database: str) -> str:
+    install_durable(empty_database)
+    return empty_database
+
+
+def _hello(url: str, **session: str) -> dict[str, Any]:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        for name, value in session.items():
+            query(conn, "SELECT set_config(%s, %s, false)", (name, value))
+        [(hello,)] = query(conn, "SELECT relay.hello(2)")
+        return hello
+    finally:
+        conn.close()
+
+
+def _publish(url: str, *messages: tuple[str, str]) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        for channel, payload in messages:
+            publish(conn, channel, payload)
+            conn.commit()
+    finally:
+        conn.close()
+
+
+# ----- the epoch -----
+
+
+def test_the_epoch_survives_a_reinstall_and_a_restart(own_postgres: EmbeddedPostgres) -> None:
+    url = own_postgres.url
+    first = _hello(url)
+    _publish(url, ("A", '{"n": 1}'))
+    install_schema(url)
+    install_schema(url)
+    assert _hello(url)["epoch"] == first["epoch"]
+    own_postgres.restart()
+    after = _hello(url)
+    assert after["epoch"] == first["epoch"] and after["rotated"] is None
+    assert after["headPos"] == 1  # the history is still there
+
+
+def test_a_copy_of_the_database_starts_a_new_epoch_and_the_original_keeps_its_own(
+        db: str, postgres_url: str) -> None:
+    # CREATE DATABASE … TEMPLATE copies relay's tables into a database with another oid: what a
+    # pg_dump/pg_restore into another database, or a branch, does. Numbers would repeat there.
+    original = _hello(db)
+    _publish(db, ("A", '{"n": 1}'))
+    name = f"relay_copy_{uuid.uuid4().hex[:8]}"
+    source = psycopg2.extensions.parse_dsn(db)["dbname"]
+    execute(postgres_url, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(source)))
+    copy = psycopg2.extensions.make_dsn(db, dbname=name)
+    try:
+        listener = raw_listener(copy)
+        try:
+            branched = _hello(copy)
+            assert branched["epoch"] != original["epoch"]
+            assert branched["rotated"].startswith("database oid changed")
+            [announced] = frames_of(listener)
+            assert (announced.kind, announced.body) == ("e", branched["epoch"])
+        finally:
+            listener.conn.close()
+        assert _hello(copy)["epoch"] == branched["epoch"]  # once, not on every hello
+        assert _hello(db)["epoch"] == original["epoch"]
+    finally:
+        execute(postgres_url, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def test_a_neon_branch_starts_a_new_epoch(db: str) -> None:
+    # Neon's pageserver keeps the system identifier for every branch; its compute sets
+    # neon.timeline_id, different on each branch (simulated here).
+    first = _hello(db, **{"neon.timeline_id": "3c1f0e"})
+    assert first["rotated"] == "Neon timeline changed: a branch or a restore"
+    same = _hello(db, **{"neon.timeline_id": "3c1f0e"})
+    assert same["epoch"] == first["epoch"] and same["rotated"] is None
+    branch = _hello(db, **{"neon.timeline_id": "9a77d2"})
+    assert branch["epoch"] != first["epoch"]
+
+
+def test_a_changed_timeline_or_system_identifier_starts_a_new_epoch(db: str) -> None:
+    # What a failover or point-in-time recovery (timeline) and a restore into another cluster
+    # (system identifier) leave behind: the fingerprint stored with the epoch differs.
+    first = _hello(db)
+    query(db, "UPDATE relay.meta SET timeline = timeline + 1")
+    second = _hello(db)
+    assert second["epoch"] != first["epoch"]
+    assert second["rotated"].startswith("timeline changed")
+    query(db, "UPDATE relay.meta SET system_identifier = system_identifier + 1")
+    third = _hello(db)
+    assert third["epoch"] != second["epoch"]
+    assert third["rotated"].startswith("system identifier changed")
+
+
+def test_dropping_relays_schema_and_installing_again_starts_a_new_epoch(db: str) -> None:
+    first = _hello(db)
+    query(db, "DROP SCHEMA relay CASCADE")
+    install_schema(db)
+    assert _hello(db)["epoch"] != first["epoch"]
+
+
+def test_new_epoch_is_announced_to_every_listener(db: str) -> None:
+    listener = raw_listener(db)
+    try:
+        [(epoch,)] = query(db, "SELECT relay.new_epoch('rewind detected by a listener')")
+        assert [(f.kind, f.body) for f in frames_of(listener)] == [("e", epoch)]
+        hello = _hello(db)
+        assert (hello["epoch"], hello["epochReason"]) == (
+            epoch, "rewind detected by a listener")
+    finally:
+        listener.conn.close()
+
+
+def test_a_replica_is_refused(own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+    # A standby made with pg_basebackup: NOTIFY is not delivered there and nothing can be
+    # written, so relay.hello() refuses it (the listener keeps retrying, /health says why).
+    bin_dir = Path(own_postgres._bin_dir)  # noqa: SLF001 - the same binaries
+    standby_dir = tmp_path / "standby"
+    command = [str(bin_dir / "pg_basebackup"), "-d", own_postgres.url, "-D", str(standby_dir),
+               "-R", "-X", "stream"]
+    account = own_postgres._account  # noqa: SLF001
+    if account is not None:  # root: PostgreSQL's files belong to its system user
+        standby_dir.mkdir(mode=0o700)
+        os.chown(standby_dir, *account)
+        os.chown(tmp_path, *account)
+        command = ["runuser", "-u", "pgserver", "--"] + command
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    (standby_dir / "relay.conf").unlink()  # the primary's port; the standby gets its own
+    standby = EmbeddedPostgres(standby_dir)
+    standby.start()
+    try:
+        conn = psycopg2.connect(standby.url)
+        conn.autocommit = True
+        try:
+            assert query(conn, "SELECT pg_is_in_recovery()") == [(True,)]
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction, match="replica"):
+                query(conn, "SELECT relay.hello(2)")
+        finally:
+            conn.close()
+    finally:
+        standby.stop("immediate")
+
+
+# ----- retention and cleanup -----
+
+
+def _age(url: str, upto_pos: int, age: str) -> None:
+    query(url, "UPDATE relay.outbox SET created_at = now() - %s::interval WHERE pos <= %s",
+          (age, upto_pos))
+
+
+def test_cleanup_deletes_only_what_is_past_retention(db: str) -> None:
+    _publish(db, *[("A", json.dumps({"n": n})) for n in range(1, 11)])
+    _age(db, 6, "16 minutes")   # retention is 15 minutes by default
+    query(db, "UPDATE relay.outbox SET created_at = now() - interval '14 minutes' "
+              "WHERE pos IN (7, 8)")
+    assert query(db, "SELECT relay.cleanup()") == [(6,)]
+    assert [p for (p,) in query(db, "SELECT pos FROM relay.outbox ORDER BY pos")] == [
+        7, 8, 9, 10]
+    assert _hello(db)["deletedUpto"] == 6
+    assert query(db, "SELECT relay.cleanup()") == [(0,)]
+    # The channel's head outlives its rows: a cursor at seq 10 is still known to be current.
+    assert query(db, "SELECT seq FROM relay.heads(ARRAY['A'])") == [(10,)]
+
+
+def test_cleanup_works_in_bounded_batches(db: str) -> None:
+    _publish(db, *[("A", json.dumps({"n": n})) for n in range(1, 8)])
+    _age(db, 7, "1 hour")
+    assert [query(db, "SELECT relay.cleanup(3)")[0][0] for _ in range(4)] == [3, 3, 1, 0]
+
+
+def test_a_shorter_retention_setting_deletes_sooner(db: str) -> None:
+    _publish(db, ("A", '{"n": 1}'), ("A", '{"n": 2}'))
+    _age(db, 1, "2 minutes")
+    assert query(db, "SELECT relay.cleanup()") == [(0,)]
+    query(db, "SELECT relay.set('retention', '1 minute')")
+    assert query(db, "SELECT relay.cleanup()") == [(1,)]
+    assert _hello(db)["retentionSeconds"] == 60
+
+
+def test_one_cleaner_at_a_time_and_the_second_never_waits(db: str) -> None:
+    first = psycopg2.connect(db)
+    try:
+        assert query(first, "SELECT relay.cleanup()") == [(0,)]  # its transaction stays open
+        started = time.monotonic()
+        assert query(db, "SELECT relay.cleanup()") == [(-1,)]
+        assert time.monotonic() - started < 2.0
+    finally:
+        first.rollback()
+        first.close()
+
+
+def test_an_open_cleanup_makes_no_writer_wait(db: str) -> None:
+    _publish(db, *[("clean_A", json.dumps({"n": n})) for n in range(1, 51)])
+    _age(db, 50, "1 hour")
+    cleaner = psycopg2.connect(db)
+    try:
+        assert query(cleaner, "SELECT relay.cleanup(20)") == [(20,)]  # and stays open
+        writers = Writers(db, setup="SET lock_timeout = '300ms'")
+
+        def body(conn: Any, *_: Any) -> None:
+            publish(conn, "clean_A", '{"more": 1}')
+
+        writers.run(3, 10, body)
+        assert writers.failures == []
+    finally:
+        cleaner.commit()
+        cleaner.close()
+
+
+# ----- no relay running -----
+
+
+def test_with_no_relay_alive_for_dormant_after_writers_stop_keeping_messages(db: str) -> None:
+    listener = raw_listener(db)
+    try:
+        first = _hello(db)
+        _publish(db, ("A", '{"n": 1}'))
+        # The last sign of life of any relay is two hours old (dormant_after is one hour).
+        query(db, "SELECT setval('relay.heartbeat', "
+                  "extract(epoch FROM now() - interval '2 hours')::bigint)")
+        _publish(db, ("A", '{"n": 2}'), ("A", '{"n": 3}'))
+        assert [(f.kind, f.body) for f in frames_of(listener)] == [
+            ("m", '{"n": 1}'), ("n", '{"n": 2}'), ("n", '{"n": 3}')]
+        assert query(db, "SELECT count(*) FROM relay.outbox") == [(1,)]  # did not grow
+        back = _hello(db)  # the next relay: messages were not kept, so a new epoch
+        assert back["epoch"] != first["epoch"] and back["rotated"].startswith("no relay")
+        _publish(db, ("A", '{"n": 4}'))
+        assert [(f.kind, f.seq) for f in frames_of(listener)] == [("e", 0), ("m", 2)]
+    finally:
+        listener.conn.close()
+
+
+def test_cleanup_is_a_sign_of_life(db: str) -> None:
+    query(db, "SELECT setval('relay.heartbeat', "
+              "extract(epoch FROM now() - interval '2 hours')::bigint)")
+    query(db, "SELECT relay.cleanup()")
+    assert query(db, "SELECT extract(epoch FROM now())::bigint - last_value < 60 "
+                     "FROM relay.heartbeat") == [(True,)]
+
+
+# ----- a full NOTIFY queue -----
+
+
+@pytest.fixture
+def small_queue(tmp_path: Path) -> Iterator[str]:
+    """A PostgreSQL of its own whose NOTIFY queue holds 512 KB (the least it can)."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("needs the embedded PostgreSQL (a setting of its own)")
+    server = EmbeddedPostgres(tmp_path / "pg", settings={"max_notify_queue_pages": 64})
+    server.start()
+    try:
+        if query(server.url, "SELECT current_setting('server_version_num')::int")[0][0] < 170000:
+            pytest.skip("max_notify_queue_pages needs PostgreSQL 17 or later")
+        install_durable(server.url)
+        yield server.url
+    finally:
+        server.stop("immediate")
+
+
+def test_a_full_notify_queue_fails_plain_notify_writers_but_not_relays(small_queue: str) -> None:
+    url = small_queue
+    query(url, "CREATE TABLE app (id serial PRIMARY KEY)")
+    stuck = psycopg2.connect(url)  # LISTENs, then idles in a transaction: the queue never shrinks
+    query(stuck, "LISTEN relay; LISTEN plain")
+    stuck.commit()
+    query(stuck, "SELECT 1")
+    reader = psycopg2.connect(url)
+    reader.autocommit = True
+    writer = psycopg2.connect(url)
+    pad = "x" * 3000
+    try:
+        plain_failed = None
+        for i in range(1000):
+            query(writer, "INSERT INTO app DEFAULT VALUES")
+            query(writer, "SELECT pg_notify('plain', %s)", (f"{i} {pad}",))
+            try:
+                writer.commit()
+            except psycopg2.Error as exc:
+                writer.rollback()
+                plain_failed = str(exc)
+                break
+        assert plain_failed is not None and "queue" in plain_failed.lower()
+
+        committed = []
+        for i in range(300):
+            query(writer, "INSERT INTO app DEFAULT VALUES")
+            publish(writer, f"user_Q_{i % 7}", json.dumps({"i": i, "pad": pad}))
+            writer.commit()  # must not raise: relay sends no NOTIFY above 90 % usage
+            committed.append(i)
+        # A listener that sees the queue over half full reads the outbox instead.
+        [(usage,)] = query(reader, "SELECT pg_notification_queue_usage()")
+        assert usage > 0.9
+        rows = query(reader, "SELECT payload FROM relay.read_from(0, 1000)")
+        assert [json.loads(p)["i"] for (p,) in rows] == committed
+    finally:
+        stuck.rollback()
+        stuck.close()
+        reader.close()
+        writer.close()
+
+
+def test_notify_frames_go_out_again_once_the_queue_drains(small_queue: str) -> None:
+    listener = raw_listener(small_queue)
+    try:
+        _publish(small_queue, ("A", '{"n": 1}'))
+        assert [(f.kind, f.seq) for f in frames_of(listener)] == [("m", 1)]
+    finally:
+        listener.conn.close()
+
