@@ -24,7 +24,7 @@ from tests.support import RelayProcess
 
 # Fixtures that start PostgreSQL or a relay (directly or through another fixture).
 _PROCESS_FIXTURES = frozenset({"postgres_url", "schema_installed", "relay", "relay_factory",
-                               "own_postgres"})
+                               "own_postgres", "outbox_off"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +54,21 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def schema_installed(postgres_url: str) -> list[str]:
     return install_schema(postgres_url, examples=True)
+
+
+@pytest.fixture
+def outbox_off(postgres_url: str, schema_installed: list[str]) -> Iterator[str]:
+    """The session's database with relay's outbox off (``relay.set('outbox', 'off')``) for
+    one test: listeners number messages in memory, as before the durable history. Tests of
+    that mode's own rules (a cursor dies with its listener, a bounded in-memory history) use
+    it; the default is the outbox on."""
+    from tests.support import execute
+
+    execute(postgres_url, "SELECT relay.set('outbox', 'off')")
+    try:
+        yield postgres_url
+    finally:
+        execute(postgres_url, "SELECT relay.set('outbox', 'on')")
 
 
 # ----- a real relay: gunicorn master, 2 workers, supervisor, listener -----

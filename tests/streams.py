@@ -119,6 +119,16 @@ def running(*threads: NotifyWriter | MessageReader) -> Iterator[None]:
             thread.join(20)
 
 
+def stream_and_seq(cursor: str) -> tuple[str, int]:
+    """A cursor's stream and seq: ``"<epoch>:<seq>:<tag>"`` (the database's durable history)
+    or ``"<stream>:<seq>"`` (a listener's in-memory history)."""
+    parts = cursor.split(":")
+    if len(parts) == 3:
+        return parts[0], int(parts[1])
+    stream, _, seq = cursor.rpartition(":")
+    return stream, int(seq)
+
+
 def check_no_silent_gap(received: list[tuple[float, dict[str, Any]]], channel: str,
                         writer: NotifyWriter) -> dict[str, int]:
     """Assert relay's promise for ``channel`` over what one client received; return counts."""
@@ -131,19 +141,17 @@ def check_no_silent_gap(received: list[tuple[float, dict[str, Any]]], channel: s
     for arrived, message in received:
         kind = message["type"]
         if kind == "connected" and not stream:
-            stream, _, head = message["cursors"][channel].rpartition(":")
-            seq = int(head)
+            stream, seq = stream_and_seq(message["cursors"][channel])
         elif kind == "resync" and channel in message["channels"]:
             resyncs += 1
             resync_since_update.append(arrived)
-            stream, _, head = message["cursors"][channel].rpartition(":")
-            seq = int(head)
+            stream, seq = stream_and_seq(message["cursors"][channel])
         elif kind == "update" and message["channel"] == channel:
             n = message["data"]["n"]
-            new_stream, _, new_seq = message["cursor"].rpartition(":")
+            new_stream, new_seq = stream_and_seq(message["cursor"])
             assert new_stream == stream, f"update {n}: stream {new_stream} without a resync"
-            assert int(new_seq) == seq + 1, f"update {n}: seq {new_seq} after {seq}"
-            seq = int(new_seq)
+            assert new_seq == seq + 1, f"update {n}: seq {new_seq} after {seq}"
+            seq = new_seq
             assert not delivered or n > delivered[-1], f"update {n} after {delivered[-1]}"
             skipped = range(delivered[-1] + 1 if delivered else 1, n)
             for gap in skipped:

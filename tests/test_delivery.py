@@ -126,8 +126,22 @@ def test_trigger_driven_update_reaches_the_owner(relay: RelayProcess, postgres_u
     other.close()
 
 
-def test_row_too_large_for_notify_arrives_as_a_reference(relay: RelayProcess,
-                                                         postgres_url: str) -> None:
+def test_row_too_large_for_notify_arrives_whole_from_the_outbox(relay: RelayProcess,
+                                                               postgres_url: str) -> None:
+    client = relay.connect("big0")
+    execute(postgres_url, "INSERT INTO subscription (user_id, plan, status, notes) "
+                          "VALUES ('big0', 'pro', 'active', repeat('x', 20000))")
+    update = client.expect("update")
+    assert update["data"]["operation"] == "INSERT"
+    assert update["data"]["row"]["notes"] == "x" * 20000
+    assert "truncated" not in update["data"]
+    client.close()
+
+
+def test_row_too_large_for_notify_arrives_as_a_reference_without_the_outbox(
+        relay_factory: Callable[..., RelayProcess], outbox_off: str) -> None:
+    postgres_url = outbox_off
+    relay = relay_factory()
     client = relay.connect("big1")
     execute(postgres_url, "INSERT INTO subscription (user_id, plan, status, notes) "
                           "VALUES ('big1', 'pro', 'active', repeat('x', 20000))")

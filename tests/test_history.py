@@ -240,9 +240,9 @@ def test_expiry_and_eviction_look_only_at_channels_holding_entries() -> None:
     history.open_many([f"silent{i}" for i in range(1000)])
     _record(history, "busy", b"old", now=0.0)
     _record(history, "busy", b"new", now=8.0)
-    assert len(history._aging) == 1  # one heap item for the one channel with entries
+    assert len(history._recent._aging) == 1  # one heap item for the one channel with entries
     history.expire(now=12.0)
     assert _held(history, "busy") == [b"new"] and history.total_bytes == 3
     history.expire(now=30.0)
     assert _held(history, "busy") == [] and history.total_bytes == 0
-    assert history._aging == [] and history._entries == {}
+    assert history._recent._aging == [] and history._recent._entries == {}

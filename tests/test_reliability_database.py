@@ -1,6 +1,8 @@
 """Database faults: restart, terminated backend, a silent connection, a frozen server. The
 listener notices (within 10 s when silent), reconnects with capped jittered backoff,
-re-LISTENs and only then tells clients to resync; /health is 503 meanwhile, 200 after."""
+re-LISTENs and only then tells clients to resync (in-memory history, relay's outbox off;
+with it on the listener catches up from the outbox instead: tests/test_durable_listener.py);
+/health is 503 meanwhile, 200 after."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from relay.config import Settings
 from relay.dev.postgres import EmbeddedPostgres
 from relay.listener.database import next_backoff
 from tests.streams import MessageReader, NotifyWriter, check_no_silent_gap, running
-from tests.support import RelayProcess, database_connections, notify, wait_for
+from tests.support import RelayProcess, database_connections, execute, notify, wait_for
 
 FAST = {"RELAY_DB_CHECK_INTERVAL": "1", "RELAY_DB_CHECK_TIMEOUT": "2",
         "RELAY_RECONNECT_MAX_DELAY": "1"}
@@ -31,6 +33,14 @@ def _listener_backend(url: str) -> int:
     conn.close()
     assert len(rows) == 1, rows
     return int(rows[0][0])
+
+
+def _in_memory(url: str) -> str:
+    """These tests hold the in-memory history to its rule (a reconnect resyncs everybody):
+    relay's outbox off. With it on, a reconnect is caught up from the outbox instead, with no
+    resync (tests/test_durable_listener.py)."""
+    execute(url, "SELECT relay.set('outbox', 'off')")
+    return url
 
 
 def _recovers(relay: RelayProcess, url: str, users: list[str], clients: dict) -> None:
@@ -48,7 +58,7 @@ def _recovers(relay: RelayProcess, url: str, users: list[str], clients: dict) ->
 @pytest.mark.slow
 def test_postgresql_restart(relay_factory: Callable[..., RelayProcess],
                             own_postgres: EmbeddedPostgres) -> None:
-    relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
+    relay = relay_factory({**FAST, "DATABASE_URL": _in_memory(own_postgres.url)})
     users = ["r1", "r2"]
     clients = {u: relay.connect(u) for u in users}
     own_postgres.stop("fast")
@@ -64,7 +74,7 @@ def test_postgresql_restart(relay_factory: Callable[..., RelayProcess],
 @pytest.mark.slow
 def test_terminated_backend(relay_factory: Callable[..., RelayProcess],
                             own_postgres: EmbeddedPostgres) -> None:
-    relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
+    relay = relay_factory({**FAST, "DATABASE_URL": _in_memory(own_postgres.url)})
     clients = {"t1": relay.connect("t1")}
     backend = _listener_backend(own_postgres.url)
     conn = psycopg2.connect(own_postgres.url)
@@ -80,7 +90,7 @@ def test_terminated_backend(relay_factory: Callable[..., RelayProcess],
 @pytest.mark.slow
 def test_silent_database_is_detected_by_the_health_query(
         relay_factory: Callable[..., RelayProcess], own_postgres: EmbeddedPostgres) -> None:
-    relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
+    relay = relay_factory({**FAST, "DATABASE_URL": _in_memory(own_postgres.url)})
     clients = {"s1": relay.connect("s1")}
     backend = _listener_backend(own_postgres.url)
     # The backend stops answering but its socket stays open: nothing wakes select().
@@ -113,7 +123,7 @@ def test_updates_across_a_terminated_backend_never_skip_silently(
     resync). Whatever is missing was sent before the client saw the resync (that is what
     the resync excuses); everything sent after it arrives; nothing arrives twice."""
     channel = "user_Usage_cw1"
-    relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
+    relay = relay_factory({**FAST, "DATABASE_URL": _in_memory(own_postgres.url)})
     client = relay.connect("cw1")
     bystander = relay.connect("cw-by")
     writer, reader = NotifyWriter(own_postgres.url, channel), MessageReader(client)
@@ -159,7 +169,7 @@ def _frozen(server: EmbeddedPostgres) -> Iterator[None]:
 @pytest.mark.slow
 def test_frozen_postgresql_is_503_within_10_s_and_recovers(
         relay_factory: Callable[..., RelayProcess], own_postgres: EmbeddedPostgres) -> None:
-    relay = relay_factory({**FAST, "DATABASE_URL": own_postgres.url})
+    relay = relay_factory({**FAST, "DATABASE_URL": _in_memory(own_postgres.url)})
     clients = {"fz1": relay.connect("fz1")}
     old_epoch = relay.health()[1]["listener"]["epoch"]
     with _frozen(own_postgres):

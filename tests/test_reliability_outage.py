@@ -2,7 +2,8 @@
 client), and away for a while (its supervisor frozen after the kill): the workers keep every
 connection alive and bounded meanwhile — heartbeats go on, tokens still expire, /health says
 503, a newcomer waits — and when a listener is back everyone is attached again and told to
-resync."""
+resync (in-memory history: relay's outbox off for these tests; with it on they resume from
+the outbox with no resync, tests/test_durable_listener.py and bench/soak.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _listener_away(relay: RelayProcess) -> Iterator[None]:
 
 
 def test_listener_away_connections_keep_heartbeat_and_token_limits_then_resync(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox_off: str) -> None:
     relay = relay_factory({"RELAY_PING_INTERVAL": "0.5", "RELAY_PONG_TIMEOUT": "3",
                            "RELAY_TOKEN_REFRESH_WINDOW": "1"})
     # Read in the background, answering its pings, while the test waits on the others: a
@@ -79,7 +80,7 @@ def test_listener_away_connections_keep_heartbeat_and_token_limits_then_resync(
 
 
 def test_kill_9_listener_under_steady_writes_never_skips_silently(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox_off: str) -> None:
     """While notifications flow: the old listener's stream without gaps, one resync ('listener
     restarted'), the new listener's stream without gaps; what is missing was sent before the
     client saw the resync; nothing twice; the client never disconnected."""

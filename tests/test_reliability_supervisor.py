@@ -1,6 +1,8 @@
 """Supervisor faults: gunicorn reaps a dead supervisor without a word (trap 7), so the master
 watches it from its main loop. A kill -9'd supervisor is replaced within seconds, with a
-new listener: clients resync and keep receiving, one database connection, /health 200 —
+new listener: clients resync (in-memory history: relay's outbox off for these tests; with it
+on they resume, tests/test_durable_listener.py) and keep receiving, one database connection,
+/health 200 —
 also after a HUP, which starts no second supervisor. A stopping master restarts nothing,
 and a supervisor that keeps dying is restarted with a growing delay, never in a loop."""
 
@@ -70,7 +72,7 @@ def _helpers_of(master: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_kill_9_of_the_supervisor_brings_a_new_one_and_a_new_listener_clients_resync(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox_off: str) -> None:
     relay = relay_factory()
     clients = {user: relay.connect(user) for user in ("sv1", "sv2", "sv3")}
     workers = sorted(relay.worker_pids())
@@ -99,7 +101,7 @@ def test_kill_9_of_the_supervisor_brings_a_new_one_and_a_new_listener_clients_re
 
 @pytest.mark.slow
 def test_after_a_hup_a_killed_supervisor_is_still_replaced_by_exactly_one(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox_off: str) -> None:
     relay = relay_factory()
     assert relay.proc is not None
     (supervisor,) = relay.supervisor_pids()
@@ -127,7 +129,7 @@ def test_after_a_hup_a_killed_supervisor_is_still_replaced_by_exactly_one(
 
 @pytest.mark.slow
 def test_term_leaves_no_supervisor_or_listener_even_one_killed_during_the_stop(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox_off: str) -> None:
     relay = relay_factory()
     assert relay.proc is not None
     master = relay.proc.pid

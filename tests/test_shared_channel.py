@@ -111,25 +111,37 @@ def test_channel_names_with_quotes_spaces_unicode_and_case_route_exactly(
     lower.close()
 
 
+@pytest.mark.parametrize("outbox", ["on", "off"])
 def test_a_channel_fed_both_ways_is_one_stream_in_commit_order(
-        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+        relay_factory: Callable[..., RelayProcess], postgres_url: str, outbox: str) -> None:
+    execute(postgres_url, "SELECT relay.set('outbox', %s)", (outbox,))
+    try:
+        _fed_both_ways(relay_factory, postgres_url, outbox)
+    finally:
+        execute(postgres_url, "SELECT relay.set('outbox', 'on')")
+
+
+def _fed_both_ways(relay_factory: Callable[..., RelayProcess], postgres_url: str,
+                   outbox: str) -> None:
     relay = relay_factory({"RELAY_USER_CHANNELS": "listen"}, workers=1)
     _listener(relay, userChannels="listen")
     client = relay.connect("both")
     channel = "user_Usage_both"
     # One transaction: the app's own pg_notify, relay_publish, the app's again; then another
-    # transaction through relay_publish. Each is one update, in the order committed.
+    # transaction through relay_publish. Each is one update, in the order committed. With the
+    # outbox on, relay_publish's message is numbered (and NOTIFYed) at COMMIT: after the
+    # transaction's own pg_notify calls.
     execute(postgres_url, "SELECT pg_notify(%s, '{\"n\": 1}'), relay_publish(%s, '{\"n\": 2}'), "
                           "pg_notify(%s, '{\"n\": 3}')", (channel, channel, channel))
     _publish(postgres_url, channel, {"n": 4})
     updates = [_next_update(client) for _ in range(4)]
-    assert [u["data"]["n"] for u in updates] == [1, 2, 3, 4]
+    assert [u["data"]["n"] for u in updates] == ([1, 2, 3, 4] if outbox == "off" else [1, 3, 2, 4])
     assert [u["seq"] for u in updates] == [1, 2, 3, 4]
     assert len({u["cursor"].rsplit(":", 1)[0] for u in updates}) == 1  # one stream
     client.close()
 
 
-def test_auto_listens_per_user_until_db_install_then_switches_without_a_resync(
+def test_auto_listens_per_user_until_db_install_then_switches_with_one_resync(
         relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
     url = empty_database  # an app's database before `relay db install`
     relay = relay_factory({"DATABASE_URL": url, "RELAY_DB_CHECK_INTERVAL": "0.5"})
@@ -149,21 +161,26 @@ def test_auto_listens_per_user_until_db_install_then_switches_without_a_resync(
           "install committed (including /health's push interval)")
     assert listener["relaySql"] == SQL_VERSION
 
+    # The history moves from this listener's memory to the database's outbox: one resync,
+    # with cursors of the database's history (outbox off, the same stream would go on).
+    resync = client.expect("resync")
+    assert resync["reason"] == "history changed"
+    epoch = resync["cursors"][channel].split(":")[0]
     notify_directly(url, channel, '{"direct": "unheard now"}')
     _publish(url, channel, {"after": "install"})
-    update = _next_update(client)  # no resync, no gap: the same stream goes on
+    update = _next_update(client)
     assert update["data"] == {"after": "install"}
-    assert update["seq"] == first["seq"] + 1
-    assert update["cursor"].rsplit(":", 1)[0] == first["cursor"].rsplit(":", 1)[0]
+    assert update["seq"] == 1 and update["cursor"].startswith(f"{epoch}:1:")
 
     # relay's SQL removed: the periodic check notices and per-user LISTEN comes back.
     execute(url, "DROP SCHEMA relay CASCADE; DROP FUNCTION relay_publish(text, json); "
                  "DROP FUNCTION relay_notify(); DROP FUNCTION relay_notify_owner("
                  "text, text, text, text, json, text, boolean)")
     _listener(relay, userChannels="listen", listened=3)
+    assert client.expect("resync")["reason"] == "history changed"  # back in memory: once
     notify_directly(url, channel, '{"direct": "heard again"}')
     update = _next_update(client)
-    assert update["data"] == {"direct": "heard again"} and update["seq"] == first["seq"] + 2
+    assert update["data"] == {"direct": "heard again"} and update["seq"] == 1
     client.close()
 
 
@@ -173,8 +190,10 @@ def test_forced_modes_ignore_whether_relays_sql_is_installed(
     relay = relay_factory({"DATABASE_URL": empty_database, "RELAY_USER_CHANNELS": mode})
     _listener(relay, userChannels=mode)
     install_schema(empty_database)
-    client = relay.connect("forced")
     _listener(relay, relaySql=SQL_VERSION)
+    # After the install is heard: a client answered before it would get one resync as its
+    # history moves to the database's outbox (test_durable_listener).
+    client = relay.connect("forced")
     assert relay.health()[1]["listener"]["userChannels"] == mode
     notify_directly(empty_database, "user_Usage_forced", '{"direct": 1}')
     _publish(empty_database, "user_Usage_forced", {"shared": 1})

@@ -209,18 +209,28 @@ def _publisher(url: str, channel: str, stop: threading.Event,
     return thread
 
 
-def _updates(client: Client, channel: str, count: int) -> list[dict[str, Any]]:
+def _updates(client: Client, channel: str, count: int) -> tuple[list[dict[str, Any]],
+                                                                 list[dict[str, Any]]]:
+    """``count`` updates of ``channel``, and the resyncs that came among them."""
     got: list[dict[str, Any]] = []
+    resyncs: list[dict[str, Any]] = []
     while len(got) < count:
         message = client.recv(15)
-        assert message is not None and message["type"] == "update", message
-        if message["channel"] == channel:
+        assert message is not None and message["type"] in ("update", "resync"), message
+        if message["type"] == "resync":
+            resyncs.append({**message, "after": len(got)})
+        elif message["channel"] == channel:
             got.append(message)
-    return got
+    return got, resyncs
 
 
-def test_an_upgrade_under_running_old_relays_loses_no_update(
+def test_an_upgrade_under_running_relays_loses_no_update(
         relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
+    """Version 1's SQL, a relay running on it (numbers in memory), writers publishing: `db
+    install` of version 2 (Fly's release_command) holds the outbox while the running
+    listener has not said hello(2); it says so on the install's kind i, the outbox comes on,
+    and the client gets every update once, in order, with exactly one resync where its
+    history moved to the database's."""
     url = empty_database
     _install_v1(url)
     relay = relay_factory({"DATABASE_URL": url})
@@ -238,25 +248,36 @@ def test_an_upgrade_under_running_old_relays_loses_no_update(
     finally:
         stop.set()
         thread.join()
-    updates = _updates(client, channel, len(sent))
+    updates, resyncs = _updates(client, channel, len(sent))
     assert [u["data"]["n"] for u in updates] == sent  # every one, once, in order
-    assert [u["seq"] for u in updates] == list(range(updates[0]["seq"],
-                                                     updates[0]["seq"] + len(sent)))
+    assert len(resyncs) == 1 and resyncs[0]["reason"] == "history changed", resyncs
+    switch = resyncs[0]["after"]
+    before, after = updates[:switch], updates[switch:]
+    assert after and all(len(u["cursor"].split(":")) == 3 for u in after)  # the database's
+    for part in (before, after):
+        assert [u["seq"] for u in part] == list(range(part[0]["seq"],
+                                                      part[0]["seq"] + len(part)))
     assert "held off" in result.stdout and "version 1" in result.stdout  # said so
     client.close()
 
 
 def test_a_relay_rolled_back_to_version_1_hears_the_newer_sql(
         relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
+    """A listener of version 1 (main's, before the durable history: it calls relay.hello()
+    and drops numbered frames) holds the outbox off while it is connected: writers send
+    kind n, which it hears — and so does a relay of this version meanwhile."""
     url = empty_database
     install_schema(url)
     # A durable listener was there and is gone; the outbox is on.
     query(url, "SELECT relay.hello(2)")
     listener = raw_listener(url)
+    old = psycopg2.connect(url, application_name="relay-listener")  # version 1's listener
+    old.autocommit = True
     try:
         publish(listener.conn, "user_Usage_rb1", '{"before": "roll-back"}')
         assert [f.kind for f in frames_of(listener)] == ["m"]
-        relay = relay_factory({"DATABASE_URL": url})  # main's listener: version 1
+        query(old, "SELECT relay.hello()")  # the rolled-back relay connects
+        relay = relay_factory({"DATABASE_URL": url})
         client = relay.connect("rb1")
         execute(url, "SELECT relay_publish('user_Usage_rb1', '{\"after\": \"roll-back\"}')")
         assert client.expect("update")["data"] == {"after": "roll-back"}
@@ -264,4 +285,6 @@ def test_a_relay_rolled_back_to_version_1_hears_the_newer_sql(
             "n", '{"after": "roll-back"}')
         client.close()
     finally:
+        old.close()
         listener.conn.close()
+

@@ -13,8 +13,16 @@ on every connection) and, while per-user LISTEN is on, the users' own channels. 
 to 18 checks every notification in the database against a session's LISTENed channels one
 by one (trap 11), so after the first full LISTEN the link only ever looks at the channels
 that changed. What the database is (its version, whether relay's SQL is installed, what
-``relay.hello()`` says) is read on connect and on request (``refresh``); the periodic health
+``relay.hello(2)`` says) is read on connect and on request (``refresh``); the periodic health
 query also samples ``pg_notification_queue_usage()``.
+
+A replica (``pg_is_in_recovery()``) is refused: NOTIFY is never delivered there and nothing
+can be written. The link says so once, keeps the reason for ``/health`` (``refused``) and
+retries with its backoff, so a failover's promotion is picked up.
+
+The handler may read the database itself, but only from its callbacks (they all run in the
+link's greenlet): ``query`` runs a statement on the connection and leaves the notifications
+that arrive with its answer for the link to hand over after the callback returns.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +39,7 @@ from typing import Any, Protocol
 import gevent
 import gevent.select
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -44,6 +54,9 @@ _LISTEN_BATCH = 500
 # The least a database connection must have lived for its loss to reset the reconnect
 # backoff (see DatabaseLink.run).
 _HEALTHY_SECONDS = 5.0
+# The highest relay SQL version whose frames this listener speaks (relay.hello(2): the
+# durable history). Against version 1's SQL, which has only relay.hello(), it falls back.
+SPEAKS = 2
 # relay's SQL is installed when relay.hello() exists. Read from the catalog, which every role
 # may read (schema relay itself grants nothing to other roles).
 _INSTALLED = ("EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
@@ -109,7 +122,16 @@ class DatabaseHandler(Protocol):
 
     def on_checked(self, queue_usage: float, installed: bool) -> None: ...
 
+    def on_idle(self) -> None:
+        """After every wake-up of a usable connection (someone called ``wake``), once the
+        notifications that had arrived were handed over: the handler's queued database work."""
+        ...
+
     def on_disconnected(self) -> None: ...
+
+
+class ReplicaRefused(RuntimeError):
+    """The database is a replica (in recovery): relay needs the primary."""
 
 
 class DatabaseLink:
@@ -122,6 +144,7 @@ class DatabaseLink:
         self._listening: set[str] = set()
         self._connected = False  # connected, and every wanted channel LISTENed once
         self.reconnects = 0
+        self.refused = ""  # why the database is refused (a replica), for /health
         self._synced_version = -1  # the handler's wanted_version at the last sync
         self._refresh_due = False  # read DatabaseInfo again (relay's SQL changed)
         self.server_version = 0
@@ -154,6 +177,19 @@ class DatabaseLink:
         self._refresh_due = True
         self.wake()
 
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run ``statement`` on the connection and return its rows. Only from the handler's
+        callbacks (the link's greenlet); bounded by ``RELAY_DB_CHECK_TIMEOUT``. Notifications
+        that arrive with the answer are handed over after the callback, in order."""
+        assert self._conn is not None
+        with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    def read_info(self) -> DatabaseInfo:
+        """What the database is, now (from the handler's callbacks only)."""
+        return self._read_info()
+
     def run(self) -> None:
         """Connect, serve, and on any failure connect again, for ever (its own greenlet)."""
         delay = 0.0
@@ -171,6 +207,10 @@ class DatabaseLink:
             self._handler.on_connected()
             try:
                 self._serve()
+            except ReplicaRefused as exc:
+                if not self.refused:  # one line per episode, not one per retry
+                    log.error("%s", exc)
+                self.refused = str(exc)
             except (Exception, gevent.Timeout) as exc:  # Timeout is a BaseException
                 log.error("database connection lost: %s", _describe(exc))
             self._drop()
@@ -271,8 +311,7 @@ class DatabaseLink:
             hello = None
             if installed:
                 try:
-                    cur.execute("SELECT relay.hello()")
-                    hello = cur.fetchone()[0]
+                    hello = self._hello(cur)
                 except psycopg2.Error as exc:
                     if self._conn.closed:
                         raise
@@ -296,6 +335,30 @@ class DatabaseLink:
         cur.execute(_REVOCATIONS, {"window": cap + 60 if cap else 0})
         return {user: float(at) for user, at in cur.fetchall()}
 
+    def _hello(self, cur: Any) -> Any:
+        """``relay.hello(2)``: this listener speaks the durable history (the database keeps
+        the outbox off while a listener of version 1, which calls ``relay.hello()``, is
+        connected). Version 1's SQL has only ``relay.hello()``."""
+        try:
+            cur.execute("SELECT relay.hello(%s)", (SPEAKS,))
+        except psycopg2.errors.UndefinedFunction:
+            cur.execute("SELECT relay.hello()")
+        return cur.fetchone()[0]
+
+    def _refuse_a_replica(self) -> None:
+        assert self._conn is not None
+        with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery()")
+            replica = cur.fetchone()[0]
+        if replica:
+            raise ReplicaRefused(
+                "the database is a replica (in recovery): NOTIFY is never delivered there and "
+                "nothing can be written; point DATABASE_URL at the primary (retrying, in case "
+                "this one is promoted)")
+        if self.refused:
+            log.info("the database is no longer refused: it is a primary")
+        self.refused = ""
+
     def _check_listen_works(self) -> None:
         """A NOTIFY to ourselves must come back: through a transaction-mode pooler it never
         does (trap 9), and relay would then look healthy while delivering nothing."""
@@ -318,6 +381,7 @@ class DatabaseLink:
 
     def _serve(self) -> None:
         assert self._conn is not None
+        self._refuse_a_replica()
         self._check_listen_works()
         self._held = []
         try:
@@ -339,9 +403,12 @@ class DatabaseLink:
         next_check = time.monotonic() + self.settings.db_check_interval
         fd = self._conn.fileno()
         while True:
-            timeout = max(0.0, next_check - time.monotonic())
+            # Notifications that came with the answer to a handler's query are waiting in
+            # conn.notifies, not on the socket: hand them over without sleeping.
+            timeout = 0.0 if self._conn.notifies else max(0.0, next_check - time.monotonic())
             readable, _, _ = gevent.select.select([fd, self._wake_r], [], [], timeout)
-            if self._wake_r in readable:
+            woken = self._wake_r in readable
+            if woken:
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
@@ -349,7 +416,7 @@ class DatabaseLink:
                     pass
             if fd in readable:
                 self._conn.poll()
-                self._drain()
+            self._drain()
             if self._refresh_due:
                 self._refresh_due = False
                 self._handler.on_database(self._read_info())
@@ -358,6 +425,9 @@ class DatabaseLink:
             if self._handler.wanted_version != self._synced_version:
                 self._sync_channels()
                 self._handler.on_synced()
+            if woken:
+                self._handler.on_idle()
+                self._drain()
             if time.monotonic() >= next_check:
                 self._check()  # trap 6: a dead TCP peer never wakes select()
                 next_check = time.monotonic() + self.settings.db_check_interval
@@ -372,6 +442,7 @@ class DatabaseLink:
             usage, installed = cur.fetchone()
         self._drain()
         self._handler.on_checked(float(usage), bool(installed))
+        self._drain()
 
 
 def _batches(channels: list[str]) -> list[list[str]]:

@@ -12,10 +12,14 @@ published. Every instance receives every message of the database, so the listene
 fixed header only and drops a channel it has no subscriber for before it looks at the body,
 let alone parses its JSON. ``parse`` is the only code that knows the layout.
 
-Kinds: ``n`` a message without a database number (the listener numbers it in memory); ``i``
-relay's SQL was installed (``RELAY_USER_CHANNELS=auto`` switches); ``c`` a setting changed;
-``k`` a user's tokens were revoked (``relay_revoke``: the channel field holds the user id).
-The durable history (issue 13) adds ``m``, ``r``, ``s`` and ``e`` on the same layout.
+Kinds: ``m`` a message the database numbered (its ``pos`` in the outbox, its channel's
+``seq``, its random ``tag``); ``r`` the same, too big for one NOTIFY: the listener reads the
+row; ``s`` messages were committed that no frame carries (read the outbox from your
+position); ``e`` a new epoch (body: the epoch); ``n`` a message without a database number
+(outbox off: the listener numbers it in memory); ``i`` relay's SQL was installed
+(``RELAY_USER_CHANNELS=auto`` switches); ``c`` a setting changed (body: its name); ``k`` a
+user's tokens were revoked (``relay_revoke``: the channel field holds the user id). A kind
+this relay does not know is a newer SQL's: the outbox is the truth, so it counts as ``s``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from typing import NamedTuple
 
 PREFIX = "r1 "
 
-MESSAGE = "n"  # a message, numbered by the listener
+MESSAGE = "n"  # a message without a database number: the listener numbers it in memory
+NUMBERED = "m"  # a message numbered at commit: pos, seq and tag set; body: the payload
+ROW = "r"  # a numbered message too big for NOTIFY: the listener reads its row
+SYNC = "s"  # committed messages no frame carries: settle, then read from your position
+EPOCH = "e"  # the database started a new history; body: the epoch
 INSTALLED = "i"  # relay's SQL installed or upgraded; body: its version
 SETTING = "c"  # relay.set() changed a setting; body: its name
 REVOKED = "k"  # relay_revoke(): channel the user id, body the time (epoch seconds)
@@ -56,3 +64,13 @@ def parse(payload: str) -> Frame | None:
     if not 0 <= length < len(rest) or rest[length] != " " or len(kind) != 1:
         return None
     return Frame(kind, position, number, tag, rest[:length], rest[length + 1:])
+
+
+def tag_value(tag: str) -> int | None:
+    """A frame's tag as the number the outbox stores; ``None`` when it is not 8 hex digits."""
+    if len(tag) != 8:
+        return None
+    try:
+        return int(tag, 16)
+    except ValueError:
+        return None

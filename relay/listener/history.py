@@ -6,33 +6,28 @@ plans a client's resume with it (``resume``); nothing else in the listener looks
 open channel has a *stream*: a name that changes whenever the channel is opened again,
 because anything sent while it was closed was dropped. A cursor ``"<stream>:<seq>"`` is
 resumable only on the current stream and only while every later update is still held.
-History is capped per channel (count), by age, and by total bytes over all channels.
+The entries themselves are kept by ``RecentMessages`` (capped per channel, by age, and by
+total bytes over all channels).
+
+This is the history of a listener whose database keeps none: relay's SQL without its outbox
+(``outbox = off``, version 1, or none installed), or channels heard with per-user LISTEN.
+With the outbox, ``relay.listener.durable.DurableHistory`` takes its place: the database
+numbers the messages, and a cursor survives the listener.
 
 Sized for 100,000 users with two channels each, most of them silent: an open channel that
 never had an update costs one dict entry (its stream number, shared by the channels opened
-together); its seq and its entries exist only once it has them. Age and byte eviction walk a
-heap of the channels that hold entries, oldest first, so neither looks at a silent channel.
-
-DURABLE HISTORY SEAM (issue 13): with the outbox, this becomes a cache in front of
-``relay.read_channel``; ``resume`` is the verb the durable store answers differently.
+together); its seq and its entries exist only once it has them.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from relay.listener.recent import MESSAGE, SEQ, Entry, RecentMessages
+
 _stream_ids = itertools.count(1)
-
-
-# One recorded update: (seq, monotonic time, message). A plain tuple of atomic values, which
-# CPython's collector stops tracking: as dataclass instances, 100,000 entries made each of the
-# listener's full collections take 80 ms in the middle of the bench's steady load.
-_Entry = tuple[int, float, bytes]
-_SEQ, _AT, _MESSAGE = 0, 1, 2
 
 
 @dataclass
@@ -41,7 +36,7 @@ class ChannelStream:
 
     stream: str
     seq: int = 0
-    entries: list[_Entry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
 
     @property
     def cursor(self) -> str:
@@ -70,19 +65,13 @@ class Resume:
 class History:
     def __init__(self, epoch: str, max_per_channel: int, ttl: float, max_bytes: int) -> None:
         self.epoch = epoch
-        self.max_per_channel = max_per_channel
-        self.ttl = ttl
-        self.max_bytes = max_bytes
-        self.total_bytes = 0
+        self._recent = RecentMessages(max_per_channel, ttl, max_bytes)
         self._streams: dict[str, int] = {}  # open channel → its stream number
         self._seqs: dict[str, int] = {}  # channel → its last seq, once it has one
-        self._entries: dict[str, list[_Entry]] = {}  # channel → its entries, never empty
-        # (time of its oldest entry, tie-break, channel) for every channel with entries; an
-        # item may be early (its oldest entry went since) or stale (the channel closed):
-        # checked when it comes up.
-        self._aging: list[tuple[float, int, str]] = []
-        self._in_aging: set[str] = set()
-        self._ties = itertools.count()
+
+    @property
+    def total_bytes(self) -> int:
+        return self._recent.total_bytes
 
     # ----- opening and closing -----
 
@@ -105,16 +94,14 @@ class History:
         if self._streams.pop(channel, None) is None:
             return
         self._seqs.pop(channel, None)
-        entries = self._entries.pop(channel, None)
-        if entries:
-            self.total_bytes -= sum(len(e[_MESSAGE]) for e in entries)
+        self._recent.drop(channel)
 
     def get(self, channel: str) -> ChannelStream | None:
         return self._view(channel) if channel in self._streams else None
 
     def _view(self, channel: str) -> ChannelStream:
         return ChannelStream(self._stream_name(self._streams[channel]),
-                             self._seqs.get(channel, 0), list(self._entries.get(channel, ())))
+                             self._seqs.get(channel, 0), list(self._recent.entries(channel)))
 
     def _stream_name(self, number: int) -> str:
         return f"{self.epoch}-{number:x}"
@@ -135,52 +122,11 @@ class History:
         return self._stream_name(number), seq
 
     def record(self, channel: str, seq: int, message: bytes, now: float | None = None) -> None:
-        if self.max_per_channel == 0 or self.max_bytes == 0:
-            return
-        now = time.monotonic() if now is None else now
-        entries = self._entries.get(channel)
-        if entries is None:
-            entries = self._entries[channel] = []
-            if channel not in self._in_aging:
-                self._in_aging.add(channel)
-                heapq.heappush(self._aging, (now, next(self._ties), channel))
-        entries.append((seq, now, message))
-        self.total_bytes += len(message)
-        if len(entries) > self.max_per_channel:
-            self.total_bytes -= len(entries.pop(0)[_MESSAGE])
-        if self.total_bytes > self.max_bytes:
-            self._evict_over_budget()
-
-    def _evict_over_budget(self) -> None:
-        # Over the memory cap: the oldest entry goes first, over all channels (equal times:
-        # each channel in turn).
-        while self.total_bytes > self.max_bytes and self._aging:
-            _, _, channel = heapq.heappop(self._aging)
-            entries = self._entries.get(channel)
-            if entries:
-                self.total_bytes -= len(entries.pop(0)[_MESSAGE])
-            self._requeue(channel)
+        self._recent.add(channel, seq, message, now=now)
 
     def expire(self, now: float | None = None) -> None:
         """Drop the entries older than the TTL; costs what it drops, not what is held."""
-        now = time.monotonic() if now is None else now
-        limit = now - self.ttl
-        while self._aging and self._aging[0][0] < limit:
-            _, _, channel = heapq.heappop(self._aging)
-            entries = self._entries.get(channel)
-            while entries and entries[0][_AT] < limit:
-                self.total_bytes -= len(entries.pop(0)[_MESSAGE])
-            self._requeue(channel)
-
-    def _requeue(self, channel: str) -> None:
-        """``channel``'s heap item was taken: put it back at its oldest entry, if any is left."""
-        entries = self._entries.get(channel)
-        if entries:
-            heapq.heappush(self._aging, (entries[0][_AT], next(self._ties), channel))
-            return
-        self._in_aging.discard(channel)
-        if entries is not None:
-            del self._entries[channel]
+        self._recent.expire(now)
 
     # ----- resuming -----
 
@@ -202,10 +148,10 @@ class History:
         if seq == head:
             return Replay((), False)
         self.expire(now)
-        entries = self._entries.get(channel, ())
-        if not entries or entries[0][_SEQ] > seq + 1:
+        entries = self._recent.entries(channel)
+        if not entries or entries[0][SEQ] > seq + 1:
             return Replay((), True, "history evicted")
-        return Replay(tuple(e[_MESSAGE] for e in entries if e[_SEQ] > seq), False)
+        return Replay(tuple(e[MESSAGE] for e in entries if e[SEQ] > seq), False)
 
     def cursors(self, channels: Iterable[str]) -> dict[str, str]:
         """The current cursor of each open one of ``channels``."""

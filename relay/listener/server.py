@@ -19,9 +19,15 @@ none of relay's SQL (``auto``, switching when ``db install`` announces itself). 
 both ways is one stream: every notification, whichever way it came, is the next ``seq`` of
 its channel, in the order PostgreSQL delivers them (commit order); nothing is deduplicated.
 
-An **epoch** names one unbroken life of the database connection: after a reconnect, every
-channel was deaf for a while (NOTIFY has no replay), so the history starts afresh and the
-workers are told to resync.
+Where the messages are numbered depends on the database. With relay's outbox on
+(``relay.hello(2)`` says so) the database numbers every message at commit and keeps it for
+its retention: the listener follows the outbox in commit order (``OutboxFollower``: live
+frames, holes filled and reconnects caught up by one scan), the ``DurableHistory`` is a
+cache in front of it, the **epoch** is the database's and a cursor resumes on any instance,
+after any restart. Otherwise (outbox off, relay's SQL of version 1 or none, or per-user
+LISTEN) the listener numbers them in memory (``History``) and its epoch names one unbroken
+life of the database connection: after a reconnect every channel was deaf for a while
+(NOTIFY has no replay), so the history starts afresh and the workers are told to resync.
 """
 
 from __future__ import annotations
@@ -43,8 +49,12 @@ from relay import bus, closecodes, listener_socket
 from relay.channels import valid_channel
 from relay.config import Settings
 from relay.listener import frames
+from relay.listener.cleanup import OutboxCleaner
 from relay.listener.database import DatabaseInfo, DatabaseLink
-from relay.listener.history import History
+from relay.listener.durable import DurableHistory
+from relay.listener.follower import EPOCH_CHANGED, EXPIRED, OutboxFollower
+from relay.listener.history import History, Resume
+from relay.listener.outbox import Outbox, Row
 from relay.listener.peers import WorkerPeer
 from relay.listener.refcounts import ChannelRefcounts, release
 from relay.listener.stats import LatencyHistogram, QueueGauge, WorkerTotals
@@ -59,6 +69,15 @@ STATS_PUSH_SECONDS = 1.0
 # PostgreSQL before 19 scans a session's LISTENed channels for every notification (trap 11).
 MANY_CHANNELS = 10_000
 _FIXED_LISTEN = 190000  # server_version_num of PostgreSQL 19, whose LISTEN uses hash tables
+# Above this NOTIFY queue usage relay's writers stop sending a frame per message (design §3):
+# the listener reads the outbox this often instead, until the queue drains.
+_QUEUE_PRESSURE = 0.5
+_PRESSURE_POLL_SECONDS = 0.1
+# Channel reads (relay.read_channel) per statement when many clients resume at once.
+_READS_PER_STATEMENT = 500
+# Resync reasons of the durable history for everybody at once (docs/protocol.md).
+HISTORY_CHANGED = "history changed"
+UNNUMBERED = "unnumbered message"
 
 
 class Listener:
@@ -73,7 +92,19 @@ class Listener:
         self._epoch = secrets.token_hex(3)
         self._history = self._new_history()
         self._db = DatabaseLink(settings, self)
+        self._outbox = Outbox(self._db.query)
+        # While relay's outbox is on: our place in it. With the durable history (the shared
+        # channel alone) the database's numbers are the clients' too (_durable).
+        self._follower: OutboxFollower | None = None
+        self._durable: DurableHistory | None = None
+        self._answered = False  # an attach was answered under the current history
+        self._cleaner = OutboxCleaner(settings, lambda: self._follower is not None)
+        self._catch_up_due = False
+        self._outbox_held: str | None = None  # why the database holds the outbox off, if so
+        self._muted = False  # record deliveries without sending them (before a resync)
+        self._pressure = False  # the NOTIFY queue is over half full: poll the outbox
         self._sessions = 0  # database connections made so far
+        self._session_started = False  # on_database not yet called on this connection
         self._resync_due = False  # the database came back: tell the workers once synced
         self._reconnect_cursor = ""  # every channel's cursor right after that reconnect
         self._pending: list[tuple[WorkerPeer, dict[str, Any]]] = []  # attaches awaiting LISTEN
@@ -103,6 +134,19 @@ class Listener:
         s = self.settings
         return History(self._epoch, s.history_size, s.history_ttl, s.history_max_bytes)
 
+    def _new_durable(self, epoch: str) -> DurableHistory:
+        s = self.settings
+        history = DurableHistory(epoch, s.history_size, s.history_ttl, s.history_max_bytes)
+        for channel in self._refcounts.wanted():
+            history.open(channel)
+        return history
+
+    @property
+    def epoch(self) -> str:
+        """The epoch clients see: the database's with the durable history, else this
+        listener's (one unbroken life of its database connection)."""
+        return self._durable.epoch if self._durable is not None else self._epoch
+
     # ----- the database link's handler -----
 
     def shared_channels(self) -> tuple[str, ...]:
@@ -127,12 +171,15 @@ class Listener:
 
     def on_connected(self) -> None:
         self._sessions += 1
-        if self._sessions > 1:  # a new epoch: nothing before it can be resumed
-            self._epoch = secrets.token_hex(3)
-            self._history = self._new_history()
-            # Every open channel starts again on one stream: the workers' resync says so in
-            # one field, not with a cursor per channel.
-            self._reconnect_cursor = self._history.open_many(self._refcounts.wanted())
+        self._session_started = True
+
+    def _memory_epoch(self) -> None:
+        """A new in-memory epoch: nothing before it can be resumed."""
+        self._epoch = secrets.token_hex(3)
+        self._history = self._new_history()
+        # Every open channel starts again on one stream: the workers' resync says so in one
+        # field, not with a cursor per channel.
+        self._reconnect_cursor = self._history.open_many(self._refcounts.wanted())
 
     def on_database(self, info: DatabaseInfo) -> None:
         hello = info.hello or {}
@@ -157,6 +204,119 @@ class Listener:
         self._set_installed(info.installed)
         if info.revocations:
             self._revoke(info.revocations)
+        session_start, self._session_started = self._session_started, False
+        self._follow(hello, session_start)
+
+    # ----- where the numbers come from: the outbox, or memory -----
+
+    def _follow(self, hello: dict[str, Any], session_start: bool) -> None:
+        """Act on what ``relay.hello(2)`` says: on a (re)connect (``session_start``), or when
+        the database announced a change (a setting, an install, a new epoch)."""
+        outbox = (hello.get("outbox") is True and hello.get("protocol") == 1
+                  and isinstance(hello.get("epoch"), str) and bool(hello.get("epoch")))
+        durable = outbox and not self._per_user
+        reconnected = session_start and self._sessions > 1
+        held = hello.get("outboxHeld") if hello.get("outboxSetting") == "on" else None
+        if held != self._outbox_held:
+            self._outbox_held = held if isinstance(held, str) else None
+            if self._outbox_held:
+                log.warning("relay's outbox is held off by the database (%s): messages are "
+                            "numbered in memory until it is released", self._outbox_held)
+        if not outbox:
+            self._follower = None
+        elif self._follower is None or (reconnected and not durable):
+            # Following starts at the database's present. In memory mode a reconnect resyncs
+            # everybody anyway: no catch-up, which could not cover per-user channels.
+            self._follower = OutboxFollower(self._outbox, self._deliver_row)
+            self._follower.start(hello)
+        if not durable:
+            if self._durable is not None:
+                self._durable = None
+                self._memory_epoch()
+                self._history_changed(HISTORY_CHANGED, session_start)
+            elif reconnected:
+                self._memory_epoch()
+                self._resync_due = True
+            return
+        assert self._follower is not None
+        if self._durable is None:
+            # Relay's outbox just came on (installed, switched on, per-user LISTEN off), or this
+            # listener starts: the database's numbers from now on. Clients answered in memory
+            # get one resync; a new listener has answered nobody yet.
+            self._durable = self._new_durable(self._follower.epoch)
+            if self._answered:
+                self._history_changed(HISTORY_CHANGED, False)
+            log.info("durable history on: epoch %s, following the outbox from position %d",
+                     self._durable.epoch, self._follower.last_pos)
+            return
+        problem = self._follower.check(hello)
+        if problem == EPOCH_CHANGED:
+            log.warning("the database's history changed (new epoch %s: %s): every client "
+                        "resyncs", hello.get("epoch"), hello.get("epochReason") or "unknown")
+        elif problem == EXPIRED:
+            log.warning("this listener was away longer than the outbox's retention: messages "
+                        "it never read were cleaned up; every client resyncs")
+        elif problem is not None:  # rewound: a copy of the database diverged under us
+            epoch = self._outbox.new_epoch("rewind detected by a listener")
+            log.warning("the database's history was rewound under this listener (the message "
+                        "at its position differs): started epoch %s; every client resyncs",
+                        epoch)
+            hello = {**hello, "epoch": epoch}
+        if problem is None:
+            started = time.monotonic()
+            count = self._follower.catch_up()  # ONE scan, every channel: nothing missed
+            if session_start:
+                log.info("caught up from the outbox after reconnecting: %d messages committed "
+                         "meanwhile, delivered in %.0f ms (position %d)", count,
+                         (time.monotonic() - started) * 1000, self._follower.last_pos)
+            return
+        self._follower.start(hello)
+        self._durable = self._new_durable(self._follower.epoch)
+        self._history_changed(EXPIRED if problem == EXPIRED else HISTORY_CHANGED, False)
+
+    def _history_changed(self, reason: str, later: bool) -> None:
+        """Every client's cursors are of another history now: tell the workers (``later``:
+        once every wanted channel is heard again, after a reconnect's sync)."""
+        self._answered = False
+        if self._durable is None:
+            if later:
+                self._resync_due = True
+                return
+            frame = bus.encode(bus.RESYNC, {"reason": reason, "cursors": {},
+                                            "cursor": self._reconnect_cursor})
+            for peer in list(self._peers):
+                peer.send(frame)
+        else:
+            # The heads of every open channel, as of our position in the new history: what
+            # is read to get there is recorded, not sent (the clients refetch it all).
+            durable = self._durable
+            self._muted = True
+            try:
+                self._learn(durable.channels())
+            finally:
+                self._muted = False
+            cursors = durable.cursors(durable.channels())
+            for peer in list(self._peers):
+                mine = {channel: cursors[channel] for channel in peer.channels
+                        if channel in cursors}
+                if mine:
+                    peer.send(bus.encode(bus.RESYNC, {"reason": reason, "cursors": mine}))
+        log.info("told %d workers to resync %d channels (%s)", len(self._peers),
+                 self._refcounts.open_count, reason)
+        self._push_stats()
+
+    def _learn(self, channels: list[str]) -> None:
+        """Ask the database for the heads of ``channels`` (open, head unknown): one
+        ``relay.heads`` per 10,000. A head newer than our position is read first, so that
+        what we know of a channel is always what we delivered."""
+        durable, follower = self._durable, self._follower
+        if not channels or durable is None or follower is None:
+            return
+        heads = self._outbox.heads(channels)
+        if any(head.pos > follower.last_pos for head in heads.values()):
+            follower.catch_up()
+        for channel in channels:
+            durable.learn(channel, heads.get(channel))
 
     def on_checked(self, queue_usage: float, installed: bool) -> None:
         change = self._queue.observe(queue_usage)
@@ -167,10 +327,31 @@ class Listener:
                         queue_usage * 100)
         elif change == "clear":
             log.info("PostgreSQL's NOTIFY queue is back to %.0f%% full", queue_usage * 100)
+        pressure = queue_usage >= _QUEUE_PRESSURE and self._follower is not None
+        if pressure and not self._pressure:
+            gevent.spawn(self._poll_under_pressure)
+        self._pressure = pressure
         if installed and not self._installed:
             self._db.refresh()  # read relay.hello(), then switch
         elif not installed and self._installed:
             self._set_installed(False)
+            self._follow({}, False)  # no outbox any more: numbers in memory again
+
+    def _poll_under_pressure(self) -> None:
+        """Over half full, relay's writers send one sync frame per transaction at most (and
+        none past 90%): read the outbox every 100 ms until the queue drains."""
+        while self._pressure:
+            self._catch_up_due = True
+            self._db.wake()
+            gevent.sleep(_PRESSURE_POLL_SECONDS)
+
+    def on_idle(self) -> None:
+        if self._catch_up_due:
+            self._catch_up_due = False
+            if self._follower is not None:
+                self._follower.catch_up()
+        if self._durable is not None and self._pending and self._db.connected:
+            self._answer_waiting()
 
     def _set_installed(self, installed: bool) -> None:
         self._installed = installed
@@ -196,14 +377,22 @@ class Listener:
     def on_synced(self) -> None:
         """Every wanted channel is LISTENed: answer the attaches waiting for that, then (after
         a reconnect) tell the workers to resync."""
-        pending, self._pending = self._pending, []
-        for peer, request in pending:
-            # An attach that arrived during this sync waits for the next one (its new channels
-            # bumped the refcounts' version): `connected` must never precede the LISTEN.
-            if self._ready(_str_list(request.get("channels"))):
-                self._answer_attach(peer, request)
-            else:
-                self._pending.append((peer, request))
+        if self._durable is not None:
+            # Attaches that arrive while it reads the database stay waiting (they woke the
+            # link): never answered from the in-memory history below.
+            self._answer_waiting()
+        else:
+            pending, self._pending = self._pending, []
+            for peer, request in pending:
+                # An attach that arrived during this sync waits for the next one (its new
+                # channels bumped the refcounts' version): `connected` must never precede the
+                # LISTEN.
+                if self._ready(_str_list(request.get("channels"))):
+                    self._answer_attach(peer, request)
+                else:
+                    self._pending.append((peer, request))
+        if self._resync_due and self._durable is not None:
+            self._resync_due = False
         if self._resync_due:
             self._resync_due = False
             # Right after a reconnect every open channel is at the start of one stream: a
@@ -242,10 +431,29 @@ class Listener:
             self._dropped["foreign"] += 1
             self._warn_once("foreign", "a notification on relay's channel %r is not relay's "
                             "(no r1 header); dropped (counted as foreign)", channel)
+        elif frame.kind in (frames.NUMBERED, frames.ROW):
+            tag = frames.tag_value(frame.tag)
+            body = frame.body if frame.kind == frames.NUMBERED else None
+            if tag is None or not frame.channel:
+                self._dropped["foreign"] += 1  # not what relay's SQL writes
+            elif self._follower is not None:
+                self._follower.on_message(frame.pos, frame.channel, frame.seq, tag, body)
+            elif body is not None:
+                self._deliver(frame.channel, body)  # outbox news not heard yet: in memory
+            elif (row := self._outbox.row(frame.pos)) is not None:
+                self._deliver(row.channel, row.payload)
         elif frame.kind == frames.MESSAGE:
-            self._deliver(frame.channel, frame.body)
-        elif frame.kind in (frames.INSTALLED, frames.SETTING):
-            self._db.refresh()  # re-read relay.hello(); `auto` switches on this
+            if self._durable is not None:
+                self._unnumbered(frame.channel)
+            else:
+                self._deliver(frame.channel, frame.body)
+        elif frame.kind == frames.SYNC:
+            if self._follower is not None:
+                self._follower.catch_up()
+        elif frame.kind in (frames.EPOCH, frames.INSTALLED, frames.SETTING):
+            # Re-read relay.hello(2) now, in order with the frames around it: `auto` switches
+            # on an install, the outbox may have come on or gone off, a new epoch resyncs.
+            self.on_database(self._db.read_info())
         elif frame.kind == frames.REVOKED:
             try:
                 at = float(frame.body)
@@ -256,9 +464,10 @@ class Listener:
                 self._revoke({frame.channel: at})
             else:
                 self._dropped["bad revocation"] += 1
+        elif self._follower is not None:
+            # A kind of a newer SQL: the outbox is the truth (design §3).
+            self._follower.catch_up()
         else:
-            # DURABLE HISTORY SEAM (issue 13): kinds m, r, s and e (numbered messages, a row
-            # to read, a sync, a new epoch) are handled here once the outbox exists.
             self._dropped["unknown kind"] += 1
             self._warn_once(f"kind:{frame.kind}", "relay's SQL sent kind %r, which this relay "
                             "does not speak; dropped: upgrade relay", frame.kind)
@@ -275,6 +484,69 @@ class Listener:
         frame = bus.encode(bus.REVOKED, {"revoked": changed})
         for peer in self._peers:
             peer.send(frame)
+
+    def _unnumbered(self, channel: str) -> None:
+        """A message the database did not number although the outbox is on (its numbering
+        failed and the write committed without it): the channel's clients refetch."""
+        self._dropped["unnumbered"] += 1
+        durable = self._durable
+        if durable is None or not self._refcounts.is_open(channel):
+            return
+        cursor = durable.cursor(channel)
+        frame = bus.encode(bus.RESYNC, {"reason": UNNUMBERED, "cursors": {channel: cursor}})
+        for peer in self._peers:
+            if peer.channels.get(channel):
+                peer.send(frame)
+
+    def _deliver_row(self, row: Row) -> None:
+        """A message of the outbox, in commit order (the follower's), to its subscribers."""
+        durable = self._durable
+        if durable is None:  # the outbox is on, but numbers are this listener's
+            self._deliver(row.channel, row.payload)
+            return
+        channel = row.channel
+        if not self._refcounts.is_open(channel):
+            self._dropped["unsubscribed"] += 1
+            return
+        head = durable.head(channel)
+        if head is not None and row.seq != head[0] + 1:
+            if row.seq <= head[0]:
+                self._dropped["duplicate"] += 1
+                return
+            # Commit order covers every seq, so this "never" happens; if it does, the
+            # missing messages are read, not resynced.
+            self._dropped["channel gap"] += 1
+            if not self._fill(channel, head[0], row.seq):
+                return
+        self._send_update(durable, channel, row.payload, row.seq, row.tag)
+
+    def _fill(self, channel: str, head: int, seq: int) -> bool:
+        """Deliver ``channel``'s messages after ``head`` and before ``seq`` from the outbox;
+        ``False`` (and the channel's clients resync) when it no longer has them all."""
+        durable = self._durable
+        assert durable is not None
+        rows = self._outbox.read_channels([(channel, head + 1, seq - head - 1)])[0]
+        if [row.seq for row in rows] != list(range(head + 1, seq)):
+            self._unnumbered(channel)
+            return True
+        for row in rows:
+            self._send_update(durable, channel, row.payload, row.seq, row.tag)
+        return True
+
+    def _send_update(self, durable: DurableHistory, channel: str, payload: str, seq: int,
+                     tag: int) -> None:
+        self._notifications += 1
+        self._latency.observe(payload)
+        message = encode_update(channel, payload, durable.epoch, seq, f"{tag:08x}")
+        durable.record(channel, seq, tag, message)
+        if self._muted:
+            return
+        frame = bus.encode_update(channel, message)
+        for peer in self._peers:
+            subscribers = peer.channels.get(channel)
+            if subscribers:
+                peer.send(frame)
+                self._deliveries += subscribers
 
     def _deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):
@@ -293,7 +565,6 @@ class Listener:
                 self._deliveries += subscribers
 
     def on_disconnected(self) -> None:
-        self._resync_due = True
         self._push_stats()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
@@ -313,9 +584,10 @@ class Listener:
         finally:
             os.umask(old_umask)
         server.listen(256)
-        log.info("listener ready on %s (epoch %s)", path, self._epoch)
+        log.info("listener ready on %s", path)
         gevent.spawn(self._db.run)
         gevent.spawn(self._housekeeping)
+        gevent.spawn(self._cleaner.run)
         while True:
             sock, _ = server.accept()
             if not listener_socket.is_own_user(sock):
@@ -395,7 +667,14 @@ class Listener:
         self._connections += 1
         for channel in self._refcounts.add(channels):
             self._history.open(channel)
-        if self._ready(channels):
+        if self._durable is not None:
+            for channel in channels:
+                self._durable.open(channel)  # a no-op when open (a lingering one, say)
+            # Answered from the link's greenlet, which may ask the database (heads, reads),
+            # every waiting attach at once.
+            self._pending.append((peer, request))
+            self._db.wake()
+        elif self._ready(channels):
             self._answer_attach(peer, request)
         else:
             self._pending.append((peer, request))
@@ -418,13 +697,54 @@ class Listener:
             channels, resume,
             max_bytes=min(self.settings.queue_max_bytes, bus.MAX_FRAME_BYTES) // 2,
             max_messages=self.settings.queue_max_messages // 2, overhead=_WS_HEADER_BYTES)
+        if plan.resync and request.get("reattach"):
+            # A worker attaching its connections again: they were this listener's
+            # predecessor's, whose history died with it.
+            plan = Resume(plan.replay, plan.resync, "listener restarted")
+        self._send_attached(peer, request, plan, self._history.cursors(channels), self._epoch)
+
+    def _send_attached(self, peer: WorkerPeer, request: dict[str, Any], plan: Resume,
+                       cursors: dict[str, str], epoch: str) -> None:
+        self._answered = True
         answer: dict[str, Any] = {
-            "req": request.get("req"), "ok": True, "epoch": self._epoch,
-            "cursors": self._history.cursors(channels),
+            "req": request.get("req"), "ok": True, "epoch": epoch, "cursors": cursors,
             "replay": [message.decode() for message in plan.replay], "resync": list(plan.resync)}
         if plan.reason:
             answer["reason"] = plan.reason
         peer.send(bus.encode(bus.ATTACHED, answer))
+
+    def _answer_waiting(self) -> None:
+        """Answer every waiting attach from the durable history: the unknown heads of all of
+        them in one ``relay.heads``, what the cache cannot replay in one read per 500
+        channels (``relay.read_channel``), every read bounded by the client's budget."""
+        durable = self._durable
+        assert durable is not None
+        waiting = [(peer, request) for peer, request in self._pending if not peer.closed]
+        self._pending = []
+        if not waiting:
+            return
+        self._learn(durable.unknown(
+            channel for _, request in waiting for channel in _str_list(request.get("channels"))))
+        max_messages = self.settings.queue_max_messages // 2
+        max_bytes = min(self.settings.queue_max_bytes, bus.MAX_FRAME_BYTES) // 2
+        plans = []
+        reads: list[tuple[str, int, int]] = []
+        for peer, request in waiting:
+            channels = _str_list(request.get("channels"))
+            resume = request.get("resume") if isinstance(request.get("resume"), dict) else {}
+            plan = durable.plan(channels, resume, max_messages)
+            plans.append((peer, request, channels, plan, len(reads)))
+            reads.extend(plan.reads)
+        rows = []
+        for start in range(0, len(reads), _READS_PER_STATEMENT):
+            rows.extend(self._outbox.read_channels(reads[start:start + _READS_PER_STATEMENT]))
+        for peer, request, channels, plan, first in plans:
+            if peer.closed:
+                continue
+            resume = durable.finish(plan, rows[first:first + len(plan.reads)], max_bytes,
+                                    max_messages, _WS_HEADER_BYTES)
+            self._send_attached(peer, request, resume, durable.cursors(channels),
+                                durable.epoch)
 
     def _detach(self, peer: WorkerPeer, user: str, channels: list[str]) -> None:
         held = peer.detach(user, channels)
@@ -441,6 +761,8 @@ class Listener:
     def _closed(self, channels: list[str]) -> None:
         for channel in channels:
             self._history.close(channel)
+            if self._durable is not None:
+                self._durable.close(channel)
         if channels and self._per_user:
             self._db.wake()  # UNLISTEN them
 
@@ -466,6 +788,8 @@ class Listener:
             self._closed(self._refcounts.expire())
             self._history.expire()
             self._forget_old_revocations()
+            if self._durable is not None:
+                self._durable.expire()
             if time.monotonic() >= next_push:
                 next_push = time.monotonic() + STATS_PUSH_SECONDS
                 self._push_stats()
@@ -491,8 +815,16 @@ class Listener:
         """The instance's figures, for /health and /metrics (``STATS_REPLY``). Costs what
         there are workers, never what there are users or channels."""
         self._stats_built += 1
+        follower = self._follower
         return {
             "database": "connected" if self._db.connected else "disconnected",
+            "databaseRefused": self._db.refused,
+            "history": "durable" if self._durable is not None else "memory",
+            "outboxPosition": follower.last_pos if follower is not None else None,
+            "outboxCatchUps": follower.scans if follower is not None else 0,
+            "outboxCaughtUp": follower.scanned if follower is not None else 0,
+            "outboxHoles": follower.holes if follower is not None else 0,
+            "outboxCleaned": self._cleaner.deleted,
             "connectedUsers": len(self._users),
             "totalConnections": self._connections,
             "channels": self._refcounts.open_count,
@@ -504,7 +836,7 @@ class Listener:
             "relaySql": self._relay_sql.get("version", 0) if self._installed else 0,
             "notifyQueueUsage": self._queue.usage,
             "workers": len(self._peers),
-            "epoch": self._epoch,
+            "epoch": self.epoch,
             "listenerPid": os.getpid(),
             "listenerStartedAt": self.started_at,
             "instanceStartedAt": self.instance_started_at,
@@ -512,7 +844,7 @@ class Listener:
             "notificationsDropped": dict(self._dropped),
             "deliveries": self._deliveries,
             "databaseReconnects": self._db.reconnects,
-            "historyBytes": self._history.total_bytes,
+            "historyBytes": (self._durable or self._history).total_bytes,
             "statsBuilt": self._stats_built,
             "sentAt": time.time(),
             "latency": self._latency.snapshot(),

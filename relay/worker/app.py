@@ -148,6 +148,15 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
                 "workers": listener.get("workers", 0),
                 "epoch": listener.get("epoch"),
                 "databaseReconnects": listener.get("databaseReconnects", 0),
+                "databaseRefused": listener.get("databaseRefused") or None,
+                "history": listener.get("history", "memory"),
+                "outbox": {
+                    "position": listener.get("outboxPosition"),
+                    "catchUps": listener.get("outboxCatchUps", 0),
+                    "caughtUp": listener.get("outboxCaughtUp", 0),
+                    "holes": listener.get("outboxHoles", 0),
+                    "cleaned": listener.get("outboxCleaned", 0),
+                },
                 "statsAge": round(max(0.0, time.time() - listener.get("sentAt", time.time())),
                                   3),
                 "statsBuilt": listener.get("statsBuilt", 0),
@@ -157,7 +166,8 @@ def create_app(settings: Settings | None = None, start: bool = True) -> Flask:
         }
         if not healthy:
             body["reason"] = ("listener unreachable" if not stats
-                              else "database disconnected")
+                              else f"database refused: {stats['databaseRefused']}"
+                              if stats.get("databaseRefused") else "database disconnected")
         return jsonify(body), 200 if healthy else 503
 
     @app.get("/metrics")

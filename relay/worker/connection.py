@@ -350,11 +350,20 @@ class Connection:
     def on_attached(self, reply: dict[str, Any], reattach: bool) -> None:
         """Runs in the link's reader greenlet, in stream order (see ``link``)."""
         cursors = reply.get("cursors") or {}
-        if reattach:
-            self.on_resync("listener restarted", cursors)
-            return
         resync = reply.get("resync") or []
         replay = reply.get("replay") or []
+        if reattach:
+            # Attached again after a listener restart: what the client missed meanwhile, or a
+            # resync of the channels whose missed updates cannot be replayed. No `connected`:
+            # the client never saw a change.
+            for message in replay:
+                self.enqueue(text_frame(message.encode()))
+            if resync:
+                self.node.count("resync")
+                self._send(protocol.encode_resync(
+                    str(reply.get("reason") or "listener restarted"), resync,
+                    {c: cursors.get(c) for c in resync}))
+            return
         now = time.monotonic()
         self.next_ping = now + self.settings.ping_interval
         self._send(protocol.encode_connected(
@@ -373,8 +382,10 @@ class Connection:
         self._answer()
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
+        """The listener could not deliver everything on the channels of ``cursors``."""
         self.node.count("resync")
-        self._send(protocol.encode_resync(reason, list(self.channels), cursors))
+        self._send(protocol.encode_resync(
+            reason, [channel for channel in self.channels if channel in cursors], cursors))
 
     def _read_frame(self) -> bool:
         """Read and handle one frame; ``False`` once the closing handshake is complete."""

@@ -4,6 +4,11 @@ The node adds a connection when the listener's ``ATTACHED`` answer for it is rea
 hands every ``UPDATE`` to ``publish``, which wraps the message in a WebSocket frame once
 and gives the same bytes to each member of the channel. The hub knows a connection only as
 a ``Member``: its user, its channels and where its frames go.
+
+It also keeps, for each routed channel, the cursor its members have reached: every member of
+a channel has been given every update routed to it since its ``ATTACHED``, which brought it
+to the listener's head. After a listener restart the node resumes each connection from
+there, and a listener in front of the database's durable history replays what they missed.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from relay.worker.websocket import text_frame
+
+_CURSOR_KEY = b'"cursor":"'  # relay.protocol.encode_update writes it once, before "data"
 
 
 class Member(Protocol):
@@ -35,19 +42,28 @@ class Hub(Generic[M]):
         # objects per connection (bench scale: 17,000 connections a worker).
         self.by_channel: dict[str, M | tuple[M, ...]] = {}
         self.by_user: dict[str, M | tuple[M, ...]] = {}
+        self._cursors: dict[str, bytes] = {}  # routed channel → its members' cursor
         self.published = 0
         self.delivered = 0
 
-    def add(self, member: M) -> None:
+    def add(self, member: M, cursors: dict[str, str] | None = None) -> None:
+        """Route ``member``; ``cursors``: where its ``ATTACHED`` brought its channels."""
         for channel in member.channels:
             _route(self.by_channel, channel, member)
+            cursor = cursors.get(channel) if cursors else None
+            if isinstance(cursor, str) and cursor.count(":") == 2:
+                # A cursor of the database's durable history (an in-memory one dies with its
+                # listener: nothing to keep). The listener's head: never behind what was
+                # routed here before.
+                self._cursors[channel] = cursor.encode()
         _route(self.by_user, member.user_id, member)
 
     def remove(self, member: M) -> bool:
         """Forget ``member``'s routes; whether it had any (it was attached)."""
         routed = member in _members(self.by_user.get(member.user_id))
         for channel in member.channels:
-            _unroute(self.by_channel, channel, member)
+            if _unroute(self.by_channel, channel, member):
+                self._cursors.pop(channel, None)
         _unroute(self.by_user, member.user_id, member)
         return routed
 
@@ -56,6 +72,13 @@ class Hub(Generic[M]):
         self.published += 1
         if route is None:
             return
+        if channel in self._cursors:
+            # The cursor's place in the message: a JSON string value never holds `"cursor":"`
+            # unescaped, so the first one is the field.
+            start = message.find(_CURSOR_KEY)
+            if start >= 0:
+                start += len(_CURSOR_KEY)
+                self._cursors[channel] = message[start:message.find(b'"', start)]
         frame = text_frame(message)  # encoded once for every recipient
         if type(route) is tuple:
             for member in route:  # a snapshot: enqueue may change the routes, not this tuple
@@ -65,11 +88,16 @@ class Hub(Generic[M]):
             route.enqueue(frame)  # type: ignore[union-attr]  # a member, not a tuple
             self.delivered += 1
 
-    def unroute_all(self) -> list[M]:
-        """Forget every route (the listener is gone); return the members that had one."""
-        routed = list(self.attached())
+    def unroute_all(self) -> list[tuple[M, dict[str, str | None]]]:
+        """Forget every route (the listener is gone); return the members that had one, each
+        with the cursor it reached on each of its channels (``None``: unknown)."""
+        cursors = self._cursors
+        routed = [(member, {channel: cursor.decode() if (cursor := cursors.get(channel))
+                            else None for channel in member.channels})
+                  for member in self.attached()]
         self.by_channel.clear()
         self.by_user.clear()
+        self._cursors = {}
         return routed
 
     def attached(self) -> Iterable[M]:
@@ -91,9 +119,10 @@ def _route(routes: dict[str, M | tuple[M, ...]], key: str, member: M) -> None:
         routes[key] = (*members, member) if members else member
 
 
-def _unroute(routes: dict[str, M | tuple[M, ...]], key: str, member: M) -> None:
+def _unroute(routes: dict[str, M | tuple[M, ...]], key: str, member: M) -> bool:
+    """Remove ``member`` from ``key``'s route; whether the route is gone with it."""
     if key not in routes:
-        return
+        return False
     remaining = tuple(m for m in _members(routes[key]) if m is not member)
     if len(remaining) > 1:
         routes[key] = remaining
@@ -101,3 +130,5 @@ def _unroute(routes: dict[str, M | tuple[M, ...]], key: str, member: M) -> None:
         routes[key] = remaining[0]
     else:
         del routes[key]
+        return True
+    return False

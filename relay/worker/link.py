@@ -8,10 +8,11 @@ none before it does (those are in its replay, if any).
 
 The link knows a connection only as an ``Attachment`` (a user and its channels) that it
 hands back to its ``LinkHandler``. If the listener dies, the link reconnects for ever and
-tells the handler, which attaches its connections again and tells their clients to resync
-(the new listener has a new epoch and no history). The listener pushes the instance's
-figures about once a second; the link keeps the latest for ``/health`` and ``/metrics``, so
-that those cost the listener nothing per request.
+tells the handler, which attaches its connections again from where they were: the new
+listener replays what they missed from the database's durable history, or, when it keeps its
+history in memory (it has none of its predecessor's), tells them to resync. The listener
+pushes the instance's figures about once a second; the link keeps the latest for ``/health``
+and ``/metrics``, so that those cost the listener nothing per request.
 """
 
 from __future__ import annotations
@@ -109,14 +110,19 @@ class ListenerLink(Generic[A]):
 
     # ----- requests -----
 
-    def attach(self, attachment: A, resume: dict[str, str], reattach: bool = False) -> None:
-        """Ask the listener for the attachment's channels; the handler hears the answer."""
+    def attach(self, attachment: A, resume: dict[str, str | None],
+               reattach: bool = False) -> None:
+        """Ask the listener for the attachment's channels; the handler hears the answer.
+        ``reattach``: the connection was attached to a listener that is gone, and resumes
+        from ``resume``, where that listener had brought it."""
         req = next(self._ids)
         channels = list(attachment.channels)
         # The token's issue time: the listener refuses a revoked user's older tokens.
-        frame = bus.encode(bus.ATTACH, {"req": req, "user": attachment.user_id,
-                                        "channels": channels, "resume": resume,
-                                        "iat": attachment.issued_at})
+        body: dict[str, Any] = {"req": req, "user": attachment.user_id, "channels": channels,
+                                "resume": resume, "iat": attachment.issued_at}
+        if reattach:
+            body["reattach"] = True
+        frame = bus.encode(bus.ATTACH, body)
         self._pending[req] = _Pending(attachment, frame, reattach, attachment.user_id, channels)
         self._request_of[attachment] = req
         if self.connected.is_set():

@@ -82,7 +82,8 @@ class Node:
         self.closes: Counter[int | str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.draining = False
-        self._orphans: list[Client] = []  # attached to a listener that is gone
+        # Attached to a listener that is gone, with the cursors they reached.
+        self._orphans: list[tuple[Client, dict[str, str | None]]] = []
         self._revoked: dict[str, float] = {}  # relay_revoke(): user → epoch seconds
 
     def start(self) -> None:
@@ -144,7 +145,8 @@ class Node:
         self._hub.publish(channel, message)
 
     def on_attached(self, conn: Client, reply: dict[str, Any], reattach: bool) -> None:
-        self._hub.add(conn)
+        cursors = reply.get("cursors")
+        self._hub.add(conn, cursors if isinstance(cursors, dict) else None)
         conn.on_attached(reply, reattach)
 
     def on_refused(self, conn: Client, code: int, reason: str) -> None:
@@ -153,14 +155,19 @@ class Node:
     def on_resync(self, reason: str, cursors: dict[str, str], default: str | None) -> None:
         for conn in list(self._hub.attached()):
             if default is None:
+                # Only the channels named: a resync of one channel concerns its members only.
                 mine = {ch: cursors[ch] for ch in conn.channels if ch in cursors}
+                if not mine:
+                    continue
             else:
                 mine = {ch: cursors.get(ch, default) for ch in conn.channels}
             conn.on_resync(reason, mine)
 
     def on_lost(self) -> None:
-        # No route survives the listener: each connection is attached again, and told to
-        # resync, once a new listener answers.
+        # No route survives the listener: each connection is attached again once a new
+        # listener answers, resuming from where its channels were (a listener in front of
+        # the database's durable history replays what it missed; one that keeps its history
+        # in memory has none of it, and the client resyncs).
         self._orphans.extend(self._hub.unroute_all())
 
     def on_revoked(self, revoked: dict[str, float]) -> None:
@@ -186,9 +193,9 @@ class Node:
         orphans, self._orphans = self._orphans, []
         log.warning("reconnected to the listener; re-attaching %d connections",
                     len(self.connections))
-        for conn in orphans:
+        for conn, cursors in orphans:
             if conn in self.connections:  # not finished meanwhile
-                self._link.attach(conn, {}, reattach=True)
+                self._link.attach(conn, cursors, reattach=True)
 
     # ----- housekeeping and drain -----
 

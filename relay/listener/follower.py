@@ -1,0 +1,110 @@
+"""The listener's place in relay's outbox: every numbered message, once, in commit order.
+
+``OutboxFollower`` keeps the position (``pos``) of the last message it handed on and the
+``tag`` of that message. A NOTIFY is only a wake-up: a frame at the next position is handed
+on at once (a ``r`` frame, too big for NOTIFY, after reading its row); a frame further on
+means a hole — a transaction that failed after it was numbered, a REPEATABLE READ commit,
+or a notification that was never delivered — and the follower reads the outbox from its
+position instead, in ONE scan for every channel (``catch_up``). The same scan brings it up
+to date after the database connection comes back or a new listener starts, so nothing
+committed meanwhile is missed and nothing is handed on twice (a frame at or before the
+position is dropped).
+
+Driven by the listener's ``Listener`` from the database link's greenlet (the only one that
+may query), with an ``Outbox`` for the reads; what it hands on goes to a ``deliver``
+callback. ``check`` is the reconnect's question: is our position still in the database's
+history (same epoch, not cleaned up under us, not rewound)?
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from relay.listener.outbox import SCAN_PAGE, Outbox, Row
+
+EPOCH_CHANGED = "epoch changed"
+EXPIRED = "history expired"
+REWOUND = "history rewound"
+
+
+class OutboxFollower:
+    def __init__(self, outbox: Outbox, deliver: Callable[[Row], None]) -> None:
+        self._outbox = outbox
+        self._deliver = deliver
+        self.epoch = ""
+        self.last_pos = 0
+        self.last_tag: int | None = None  # the tag of the message at last_pos, if known
+        self.scans = 0  # catch-ups (one scan each, however many pages)
+        self.scanned = 0  # messages handed on by scans
+        self.holes = 0  # frames that arrived past the next position
+        self.duplicates = 0  # frames at or before the position
+
+    def start(self, hello: Mapping[str, Any]) -> None:
+        """Follow from the database's present: a fresh listener, a new epoch, or history that
+        expired under us. What came before is served per cursor (``relay.read_channel``)."""
+        self.epoch = str(hello.get("epoch") or "")
+        # The newest visible message, or what cleanup removed when the outbox is empty: every
+        # position up to there is settled (numbers are taken in commit order under one lock).
+        self.last_pos = max(_int(hello.get("headPos")), _int(hello.get("deletedUpto")))
+        row = self._outbox.row(self.last_pos) if self.last_pos else None
+        self.last_tag = row.tag if row is not None else None
+
+    def check(self, hello: Mapping[str, Any]) -> str | None:
+        """After a reconnect: ``None`` when our position still belongs to the database's
+        history (then ``catch_up``), otherwise why not."""
+        if hello.get("epoch") != self.epoch:
+            return EPOCH_CHANGED
+        if self.last_pos and _int(hello.get("deletedUpto")) > self.last_pos:
+            return EXPIRED  # rows we never handed on were cleaned up: which channels, unknown
+        if self.last_pos:
+            # The highest number ever handed out survives cleanup but goes back with a
+            # restore; the message at our position has another tag if the database was
+            # replaced by a copy that diverged (design: what the fingerprint cannot see).
+            if _int(hello.get("issuedPos")) < self.last_pos:
+                return REWOUND
+            row = self._outbox.row(self.last_pos)
+            if row is not None and self.last_tag is not None and row.tag != self.last_tag:
+                return REWOUND
+        return None
+
+    def on_message(self, pos: int, channel: str, seq: int, tag: int, body: str | None) -> None:
+        """A numbered frame (``body`` None: too big for NOTIFY, read the row)."""
+        if pos <= self.last_pos:
+            self.duplicates += 1  # a scan handed it on already
+            return
+        if pos != self.last_pos + 1:
+            self.holes += 1
+            self.catch_up()  # the scan hands this one on too, in its place
+            return
+        if body is None:
+            row = self._outbox.row(pos)
+            if row is None:
+                self.catch_up()
+                return
+        else:
+            row = Row(pos, channel, seq, tag, body)
+        self._advance(row)
+
+    def catch_up(self) -> int:
+        """Hand on everything after our position, in commit order: ONE scan over the outbox
+        for all channels (``relay.read_from``, page by page). Returns how many messages."""
+        self._outbox.settle()  # REPEATABLE READ / SERIALIZABLE commits get their numbers
+        self.scans += 1
+        count = 0
+        while True:
+            rows = self._outbox.read_from(self.last_pos, SCAN_PAGE)
+            for row in rows:
+                self._advance(row)
+            count += len(rows)
+            if len(rows) < SCAN_PAGE:
+                self.scanned += count
+                return count
+
+    def _advance(self, row: Row) -> None:
+        self.last_pos, self.last_tag = row.pos, row.tag
+        self._deliver(row)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
