@@ -3,7 +3,8 @@
 // A shared connection can hand a tab the same update twice (the old leader's last messages
 // still in flight while the new leader's replay starts from its own cursors), and a tab can
 // miss some (frozen while its messages were dropped). Within an epoch `seq` grows by exactly
-// one per channel (docs/protocol.md), so the cursor "<epoch>:<seq>" says which.
+// one per channel (docs/protocol.md), so the cursor says which: "<epoch>:<seq>:<tag>" (the
+// database's durable history) or "<epoch>:<seq>" (a relay that keeps its history in memory).
 
 /** @import { Update } from '../index.js' */
 
@@ -13,10 +14,11 @@
  */
 function parse(cursor) {
   if (typeof cursor !== 'string') return null;
-  const colon = cursor.lastIndexOf(':');
-  const seq = Number(cursor.slice(colon + 1));
-  if (colon < 0 || !Number.isInteger(seq)) return null;
-  return { epoch: cursor.slice(0, colon), seq };
+  const parts = cursor.split(':');
+  if (parts.length !== 2 && parts.length !== 3) return null;
+  const seq = Number(parts[1]);
+  if (!parts[1] || !Number.isInteger(seq)) return null;
+  return { epoch: parts[0], seq };
 }
 
 export function createCursorBook() {

@@ -36,3 +36,15 @@ test('adopt: only missing channels, unless replacing (a resync), where null forg
   book.clear();
   assert.deepEqual(book.snapshot(), {});
 });
+
+test('durable cursors "<epoch>:<seq>:<tag>": the same verdicts, the tag does not count', () => {
+  const book = createCursorBook();
+  const durable = (seq, tag) => ({ ...update(seq), cursor: `a1b2c3d4e5f6:${seq}:${tag}` });
+  assert.equal(book.accept(durable(1, '00000011')), 'new');
+  assert.equal(book.accept(durable(2, '9f2c01ab')), 'new');
+  assert.equal(book.accept(durable(2, '9f2c01ab')), 'duplicate');
+  assert.equal(book.accept(durable(1, '00000011')), 'duplicate');
+  assert.equal(book.accept(durable(4, '00000099')), 'gap');
+  assert.equal(book.accept(update(1, 'memory-1')), 'new'); // another epoch: afresh
+  assert.deepEqual(book.snapshot(), { c: 'memory-1:1' });
+});
