@@ -149,3 +149,13 @@ def test_the_cut_is_read_as_the_longest_silence_of_the_probes_around_it() -> Non
     assert gap is not None
     assert gap["endsAfterCutSeconds"] == pytest.approx(1.2)
     assert gap["seconds"] == pytest.approx(1.197)
+
+
+def test_a_cut_that_interrupts_nothing_is_not_charged_a_later_silence() -> None:
+    # Probes every 10 ms through the cut at 100.0 (the durable history catches up at once);
+    # 120 s later the loaded machine holds them 0.16 s once: that is not the cut's.
+    arrivals = [99.5 + i * 0.01 for i in range(12160)] + [221.26 + i * 0.01 for i in range(20)]
+    gap = scale.outage([(t - 0.001, t) for t in arrivals], 100.0)
+    assert gap is not None
+    assert gap["seconds"] == pytest.approx(0.01)
+    assert gap["endsAfterCutSeconds"] < 0.02
