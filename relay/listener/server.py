@@ -541,12 +541,7 @@ class Listener:
         durable.record(channel, seq, tag, message)
         if self._muted:
             return
-        frame = bus.encode_update(channel, message)
-        for peer in self._peers:
-            subscribers = peer.channels.get(channel)
-            if subscribers:
-                peer.send(frame)
-                self._deliveries += subscribers
+        self._fan_out(channel, message)
 
     def _deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):
@@ -557,6 +552,10 @@ class Listener:
         stream, seq = self._history.next_seq(channel)
         message = encode_update(channel, payload, stream, seq)
         self._history.record(channel, seq, message)
+        self._fan_out(channel, message)
+
+    def _fan_out(self, channel: str, message: bytes) -> None:
+        """One frame for the channel, to each worker that has subscribers on it."""
         frame = bus.encode_update(channel, message)
         for peer in self._peers:
             subscribers = peer.channels.get(channel)
