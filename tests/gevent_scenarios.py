@@ -127,9 +127,9 @@ def _pinged_connection(node: Node, seconds_ago: float) -> tuple[Connection, sock
     ours, theirs = socket.socketpair()
     conn = Connection(node, ours, SocketReader(ours), "test")
     node.register(conn)
-    conn.user_id = "late"
-    conn.expires_at = int(time.time()) + 3600
-    conn.live = True
+    conn.session.user_id = "late"
+    conn.session.expires_at = int(time.time()) + 3600
+    conn.session.live = True
     conn._park()  # as after its handshake: the hub reads the client when it speaks
     now = time.monotonic()
     conn.awaiting_pong_since = now - seconds_ago

@@ -25,7 +25,7 @@ import pytest
 from relay import closecodes
 from relay.auth import AuthError, ForbiddenToken, issue_token, verify_token
 from relay.config import ConfigError, Settings
-from relay.worker.connection import QUERY_TOKEN_REFUSED
+from relay.worker.session import QUERY_TOKEN_REFUSED
 from tests.support import ROOT, SECRET, RelayProcess
 
 KEY = SECRET.encode()

@@ -9,15 +9,16 @@ connection (bench idle), and an idle connection is what relay holds most of.
 
 Everything sent to the client goes through the connection's ``Writer`` (its bounded queue
 and backpressure policy); a client that lets the queue overflow is closed with 4009. The
-messages themselves are built by ``relay.protocol``. Heartbeats and token expiry are checked
-by the worker's ``Node`` housekeeping, not by a timer per connection. The node is the only
-part of the worker a connection talks to.
+messages themselves are built by ``relay.protocol``. Who the client is (the token, its
+refresh and expiry, the attach and the listener's answers) is the connection's ``Session``
+(``relay.worker.session``); the connection keeps the transport and the state machine.
+Heartbeats and token expiry are checked by the worker's ``Node`` housekeeping, not by a timer
+per connection. The node is the only part of the worker a connection talks to.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable
@@ -27,12 +28,12 @@ import gevent
 import gevent.event
 
 from relay import closecodes, protocol
-from relay.auth import AuthError, Claims, ForbiddenToken, verify_token
-from relay.channels import InvalidChannel, channels_for
 from relay.closecodes import CloseCode
 from relay.protocol import InvalidMessage
 from relay.worker.admission import PendingTicket
 from relay.worker.node import Node
+from relay.worker.ratelimit import MessageRate
+from relay.worker.session import Session
 from relay.worker.websocket import (
     OP_PONG,
     ConnectionEnded,
@@ -50,9 +51,6 @@ log = logging.getLogger("relay.connection")
 
 CLOSE_HANDSHAKE_TIMEOUT = 3.0
 LINGER_DRAIN_BYTES = 1 << 20  # read and dropped from a client that broke the protocol again
-ATTACH_TIMEOUT = 10.0
-# The close reason when RELAY_ALLOW_QUERY_TOKEN is off: what the developer must change.
-QUERY_TOKEN_REFUSED = "token in the URL refused here: send it in the auth message instead"
 _PING = text_frame(protocol.ENCODED_PING)
 # A pong as the bundled client writes it (JSON.stringify({type: 'pong'})).
 _PONG_TEXT = b'{"type":"pong"}'
@@ -69,44 +67,31 @@ class Connection:
                  pending: PendingTicket | None = None) -> None:
         """``rfile`` has ``read(n)``; a ``pending`` attribute (bytes read from the socket but
         not consumed yet) lets the connection park, which it does only if it owns ``sock``.
-        ``pending``: its place among the worker's unauthenticated connections, given up once
-        its token verifies."""
+        ``pending``: its place among the worker's unauthenticated connections (its
+        session's, until its token verifies)."""
         self.node = node
-        self._pending = pending
         self.settings = node.settings
         self.sock = sock
         self.peer = peer
         self._input = rfile
+        self._rate = MessageRate(self.settings.client_msg_rate)
         # Every frame counts toward the rate limit, checked before its payload is read.
         self.reader = FrameReader(rfile.read, self.settings.max_message_bytes,
-                                  on_frame=self._rate_limit)
+                                  on_frame=self._rate.check)
         self._watcher: Any = None  # the read watcher of a parked connection
         # Set by ``run``, whose caller waits on it and cannot hand its socket over: such a
         # connection never parks, its greenlet reads to the end.
         self._finished: gevent.event.Event | None = None
-        self.user_id = ""
-        self.channels: tuple[str, ...] = ()
-        self.expires_at = 0
-        self.issued_at = 0.0  # the token's iat (relay.auth.Claims.issued_at)
+        self.session = Session(self, node, peer, pending)
         self.closed = False  # the socket is finished with
         self.closing: CloseCode | None = None
         self.close_detail = ""
-        self.live = False  # attached (or refused): the listener has answered
-        # Only while an attach is awaited: an Event per connection for its whole life was two
-        # more objects for every full garbage collection to walk (bench scale).
-        self._answered: gevent.event.Event | None = None
-        self._resume_requested = False
         self.opened_at = time.monotonic()
         self.next_ping = 0.0
         self.awaiting_pong_since: float | None = None
-        self.expiry_warned = False
         self._writer = Writer(sock, self.settings.queue_max_messages,
                               self.settings.queue_max_bytes)
         self._abort_timer: Any = None  # a loop timer while the close handshake runs
-        # The token is to come in the first message: a loop timer until it does.
-        self._auth_timer: Any = None
-        self._tokens = self.settings.client_msg_rate * 2
-        self._tokens_at = self.opened_at
 
     # ----- outbound -----
 
@@ -117,9 +102,6 @@ class Connection:
         if refusal is not None:  # the writer's policy: this client is too slow
             self.node.count("slow_consumer")
             self.close(refusal, "outbound queue overflow")
-
-    def _send(self, message: bytes) -> None:
-        self.enqueue(text_frame(message))
 
     def close(self, code: CloseCode, detail: str = "", reason: str | None = None) -> None:
         """Start the closing handshake: the close frame goes after what is already queued."""
@@ -172,58 +154,8 @@ class Connection:
 
     def _start(self, refusal: tuple[CloseCode, str] | None, query_token: str | None,
                query_resume: str | None) -> bool:
-        if refusal is not None:
-            self.close(*refusal)
-        elif query_token is not None and not self.settings.allow_query_token:
-            # Closed before the token is even read. Not an HTTP refusal: a browser reports
-            # any of those as 1006 and retries for ever, unable to tell anyone why; 4003 stops
-            # a well-behaved client, and its reason says what to change.
-            self._refuse(closecodes.FORBIDDEN, QUERY_TOKEN_REFUSED)
-        elif query_token is not None:
-            resume = protocol.parse_resume_query(query_resume) if query_resume else None
-            self._authenticate(query_token, resume)
-        else:
-            # The token comes in the first message. Until then the connection parks like any
-            # other, and its handshake's greenlet gives its slot of the worker's pool back
-            # (RELAY_HANDSHAKE_CONCURRENCY): clients that open a WebSocket and say nothing
-            # for RELAY_AUTH_TIMEOUT must not keep new handshakes and /health waiting.
-            self._auth_timer = gevent.get_hub().loop.timer(self.settings.auth_timeout)
-            self._auth_timer.start(self._auth_expired)
-            if self._pending is not None:
-                # Over the worker's unauthenticated budget, a newcomer closes this one early
-                # (relay.worker.admission): from the hub, as the auth timer would.
-                self._pending.on_evict = self._evicted
+        self.session.start(refusal, query_token, query_resume)
         return self._read_buffered(readable=False)
-
-    def _auth_expired(self) -> None:
-        """No auth message in time: runs in the hub (a loop timer), and close never blocks."""
-        self._stop_auth_timer()
-        if self.closing is None:
-            self.node.count_auth_failure("auth timeout")
-            self.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
-
-    def _evicted(self) -> None:
-        """A newer connection took this pending one's place: the auth timeout, come early
-        because the worker's unauthenticated budget is full. Its close frame goes out, but its
-        place is given back at once, and its worker slot as soon as the frame is out: not
-        after a closing handshake a horde would never complete. Runs on the newcomer's
-        greenlet, so it only spawns."""
-        self._stop_auth_timer()
-        if self.closing is not None:
-            return
-        self.node.count_auth_failure("evicted while pending")
-        self.close(closecodes.AUTH_TIMEOUT,
-                   "too many unauthenticated connections: authenticate at once")
-        if self._watcher is not None and self._watcher.active:
-            # Parked, so no greenlet of its own reads it: one ends it now. (A greenlet
-            # reading its auth message right now ends it itself.)
-            self._watcher.stop()
-            gevent.spawn(self._drive, _ended)
-
-    def _stop_auth_timer(self) -> None:
-        if self._auth_timer is not None:
-            self._auth_timer.close()
-            self._auth_timer = None
 
     def _read_buffered(self, readable: bool) -> bool:
         """Handle every frame the client has sent so far, then park; ``False`` once the
@@ -260,132 +192,58 @@ class Connection:
         Only a whole, canonical pong frame, between two messages and within the client's
         message rate, is taken; anything else is left to the reader, which checks every
         rule (a peek, so nothing is consumed unless taken)."""
-        if (self._input.pending or self._auth_timer is not None or self.closing is not None
-                or not self.reader.between_messages):
+        if (self._input.pending or self.session.auth_timer is not None
+                or self.closing is not None or not self.reader.between_messages):
             return False
         raw = getattr(self.sock, "_sock", self.sock)  # not tied to the hub: never waits
         try:
             data = raw.recv(_PONG_FRAME_BYTES + 1, socket.MSG_PEEK)
         except OSError:
             return False
-        if not is_pong_frame(data, _PONG_TEXT) or not self._take_token():
+        if not is_pong_frame(data, _PONG_TEXT) or not self._rate.take():
             return False
         raw.recv(len(data))  # what was peeked, all there
         self.awaiting_pong_since = None
         return True
 
-    def _authenticate_message(self, message: dict[str, Any]) -> None:
-        """The first message of a connection without a token in its URL."""
-        self._stop_auth_timer()
-        if message.get("type") != protocol.AUTH:
-            self.node.count_auth_failure("no auth message")
-            self.close(closecodes.UNAUTHORIZED, "expected an auth message")
-            return
-        self._authenticate(message.get("token"), message.get("resume"))
+    # ----- the session's -----
 
-    def _authenticate(self, token: object, resume: object) -> None:
-        """Check the token, then attach and wait for the listener's answer."""
-        try:
-            claims = self._verify(token)
-            channels = channels_for(claims.user_id, self.settings.channel_templates)
-        except ForbiddenToken as exc:
-            self._refuse(closecodes.FORBIDDEN, exc.reason)
-            return
-        except InvalidChannel as exc:
-            self._refuse(closecodes.FORBIDDEN, str(exc))
-            return
-        except AuthError as exc:
-            self._refuse(closecodes.UNAUTHORIZED, exc.reason)
-            return
-        self._leave_pending()
-        self.user_id = claims.user_id
-        self.channels = channels
-        self.expires_at = claims.expires_at
-        self.issued_at = claims.issued_at
-        cursors = protocol.resume_cursors(resume, channels)
-        if cursors:
-            # A replay costs the listener up to half a queue of messages: not many times a
-            # second for one user (relay.worker.admission).
-            wait = self.node.admission.resume_wait(claims.user_id)
-            if wait:
-                self.node.count("resume_throttled")
-                self.close(closecodes.TRY_AGAIN_LATER,
-                           f"resuming too often: retry in {math.ceil(wait)}s")
-                return
-        self._resume_requested = bool(cursors)
-        self._answered = answered = gevent.event.Event()
-        self.node.attach(self, cursors)
-        try:
-            if not answered.wait(ATTACH_TIMEOUT) and self.closing is None:
-                self.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
-        finally:
-            self._answered = None
+    @property
+    def user_id(self) -> str:
+        return self.session.user_id
 
-    def _answer(self) -> None:
-        self.live = True
-        if self._answered is not None:
-            self._answered.set()
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.session.channels
 
-    def _leave_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.release()
-            self._pending = None
+    @property
+    def issued_at(self) -> float:
+        return self.session.issued_at
 
-    def _verify(self, token: object) -> Claims:
-        settings = self.settings
-        return verify_token(token, settings.jwt_secret, settings.max_token_bytes,
-                            issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-                            max_lifetime=settings.max_token_lifetime)
+    def attach(self, resume: dict[str, str]) -> None:
+        """Ask the listener for the session's channels: the connection is what the worker's
+        hub routes to."""
+        self.node.attach(self, resume)
 
-    def _refuse(self, code: CloseCode, reason: str) -> None:
-        self.node.count_auth_failure(reason)
-        log.info("refused %s: %s (%d)", self.peer, reason, code.code,
-                 extra={"event": "refused", "code": code.code, "reason": reason})
-        self.close(code, reason)
-
-    def on_refused(self, code: int, reason: str) -> None:
-        self.close(closecodes.BY_CODE.get(code, closecodes.TRY_AGAIN_LATER), reason)
-        self._answer()
+    def end_parked(self) -> None:
+        """End a parked connection (its session was evicted while pending). Parked, so no
+        greenlet of its own reads it: one ends it now. (A greenlet reading its auth message
+        right now ends it itself.)"""
+        if self._watcher is not None and self._watcher.active:
+            self._watcher.stop()
+            gevent.spawn(self._drive, _ended)
 
     def on_attached(self, reply: dict[str, Any], reattach: bool) -> None:
         """Runs in the link's reader greenlet, in stream order (see ``link``)."""
-        cursors = reply.get("cursors") or {}
-        resync = reply.get("resync") or []
-        replay = reply.get("replay") or []
-        if reattach:
-            # Attached again after a listener restart: what the client missed meanwhile, or a
-            # resync of the channels whose missed updates cannot be replayed. No `connected`:
-            # the client never saw a change.
-            for message in replay:
-                self.enqueue(text_frame(message.encode()))
-            if resync:
-                self.node.count("resync")
-                self._send(protocol.encode_resync(
-                    str(reply.get("reason") or "listener restarted"), resync,
-                    {c: cursors.get(c) for c in resync}))
-            return
-        now = time.monotonic()
-        self.next_ping = now + self.settings.ping_interval
-        self._send(protocol.encode_connected(
-            self.user_id, self.channels, reply.get("epoch"), cursors, self.expires_at,
-            self.settings.ping_interval, self._resume_requested and not resync))
-        for message in replay:
-            self.enqueue(text_frame(message.encode()))
-        if resync:
-            self.node.count("resync", len(resync))
-            self._send(protocol.encode_resync(
-                str(reply.get("reason") or "history unavailable"), resync,
-                {c: cursors.get(c) for c in resync}))
-        log.info("user %s connected from %s (%d replayed, %d resync)",
-                 self.user_id, self.peer, len(replay), len(resync),
-                 extra={"user": self.user_id, "event": "connected"})
-        self._answer()
+        if not reattach:
+            self.next_ping = time.monotonic() + self.settings.ping_interval
+        self.session.on_attached(reply, reattach)
+
+    def on_refused(self, code: int, reason: str) -> None:
+        self.session.on_refused(code, reason)
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
-        """The listener could not deliver everything on the channels of ``cursors``."""
-        self.node.count("resync")
-        self._send(protocol.encode_resync(
-            reason, [channel for channel in self.channels if channel in cursors], cursors))
+        self.session.on_resync(reason, cursors)
 
     def _read_frame(self) -> bool:
         """Read and handle one frame; ``False`` once the closing handshake is complete."""
@@ -414,68 +272,28 @@ class Connection:
             return False
         return True
 
-    def _take_token(self) -> bool:
-        """One frame's worth of the client's message rate; ``False`` when it has none left."""
-        now = time.monotonic()
-        rate = self.settings.client_msg_rate
-        self._tokens = min(rate * 2, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-    def _rate_limit(self) -> None:
-        if not self._take_token():
-            raise ProtocolViolation(closecodes.POLICY_VIOLATION, "message rate limit")
-
     def _handle(self, message: dict[str, Any]) -> None:
-        if self._auth_timer is not None:
-            self._authenticate_message(message)
+        if self.session.auth_timer is not None:
+            self.session.authenticate_message(message)
             return
         kind = message.get("type")
         if kind == protocol.PONG:
             self.awaiting_pong_since = None
         elif kind == protocol.REFRESH:
-            self._refresh(message.get("token"))
+            self.session.refresh(message.get("token"))
         else:
             raise ProtocolViolation(closecodes.POLICY_VIOLATION, "unexpected message type")
-
-    def _refresh(self, token: object) -> None:
-        try:
-            claims = self._verify(token)
-        except AuthError as exc:
-            code = (closecodes.FORBIDDEN if isinstance(exc, ForbiddenToken)
-                    else closecodes.UNAUTHORIZED)
-            self._refuse(code, f"refresh: {exc.reason}")
-            return
-        if claims.user_id != self.user_id:
-            self._refuse(closecodes.FORBIDDEN, "refresh for another user")
-            return
-        revoked = self.node.revoked_at(claims.user_id)
-        if revoked is not None and claims.issued_at < revoked:
-            self._refuse(closecodes.UNAUTHORIZED, "refresh: token revoked")
-            return
-        self.expires_at = claims.expires_at
-        self.issued_at = claims.issued_at
-        self.expiry_warned = False
-        self._send(protocol.encode_token_refreshed(self.expires_at))
 
     def tick(self, now: float, wall: float) -> None:
         """Heartbeat and token expiry; called by the worker's housekeeping about once a second.
 
         Also while the listener is away (the connection waits to be attached again): a
         connection never outlives its token, and pings keep the client's watchdog quiet."""
-        if self.closing is not None or not self.user_id or not self.live:
+        session = self.session
+        if self.closing is not None or not session.user_id or not session.live:
             return
-        if wall >= self.expires_at:
-            self.node.count_auth_failure("token expired")
-            self.close(closecodes.UNAUTHORIZED, "token expired")
+        if wall >= session.expiry_due and session.expire(wall):
             return
-        remaining = self.expires_at - wall
-        if not self.expiry_warned and remaining <= self.settings.token_refresh_window:
-            self.expiry_warned = True
-            self._send(protocol.encode_token_expiring(self.expires_at, max(0, int(remaining))))
         if self.awaiting_pong_since is not None and (
             now - self.awaiting_pong_since > self.settings.pong_timeout
         ) and not self._unread_input():
@@ -531,8 +349,8 @@ class Connection:
             return
 
     def _finish(self) -> None:
-        self._leave_pending()
-        self._stop_auth_timer()
+        self.session.leave_pending()
+        self.session.stop_auth_timer()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
@@ -556,6 +374,3 @@ class Connection:
                         "seconds": seconds})
         if self._finished is not None:
             self._finished.set()
-        # Its rate-limit hook refers back to this connection: without the reader, a finished
-        # connection is freed at once instead of waiting for a full garbage collection.
-        self.reader = None  # type: ignore[assignment]
