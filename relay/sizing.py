@@ -3,9 +3,10 @@
 Pure arithmetic over three things: the load (``Inputs``: users, connections per user, peak
 notification rate, machine size, reconnect window, and every assumption that is not a
 measurement), the figures ``make bench`` measured and the list prices (``Figures`` and
-``Prices``, relay/sizing_data.py). The same calculation sizes relay and prices the design it
-replaced (one PostgreSQL connection and one long-lived serverless function per open browser
-session).
+``Prices``, relay/sizing_data.py). The load and its checks are relay/sizing_inputs.py; the
+design relay replaced (one PostgreSQL connection and one long-lived serverless function per
+open browser session) is priced for the same load by relay/sizing_old_design.py, and put
+next to relay's bill here.
 
 ``python -m relay size`` (relay/sizing_report.py) prints it; fly.toml's limits and
 docs/cost.md's table come from here (tests/test_sizing.py checks both). Nothing here reads a
@@ -21,7 +22,6 @@ from relay.config import Settings
 from relay.sizing_data import (
     HOURS_PER_MONTH,
     MIB,
-    NEON_LARGE_COMPUTE,
     NEON_RESERVED_CONNECTIONS,
     PRESETS,
     SECONDS_PER_MONTH,
@@ -31,10 +31,10 @@ from relay.sizing_data import (
     Prices,
     SizingError,
     mb_text,
-    neon_compute_sizes,
     neon_max_connections,
-    smallest_neon_compute,
 )
+from relay.sizing_inputs import Inputs, validate
+from relay.sizing_old_design import OldDesign, old_design, old_design_notes
 
 GB = 1e9  # prices per GB (data, storage) are per 10^9 bytes
 _DEFAULT_SETTINGS = Settings(database_url="", jwt_secret=b"")
@@ -43,95 +43,6 @@ _DEFAULT_SETTINGS = Settings(database_url="", jwt_secret=b"")
 # record's overhead (5-byte header, 1-byte content type, 16-byte tag) and IPv4 + TCP headers
 # with timestamps (52 bytes): each ping is a segment of its own from Fly's edge to the browser.
 PING_WIRE_BYTES = 2 + len(b'{"type":"ping"}') + 22 + 52
-
-
-# ----- the load --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The load and every assumption that is not a measurement, each with its default."""
-
-    users: int  # connected at the same time, at peak
-    connections_per_user: float = 1.5  # devices; the JS client shares one socket among tabs
-    peak_rate: float | None = None  # notifications/s at peak; None: users / 60
-    notifications_per_commit: float = 1.0  # one per transaction unless the app batches
-    machine: str = "shared-cpu-2x"  # a Fly preset, or "auto" for the cheapest
-    memory_mb: int | None = None  # None: the cheapest listed tier for this load
-    reconnect_seconds: float = 30.0  # longest acceptable full reconnect of one machine
-    min_machines: int = 1
-    max_worker_connections: int = 10_000  # RELAY_WORKER_CONNECTIONS' ceiling (its default)
-    history_bytes: int = _DEFAULT_SETTINGS.history_max_bytes  # RELAY_HISTORY_MAX_BYTES
-    ping_interval: float = _DEFAULT_SETTINGS.ping_interval  # RELAY_PING_INTERVAL
-    # Planning allowances, not measurements (docs/cost.md says why each).
-    allowance_bytes_per_connection: float = 14_000.0  # kernel buffers, queues, fragmentation
-    usable_memory_share: float = 0.85  # the rest for the kernel and Fly's init
-    cpu_target: float = 0.7  # of the sustained quota, so the p99 stays low (make bench-sweep)
-    average_share: float = 0.5  # the month's average of connected users / the peak
-    neon_cu: float = 0.25  # the compute relay's LISTEN keeps awake
-    outbox_retention_hours: float = 0.25  # relay.settings' retention: 15 minutes
-    # The old design: one serverless function (and one PostgreSQL connection) per session.
-    old_function_memory_gb: float = 1.0
-    old_sessions_per_instance: int = 1  # >1 with Fluid compute's in-function concurrency
-    old_max_duration_s: float = 800.0  # then the browser reconnects: a new invocation
-
-    @property
-    def rate(self) -> float:
-        return self.users / 60 if self.peak_rate is None else self.peak_rate
-
-
-def validate(inputs: Inputs) -> None:
-    """Refuse nonsense with one line naming the option."""
-    checks: list[tuple[bool, str]] = [
-        (inputs.users >= 1, f"--users: must be at least 1, got {inputs.users}"),
-        (math.isfinite(inputs.connections_per_user) and inputs.connections_per_user >= 1,
-         f"--connections-per-user: must be at least 1, got {inputs.connections_per_user}"),
-        (inputs.peak_rate is None or (math.isfinite(inputs.peak_rate) and inputs.peak_rate >= 0),
-         f"--peak-rate: must be 0 or more notifications/s, got {inputs.peak_rate}"),
-        (inputs.notifications_per_commit > 0,
-         f"--notifications-per-commit: must be above 0, got {inputs.notifications_per_commit}"),
-        (inputs.machine == "auto" or inputs.machine in PRESETS,
-         f"--machine: unknown Fly preset {inputs.machine!r} (known: auto, "
-         f"{', '.join(PRESETS)})"),
-        (inputs.reconnect_seconds > 0,
-         f"--reconnect-seconds: must be above 0, got {inputs.reconnect_seconds}"),
-        (inputs.min_machines >= 1, f"--min-machines: must be at least 1, got "
-                                   f"{inputs.min_machines}"),
-        (10 <= inputs.max_worker_connections <= 1_000_000,
-         "--max-worker-connections: must be between 10 and 1000000 (RELAY_WORKER_CONNECTIONS' "
-         f"range), got {inputs.max_worker_connections}"),
-        (inputs.history_bytes >= 0, f"--history-mb: must be 0 or more, got "
-                                    f"{inputs.history_bytes / MIB:g}"),
-        (inputs.ping_interval > 0, f"--ping-interval: must be above 0, got "
-                                   f"{inputs.ping_interval}"),
-        (inputs.allowance_bytes_per_connection >= 0,
-         f"--allowance-kb: must be 0 or more, got {inputs.allowance_bytes_per_connection / 1e3:g}"),
-        (0 < inputs.usable_memory_share <= 1,
-         f"--usable-memory: must be above 0 and at most 1, got {inputs.usable_memory_share}"),
-        (0 < inputs.cpu_target <= 1,
-         f"--cpu-target: must be above 0 and at most 1, got {inputs.cpu_target}"),
-        (0 < inputs.average_share <= 1,
-         f"--average-share: must be above 0 and at most 1, got {inputs.average_share}"),
-        (inputs.neon_cu in neon_compute_sizes(),
-         f"--neon-cu: must be a Neon compute size (0.25, 0.5 or 1 to 56), got "
-         f"{inputs.neon_cu:g}"),
-        (inputs.outbox_retention_hours >= 0,
-         f"--outbox-retention-hours: must be 0 or more, got {inputs.outbox_retention_hours}"),
-        (inputs.old_function_memory_gb > 0,
-         f"--old-function-memory-gb: must be above 0, got {inputs.old_function_memory_gb}"),
-        (inputs.old_sessions_per_instance >= 1,
-         f"--old-sessions-per-instance: must be at least 1, got "
-         f"{inputs.old_sessions_per_instance}"),
-        (inputs.old_max_duration_s > 0,
-         f"--old-max-duration: must be above 0, got {inputs.old_max_duration_s}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise SizingError(message)
-    if inputs.memory_mb is not None:
-        if inputs.machine == "auto":
-            raise SizingError("--memory: choose a --machine too (auto picks the memory itself)")
-        PRESETS[inputs.machine].check_memory(inputs.memory_mb)
 
 
 # ----- one machine -----------------------------------------------------------------------------
@@ -289,27 +200,6 @@ class DatabaseSide:
 
 
 @dataclass(frozen=True)
-class OldDesign:
-    sessions: int  # at peak: one function and one PostgreSQL connection each
-    average_sessions: float
-    backend_uss_bytes: float
-    backend_rss_bytes: float
-    neon_cu: float | None  # the smallest compute whose max_connections holds them
-    neon_month_usd: float | None
-    postgres_vcpu_at_peak: float  # linear from the 1,000-backend measurement
-    function_gb_hours: float
-    function_cpu_hours: float
-    invocations: float
-    vercel_month_usd: float
-
-    @property
-    def month_usd(self) -> float | None:
-        if self.neon_month_usd is None:
-            return None
-        return self.neon_month_usd + self.vercel_month_usd
-
-
-@dataclass(frozen=True)
 class Sizing:
     inputs: Inputs
     connections: int
@@ -382,7 +272,7 @@ def size(inputs: Inputs, figures: Figures, prices: Prices) -> Sizing:
         raise SizingError(refusals[0])
     fleet = min(fleets, key=lambda f: (f.machines * f.machine.month_usd, f.machines))
     database = _database_side(fleet, rate, figures, inputs, prices)
-    old = _old_design(connections, rate, figures, inputs, prices)
+    old = old_design(connections, rate, figures, inputs, prices)
     fly = fleet.machines * fleet.machine.month_usd
     egress = (connections * SECONDS_PER_MONTH / inputs.ping_interval * PING_WIRE_BYTES / GB
               * prices.fly_egress_gb)
@@ -415,30 +305,6 @@ def _database_side(fleet: Fleet, rate: float, figures: Figures, inputs: Inputs,
         outbox=outbox)
 
 
-def _old_design(sessions: int, rate: float, figures: Figures, inputs: Inputs,
-                prices: Prices) -> OldDesign:
-    average = sessions * inputs.average_share
-    cu = smallest_neon_compute(sessions)
-    deliveries_per_month = rate * inputs.connections_per_user * inputs.average_share \
-        * SECONDS_PER_MONTH
-    gb_hours = average * HOURS_PER_MONTH * inputs.old_function_memory_gb \
-        / inputs.old_sessions_per_instance
-    cpu_hours = deliveries_per_month * figures.old_function_cpu_seconds_per_delivery / 3600
-    invocations = average * SECONDS_PER_MONTH / inputs.old_max_duration_s
-    vercel = (gb_hours * prices.vercel_memory_gb_hour + cpu_hours * prices.vercel_cpu_hour
-              + invocations / 1e6 * prices.vercel_invocations_million)
-    return OldDesign(
-        sessions=sessions, average_sessions=average,
-        backend_uss_bytes=sessions * figures.old_backend_uss_bytes,
-        backend_rss_bytes=sessions * figures.old_backend_rss_bytes,
-        neon_cu=cu,
-        neon_month_usd=None if cu is None else cu * HOURS_PER_MONTH * prices.neon_cu_hour,
-        postgres_vcpu_at_peak=rate * sessions
-        * figures.old_postgres_cpu_seconds_per_notification_per_listener,
-        function_gb_hours=gb_hours, function_cpu_hours=cpu_hours, invocations=invocations,
-        vercel_month_usd=vercel)
-
-
 def _notes(s: Sizing, figures: Figures) -> list[str]:
     notes = []
     fleet, machine = s.fleet, s.fleet.machine
@@ -464,16 +330,7 @@ def _notes(s: Sizing, figures: Figures) -> list[str]:
         notes.append(f"{s.database.connections} LISTEN connections exceed a "
                      f"{s.database.compute_cu:g} CU compute's max_connections: choose a larger "
                      "--neon-cu")
-    if s.old.neon_cu is None:
-        notes.append(
-            f"the old design cannot run: {s.old.sessions:,} LISTEN connections, and no Neon "
-            f"compute allows more than {NEON_LARGE_COMPUTE[2] - NEON_RESERVED_CONNECTIONS:,}"
-            " (a pooler accepts more clients but never delivers LISTEN)")
-    elif s.old.postgres_vcpu_at_peak > s.old.neon_cu:
-        notes.append(
-            f"the old design's PostgreSQL would need {s.old.postgres_vcpu_at_peak:,.1f} vCPUs "
-            f"at the peak rate (every commit wakes all {s.old.sessions:,} listening backends), "
-            f"more than its {s.old.neon_cu:g} CU compute has")
+    notes.extend(old_design_notes(s.old))
     if figures.outbox_bytes_per_message is None:
         notes.append("the durable outbox (issue 13) is not measured in these figures: its rows "
                      "and WAL are not in this bill (make bench's outbox scenario measures them)")
