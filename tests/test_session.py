@@ -110,7 +110,7 @@ def test_a_refresh_is_warned_again_for_its_own_exp_and_outlives_the_first() -> N
     conn, sock, exp = _live(expires_in=50)
     now = exp - 50
     _tick(conn, now)  # inside the window at once: warned
-    conn.session.refresh(issue_token("u1", SECRET, ttl=80))
+    conn.session.refresh(conn, issue_token("u1", SECRET, ttl=80))
     refreshed = conn.session.expires_at
     assert refreshed > exp
     # Before the first token's exp, but within the window of the new one: warned again.

@@ -82,7 +82,7 @@ class Connection:
         # Set by ``run``, whose caller waits on it and cannot hand its socket over: such a
         # connection never parks, its greenlet reads to the end.
         self._finished: gevent.event.Event | None = None
-        self.session = Session(self, node, peer, pending)
+        self.session = Session(node, peer, pending)
         self.closed = False  # the socket is finished with
         self.closing: CloseCode | None = None
         self.close_detail = ""
@@ -154,7 +154,7 @@ class Connection:
 
     def _start(self, refusal: tuple[CloseCode, str] | None, query_token: str | None,
                query_resume: str | None) -> bool:
-        self.session.start(refusal, query_token, query_resume)
+        self.session.start(self, refusal, query_token, query_resume)
         return self._read_buffered(readable=False)
 
     def _read_buffered(self, readable: bool) -> bool:
@@ -237,13 +237,13 @@ class Connection:
         """Runs in the link's reader greenlet, in stream order (see ``link``)."""
         if not reattach:
             self.next_ping = time.monotonic() + self.settings.ping_interval
-        self.session.on_attached(reply, reattach)
+        self.session.on_attached(self, reply, reattach)
 
     def on_refused(self, code: int, reason: str) -> None:
-        self.session.on_refused(code, reason)
+        self.session.on_refused(self, code, reason)
 
     def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
-        self.session.on_resync(reason, cursors)
+        self.session.on_resync(self, reason, cursors)
 
     def _read_frame(self) -> bool:
         """Read and handle one frame; ``False`` once the closing handshake is complete."""
@@ -274,13 +274,13 @@ class Connection:
 
     def _handle(self, message: dict[str, Any]) -> None:
         if self.session.auth_timer is not None:
-            self.session.authenticate_message(message)
+            self.session.authenticate_message(self, message)
             return
         kind = message.get("type")
         if kind == protocol.PONG:
             self.awaiting_pong_since = None
         elif kind == protocol.REFRESH:
-            self.session.refresh(message.get("token"))
+            self.session.refresh(self, message.get("token"))
         else:
             raise ProtocolViolation(closecodes.POLICY_VIOLATION, "unexpected message type")
 
@@ -292,7 +292,7 @@ class Connection:
         session = self.session
         if self.closing is not None or not session.user_id or not session.live:
             return
-        if wall >= session.expiry_due and session.expire(wall):
+        if wall >= session.expiry_due and session.expire(self, wall):
             return
         if self.awaiting_pong_since is not None and (
             now - self.awaiting_pong_since > self.settings.pong_timeout

@@ -5,15 +5,18 @@ of it: the token (in the URL, or in the first message within ``RELAY_AUTH_TIMEOU
 the connection is *pending* in the worker's ``Admission``), the user and channels it grants,
 the attach and the listener's answers to it (``connected``, replay, ``resync``, a refusal),
 ``refresh``, revocation, and the token's expiry. The connection keeps the transport: the
-socket, the frames, the heartbeat and the close. The session sends and closes through it
-(``Transport``), and talks to the worker's ``Node`` for the rest, as the connection does.
+socket, the frames, the heartbeat and the close. The session sends and closes through the
+connection that each call names (a ``Transport``), and talks to the worker's ``Node`` for
+the rest, as the connection does. It keeps no reference to its connection: a cycle between
+the two would keep every finished connection for the cyclic garbage collector, whose full
+collections walk every object a worker holds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import weakref
+from functools import partial
 from typing import Any, Protocol
 
 import gevent
@@ -51,18 +54,13 @@ class Transport(Protocol):
 
 class Session:
     # One per connection, of which a worker holds tens of thousands: slots, no __dict__.
-    __slots__ = ("_transport", "node", "settings", "peer", "_pending", "user_id", "channels",
+    __slots__ = ("node", "settings", "peer", "_pending", "user_id", "channels",
                  "expires_at", "issued_at", "expiry_warned", "expiry_due", "live",
                  "_answered", "_resume_requested", "auth_timer")
 
-    def __init__(self, transport: Transport, node: Node, peer: str,
-                 pending: PendingTicket | None) -> None:
+    def __init__(self, node: Node, peer: str, pending: PendingTicket | None) -> None:
         """``pending``: the connection's place among the worker's unauthenticated ones, given
         up once its token verifies."""
-        # A weak reference: the connection owns its session, and a cycle between them would
-        # keep every finished connection for the cyclic garbage collector, whose full
-        # collections walk every object a worker holds.
-        self._transport: Transport = weakref.proxy(transport)
         self.node = node
         self.settings = node.settings
         self.peer = peer
@@ -85,80 +83,80 @@ class Session:
 
     # ----- the token -----
 
-    def start(self, refusal: tuple[CloseCode, str] | None, query_token: str | None,
-              query_resume: str | None) -> None:
+    def start(self, conn: Transport, refusal: tuple[CloseCode, str] | None,
+              query_token: str | None, query_resume: str | None) -> None:
         """The connection's first step: refused, authenticated by the token in its URL, or
         waiting for its auth message."""
         if refusal is not None:
-            self._transport.close(*refusal)
+            conn.close(*refusal)
         elif query_token is not None and not self.settings.allow_query_token:
             # Closed before the token is even read. Not an HTTP refusal: a browser reports
             # any of those as 1006 and retries for ever, unable to tell anyone why; 4003 stops
             # a well-behaved client, and its reason says what to change.
-            self._refuse(closecodes.FORBIDDEN, QUERY_TOKEN_REFUSED)
+            self._refuse(conn, closecodes.FORBIDDEN, QUERY_TOKEN_REFUSED)
         elif query_token is not None:
             resume = protocol.parse_resume_query(query_resume) if query_resume else None
-            self._authenticate(query_token, resume)
+            self._authenticate(conn, query_token, resume)
         else:
             # The token comes in the first message. Until then the connection parks like any
             # other, and its handshake's greenlet gives its slot of the worker's pool back
             # (RELAY_HANDSHAKE_CONCURRENCY): clients that open a WebSocket and say nothing
             # for RELAY_AUTH_TIMEOUT must not keep new handshakes and /health waiting.
             self.auth_timer = gevent.get_hub().loop.timer(self.settings.auth_timeout)
-            self.auth_timer.start(self._auth_expired)
+            self.auth_timer.start(self._auth_expired, conn)
             if self._pending is not None:
                 # Over the worker's unauthenticated budget, a newcomer closes this one early
                 # (relay.worker.admission): from the hub, as the auth timer would.
-                self._pending.on_evict = self._evicted
+                self._pending.on_evict = partial(self._evicted, conn)
 
-    def _auth_expired(self) -> None:
+    def _auth_expired(self, conn: Transport) -> None:
         """No auth message in time: runs in the hub (a loop timer), and close never blocks."""
         self.stop_auth_timer()
-        if self._transport.closing is None:
+        if conn.closing is None:
             self.node.count_auth_failure("auth timeout")
-            self._transport.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
+            conn.close(closecodes.AUTH_TIMEOUT, "no auth message in time")
 
-    def _evicted(self) -> None:
+    def _evicted(self, conn: Transport) -> None:
         """A newer connection took this pending one's place: the auth timeout, come early
         because the worker's unauthenticated budget is full. Its close frame goes out, but its
         place is given back at once, and its worker slot as soon as the frame is out: not
         after a closing handshake a horde would never complete. Runs on the newcomer's
         greenlet, so it only spawns."""
         self.stop_auth_timer()
-        if self._transport.closing is not None:
+        if conn.closing is not None:
             return
         self.node.count_auth_failure("evicted while pending")
-        self._transport.close(closecodes.AUTH_TIMEOUT,
-                              "too many unauthenticated connections: authenticate at once")
-        self._transport.end_parked()
+        conn.close(closecodes.AUTH_TIMEOUT,
+                   "too many unauthenticated connections: authenticate at once")
+        conn.end_parked()
 
     def stop_auth_timer(self) -> None:
         if self.auth_timer is not None:
             self.auth_timer.close()
             self.auth_timer = None
 
-    def authenticate_message(self, message: dict[str, Any]) -> None:
+    def authenticate_message(self, conn: Transport, message: dict[str, Any]) -> None:
         """The first message of a connection without a token in its URL."""
         self.stop_auth_timer()
         if message.get("type") != protocol.AUTH:
             self.node.count_auth_failure("no auth message")
-            self._transport.close(closecodes.UNAUTHORIZED, "expected an auth message")
+            conn.close(closecodes.UNAUTHORIZED, "expected an auth message")
             return
-        self._authenticate(message.get("token"), message.get("resume"))
+        self._authenticate(conn, message.get("token"), message.get("resume"))
 
-    def _authenticate(self, token: object, resume: object) -> None:
+    def _authenticate(self, conn: Transport, token: object, resume: object) -> None:
         """Check the token, then attach and wait for the listener's answer."""
         try:
             claims = self._verify(token)
             channels = channels_for(claims.user_id, self.settings.channel_templates)
         except ForbiddenToken as exc:
-            self._refuse(closecodes.FORBIDDEN, exc.reason)
+            self._refuse(conn, closecodes.FORBIDDEN, exc.reason)
             return
         except InvalidChannel as exc:
-            self._refuse(closecodes.FORBIDDEN, str(exc))
+            self._refuse(conn, closecodes.FORBIDDEN, str(exc))
             return
         except AuthError as exc:
-            self._refuse(closecodes.UNAUTHORIZED, exc.reason)
+            self._refuse(conn, closecodes.UNAUTHORIZED, exc.reason)
             return
         self.leave_pending()
         self.user_id = claims.user_id
@@ -172,15 +170,15 @@ class Session:
             wait = self.node.admission.resume_wait(claims.user_id)
             if wait:
                 self.node.count("resume_throttled")
-                self._transport.close(closecodes.TRY_AGAIN_LATER,
-                                      f"resuming too often: retry in {math.ceil(wait)}s")
+                conn.close(closecodes.TRY_AGAIN_LATER,
+                           f"resuming too often: retry in {math.ceil(wait)}s")
                 return
         self._resume_requested = bool(cursors)
         self._answered = answered = gevent.event.Event()
-        self._transport.attach(cursors)
+        conn.attach(cursors)
         try:
-            if not answered.wait(ATTACH_TIMEOUT) and self._transport.closing is None:
-                self._transport.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
+            if not answered.wait(ATTACH_TIMEOUT) and conn.closing is None:
+                conn.close(closecodes.TRY_AGAIN_LATER, "listener unavailable")
         finally:
             self._answered = None
 
@@ -200,60 +198,61 @@ class Session:
                             issuer=settings.jwt_issuer, audience=settings.jwt_audience,
                             max_lifetime=settings.max_token_lifetime)
 
-    def _refuse(self, code: CloseCode, reason: str) -> None:
+    def _refuse(self, conn: Transport, code: CloseCode, reason: str) -> None:
         self.node.count_auth_failure(reason)
         log.info("refused %s: %s (%d)", self.peer, reason, code.code,
                  extra={"event": "refused", "code": code.code, "reason": reason})
-        self._transport.close(code, reason)
+        conn.close(code, reason)
 
-    def refresh(self, token: object) -> None:
+    def refresh(self, conn: Transport, token: object) -> None:
         try:
             claims = self._verify(token)
         except AuthError as exc:
             code = (closecodes.FORBIDDEN if isinstance(exc, ForbiddenToken)
                     else closecodes.UNAUTHORIZED)
-            self._refuse(code, f"refresh: {exc.reason}")
+            self._refuse(conn, code, f"refresh: {exc.reason}")
             return
         if claims.user_id != self.user_id:
-            self._refuse(closecodes.FORBIDDEN, "refresh for another user")
+            self._refuse(conn, closecodes.FORBIDDEN, "refresh for another user")
             return
         revoked = self.node.revoked_at(claims.user_id)
         if revoked is not None and claims.issued_at < revoked:
-            self._refuse(closecodes.UNAUTHORIZED, "refresh: token revoked")
+            self._refuse(conn, closecodes.UNAUTHORIZED, "refresh: token revoked")
             return
         self.expires_at = claims.expires_at
         self.issued_at = claims.issued_at
         self.expiry_warned = False
         self.expiry_due = 0.0
-        self._send(protocol.encode_token_refreshed(self.expires_at))
+        self._send(conn, protocol.encode_token_refreshed(self.expires_at))
 
-    def expire(self, wall: float) -> bool:
+    def expire(self, conn: Transport, wall: float) -> bool:
         """The token's part of the heartbeat, once ``expiry_due`` has come: warn the client
         within ``RELAY_TOKEN_REFRESH_WINDOW`` of the expiry, close it (4001) at the expiry.
         ``True`` when it closed the connection."""
         if wall >= self.expires_at:
             self.node.count_auth_failure("token expired")
-            self._transport.close(closecodes.UNAUTHORIZED, "token expired")
+            conn.close(closecodes.UNAUTHORIZED, "token expired")
             return True
         remaining = self.expires_at - wall
         if not self.expiry_warned and remaining <= self.settings.token_refresh_window:
             self.expiry_warned = True
-            self._send(protocol.encode_token_expiring(self.expires_at, max(0, int(remaining))))
+            self._send(conn, protocol.encode_token_expiring(self.expires_at,
+                                                            max(0, int(remaining))))
         self.expiry_due = (self.expires_at if self.expiry_warned
                            else self.expires_at - self.settings.token_refresh_window)
         return False
 
     # ----- the listener's answers (the link's reader greenlet, in stream order) -----
 
-    def on_refused(self, code: int, reason: str) -> None:
-        self._transport.close(closecodes.BY_CODE.get(code, closecodes.TRY_AGAIN_LATER), reason)
+    def on_refused(self, conn: Transport, code: int, reason: str) -> None:
+        conn.close(closecodes.BY_CODE.get(code, closecodes.TRY_AGAIN_LATER), reason)
         self._answer()
 
-    def on_attached(self, reply: dict[str, Any], reattach: bool) -> None:
+    def on_attached(self, conn: Transport, reply: dict[str, Any], reattach: bool) -> None:
         cursors = reply.get("cursors") or {}
         resync = reply.get("resync") or []
         replay = reply.get("replay") or []
-        enqueue = self._transport.enqueue
+        enqueue = conn.enqueue
         if reattach:
             # Attached again after a listener restart: what the client missed meanwhile, or a
             # resync of the channels whose missed updates cannot be replayed. No `connected`:
@@ -262,18 +261,18 @@ class Session:
                 enqueue(text_frame(message.encode()))
             if resync:
                 self.node.count("resync")
-                self._send(protocol.encode_resync(
+                self._send(conn, protocol.encode_resync(
                     str(reply.get("reason") or "listener restarted"), resync,
                     {c: cursors.get(c) for c in resync}))
             return
-        self._send(protocol.encode_connected(
+        self._send(conn, protocol.encode_connected(
             self.user_id, self.channels, reply.get("epoch"), cursors, self.expires_at,
             self.settings.ping_interval, self._resume_requested and not resync))
         for message in replay:
             enqueue(text_frame(message.encode()))
         if resync:
             self.node.count("resync", len(resync))
-            self._send(protocol.encode_resync(
+            self._send(conn, protocol.encode_resync(
                 str(reply.get("reason") or "history unavailable"), resync,
                 {c: cursors.get(c) for c in resync}))
         log.info("user %s connected from %s (%d replayed, %d resync)",
@@ -281,11 +280,11 @@ class Session:
                  extra={"user": self.user_id, "event": "connected"})
         self._answer()
 
-    def on_resync(self, reason: str, cursors: dict[str, str]) -> None:
+    def on_resync(self, conn: Transport, reason: str, cursors: dict[str, str]) -> None:
         """The listener could not deliver everything on the channels of ``cursors``."""
         self.node.count("resync")
-        self._send(protocol.encode_resync(
+        self._send(conn, protocol.encode_resync(
             reason, [channel for channel in self.channels if channel in cursors], cursors))
 
-    def _send(self, message: bytes) -> None:
-        self._transport.enqueue(text_frame(message))
+    def _send(self, conn: Transport, message: bytes) -> None:
+        conn.enqueue(text_frame(message))
