@@ -19,9 +19,9 @@ import gevent.server  # noqa: E402
 from relay import bus  # noqa: E402
 from relay.config import Settings  # noqa: E402
 from relay.worker.connection import Connection  # noqa: E402
-from relay.worker.handshake import SocketReader  # noqa: E402
 from relay.worker.link import ListenerLink  # noqa: E402
 from relay.worker.node import Node  # noqa: E402
+from relay.worker.socket_reader import SocketReader  # noqa: E402
 
 
 class Handler:

@@ -41,6 +41,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from relay.config import Settings
 from relay.origins import OriginPolicy
 from relay.worker.admission import PENDING_KEY, PendingEvicted, PendingTicket
+from relay.worker.socket_reader import SocketReader
 
 HANDSHAKE_TIMEOUT = 10.0
 # All header lines of a request together; a browser's WebSocket handshake is under 2 KB, and
@@ -50,7 +51,6 @@ MAX_HEADER_BYTES = 32 * 1024
 # ValueError and so would reach the log as a traceback.
 MAX_HEADER_LINES = 64
 _QUERY_STRING = re.compile(r"\?\S*")  # to the next space: all of it, even inside a repr()
-_READ_SIZE = 4096  # a socket read after the handshake: client messages are small
 # What a served WebSocket keeps of its environ: the query and the peer (the connection), the
 # request line, client and user agent (gunicorn's access-log atoms).
 _KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
@@ -141,52 +141,6 @@ class _HeaderBudget:
         if self._bytes < 0:
             raise HeadersTooLarge(f"header lines over {MAX_HEADER_BYTES} bytes")
         return line
-
-
-class SocketReader:
-    """``read(n)`` straight from the socket, for the frames that follow the handshake.
-
-    The handshake's buffered file holds an 8 KB buffer for as long as the connection lives:
-    a third of an idle connection's memory (bench idle scenario). This keeps only bytes that
-    arrived and were not consumed yet; ``FrameReader`` calls it with ``n`` = what it needs.
-    """
-
-    __slots__ = ("_sock", "_pending")
-
-    def __init__(self, sock: Any, pending: bytes = b"") -> None:
-        self._sock = sock
-        self._pending = pending
-
-    @classmethod
-    def take_over(cls, sock: Any, rfile: Any) -> tuple[Any, SocketReader]:
-        """Adopt the handshake's socket: a new socket object on the same descriptor, and a
-        reader that starts with what ``rfile`` read ahead of the handshake (never waiting).
-
-        The server closes the socket object it accepted once the handshake's greenlet
-        returns; the connection outlives that greenlet (it parks), so it keeps its own."""
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
-        try:
-            pending = rfile.read1(1 << 16) or b""  # all it buffered (at most 8 KB)
-        except OSError:
-            pending = b""
-        finally:
-            sock.settimeout(timeout)
-        rfile.close()  # frees its buffer; the socket stays open
-        family, kind, proto = sock.family, sock.type, sock.proto
-        adopted = type(sock)(family, kind, proto, fileno=sock.detach())
-        adopted.settimeout(timeout)
-        return adopted, cls(adopted, pending)
-
-    @property
-    def pending(self) -> bytes:
-        """What was read from the socket and not consumed yet."""
-        return self._pending
-
-    def read(self, n: int) -> bytes:
-        data = self._pending or self._sock.recv(max(n, _READ_SIZE))
-        self._pending = data[n:]
-        return data[:n]
 
 
 _TURNED_AWAY = (f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: text/plain; "
