@@ -66,8 +66,8 @@ class PendingEvicted(gevent.Timeout):
 class PendingTicket:
     """One pending connection's place; ``release`` (idempotent) when it authenticates or
     ends. The greenlet that took it serves that connection until it parks to wait for its
-    auth message; from then on ``on_evict`` (set by the connection, called without
-    arguments, must not block) is how it is closed early."""
+    auth message; from then on ``on_evict`` (set by the connection's session, called
+    without arguments, must not block) is how it is closed early."""
 
     __slots__ = ("_admission", "key", "greenlet", "on_evict")
 
