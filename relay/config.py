@@ -9,14 +9,13 @@ read it with the functions below, and a child process's environment comes from
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from relay.channels import TemplateError, check_templates
-from relay.origins import OriginError, OriginPolicy, parse_origins
+from relay import config_values as values
+from relay.config_values import DEFAULT_CHANNEL_TEMPLATES, DEV_OVERRIDE, ConfigError
+from relay.origins import OriginPolicy
 
 MIN_SECRET_BYTES = 32
 # The seed's claims: what the app's token endpoint signs (jwt.sign(…, { issuer, audience })).
@@ -25,15 +24,10 @@ DEFAULT_JWT_AUDIENCE = "papr-realtime"
 # The app's tokens live an hour; a day leaves room for apps that choose a few hours, and still
 # refuses the "valid for a year" token a bug or a shortcut mints, which a leak keeps useful.
 DEFAULT_MAX_TOKEN_LIFETIME = 86400.0
-DEFAULT_CHANNEL_TEMPLATES = ("user_Subscription_{userId}", "user_Usage_{userId}")
 DEFAULT_NOTIFY_CHANNEL = "relay"
 # RELAY_USER_CHANNELS: LISTEN each connected user's channels too (listen), never (off), or
 # while the database has none of relay's objects (auto). The shared channel is always heard.
 USER_CHANNEL_MODES = ("auto", "listen", "off")
-
-
-class ConfigError(ValueError):
-    """A missing or invalid setting; ``str()`` is the one line to print at start-up."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +111,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        reader = values.Reader(env)
         database_url = read_database_url(env)
         secret = read_jwt_secret(env)
         dev_mode = reader.boolean("RELAY_DEV", False)
@@ -130,14 +124,14 @@ class Settings:
             max_token_lifetime=read_max_token_lifetime(env),
             allow_query_token=reader.boolean("RELAY_ALLOW_QUERY_TOKEN", True),
             port=reader.integer("PORT", 3000, 1, 65535),
-            host=_host(env.get("RELAY_HOST", "").strip() or (
+            host=values.host(env.get("RELAY_HOST", "").strip() or (
                 "127.0.0.1" if dev_mode else "0.0.0.0")),
-            allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
+            allowed_origins=values.origins(env.get("ALLOWED_ORIGINS", "")),
             web_concurrency=reader.integer("WEB_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             worker_connections=reader.integer("RELAY_WORKER_CONNECTIONS", 10000, 10, 1_000_000),
             handshake_concurrency=reader.integer("RELAY_HANDSHAKE_CONCURRENCY", 256, 1, 100_000),
-            socket_path=_socket_path(env.get("RELAY_SOCKET_PATH", "").strip()),
-            channel_templates=_templates(env.get("RELAY_CHANNELS", "")),
+            socket_path=values.socket_path(env.get("RELAY_SOCKET_PATH", "").strip()),
+            channel_templates=values.templates(env.get("RELAY_CHANNELS", "")),
             notify_channel=read_notify_channel(env),
             user_channels=reader.choice("RELAY_USER_CHANNELS", "auto", USER_CHANNEL_MODES),
             auth_timeout=reader.number("RELAY_AUTH_TIMEOUT", 10.0, 0.1, 300),
@@ -176,7 +170,7 @@ class Settings:
             metrics_token=env.get("RELAY_METRICS_TOKEN", ""),
         )
         if dev_mode and not reader.boolean(DEV_OVERRIDE, False):
-            _refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
+            values.refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
         limit = settings.worker_connection_limit
         if settings.max_pending_connections >= limit > 1:
             raise ConfigError(
@@ -192,14 +186,14 @@ class Settings:
 
 def read_database_url(environ: Mapping[str, str] | None = None) -> str:
     """``DATABASE_URL`` alone, validated (for commands that need nothing else)."""
-    url = _Reader(os.environ if environ is None else environ).required("DATABASE_URL")
-    _check_database_url(url)
+    url = values.Reader(os.environ if environ is None else environ).required("DATABASE_URL")
+    values.check_database_url(url)
     return url
 
 
 def read_jwt_secret(environ: Mapping[str, str] | None = None) -> bytes:
     """``WEBSOCKET_JWT_SECRET`` alone, validated (for ``python -m relay token``)."""
-    secret = _Reader(os.environ if environ is None else environ).required(
+    secret = values.Reader(os.environ if environ is None else environ).required(
         "WEBSOCKET_JWT_SECRET").encode()
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(
@@ -220,7 +214,7 @@ def read_token_claims(environ: Mapping[str, str] | None = None) -> tuple[str, st
 
 def read_max_token_lifetime(environ: Mapping[str, str] | None = None) -> float:
     """``RELAY_MAX_TOKEN_LIFETIME``: seconds a token may live (``exp - iat``); 0 = no cap."""
-    return _Reader(os.environ if environ is None else environ).number(
+    return values.Reader(os.environ if environ is None else environ).number(
         "RELAY_MAX_TOKEN_LIFETIME", DEFAULT_MAX_TOKEN_LIFETIME, 0, 10 * 365 * 86400)
 
 
@@ -236,47 +230,9 @@ def _claim_value(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-# Development mode serves /demo/token, which mints a token for any user id: anybody who can
-# reach the port can log in as anybody. It runs only on a loopback address and never on Fly,
-# unless this loudly named variable says the operator means it.
-DEV_OVERRIDE = "RELAY_DEV_ALLOW_PUBLIC_TOKEN_MINTING"
-
-
-def _refuse_exposed_dev_mode(host: str, on_fly: bool) -> None:
-    if on_fly:
-        where, fix = "on Fly.io (FLY_APP_NAME is set)", "unset RELAY_DEV"
-    elif not _is_loopback(host):
-        where = f"bound to {host}, which is not a loopback address"
-        fix = "bind RELAY_HOST=127.0.0.1"
-    else:
-        return
-    raise ConfigError(
-        f"RELAY_DEV: development mode serves /demo/token, which mints a token for any user; "
-        f"refusing to run it {where}: {fix}, or set {DEV_OVERRIDE}=true if anyone who can "
-        f"reach this port may log in as anyone"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    return ipaddress.ip_address(host).is_loopback
-
-
-def _host(raw: str) -> str:
-    if raw == "localhost":
-        return raw
-    try:
-        return str(ipaddress.ip_address(raw.strip("[]")))
-    except ValueError:
-        raise ConfigError(
-            f"RELAY_HOST: expected an IP address to bind (0.0.0.0, 127.0.0.1, ::), got {raw!r}"
-        ) from None
-
-
 def read_channel_templates(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """``RELAY_CHANNELS`` alone, validated (for ``python -m relay db trigger``'s advice)."""
-    return _templates((os.environ if environ is None else environ).get("RELAY_CHANNELS", ""))
+    return values.templates((os.environ if environ is None else environ).get("RELAY_CHANNELS", ""))
 
 
 def read_notify_channel(environ: Mapping[str, str] | None = None) -> str:
@@ -317,103 +273,3 @@ def child_environment(**overrides: str) -> dict[str, str]:
     """This process's environment with ``overrides``, for a child it starts (``make run``'s
     gunicorn, the embedded PostgreSQL's commands)."""
     return {**os.environ, **overrides}
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def required(self, name: str) -> str:
-        value = self.env.get(name, "").strip()
-        if not value:
-            raise ConfigError(f"{name}: required but not set")
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        return int(self._ranged(name, default, low, high, int, "a whole number"))
-
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        return float(self._ranged(name, default, low, high, float, "a number of seconds"))
-
-    def _ranged(self, name: str, default: float, low: float, high: float,
-                convert: type[int] | type[float], kind: str) -> float:
-        raw = self.env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.env.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        raw = self.env.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw not in allowed:
-            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {raw!r}")
-        return raw
-
-
-def _check_database_url(url: str) -> None:
-    from psycopg2.extensions import parse_dsn  # here: the listener patches gevent first
-
-    if "://" in url:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("postgres", "postgresql"):
-            raise ConfigError(
-                f"DATABASE_URL: expected a postgresql:// URL, got scheme {scheme!r}")
-    try:
-        params = parse_dsn(url)  # a URL or libpq's key=value form, e.g. host=… dbname=…
-    except Exception:  # psycopg2.ProgrammingError; its text may quote the password
-        raise ConfigError("DATABASE_URL: not a connection string libpq can read (expected "
-                          "postgresql://user:password@host/db or host=… dbname=… pairs)"
-                          ) from None
-    hosts = params.get("host", "").split(",")  # libpq takes a list of hosts to try in turn
-    if any("-pooler" in host.strip().split(".")[0] for host in hosts):
-        raise ConfigError(
-            "DATABASE_URL: points at a pooled endpoint (-pooler); LISTEN never receives "
-            "notifications through PgBouncer in transaction mode. Use the direct endpoint "
-            "(the host without -pooler; on Vercel's Neon integration, DATABASE_URL_UNPOOLED)."
-        )
-
-
-_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with the final NUL
-
-
-def _socket_path(raw: str) -> str:
-    """``RELAY_SOCKET_PATH``; empty means: the gunicorn master creates a private one."""
-    if raw and len(os.fsencode(raw)) > _SUN_PATH_MAX:
-        raise ConfigError(f"RELAY_SOCKET_PATH: longer than {_SUN_PATH_MAX} bytes, the most a "
-                          f"Unix socket path may have")
-    return raw
-
-
-def _origins(raw: str) -> OriginPolicy:
-    try:
-        return parse_origins(raw)
-    except OriginError as exc:
-        raise ConfigError(f"ALLOWED_ORIGINS: {exc}") from None
-
-
-def _templates(raw: str) -> tuple[str, ...]:
-    if not raw.strip():
-        return DEFAULT_CHANNEL_TEMPLATES
-    templates = tuple(t.strip() for t in raw.split(",") if t.strip())
-    try:
-        check_templates(templates)  # no two users, nor a user and a trigger, share a name
-    except TemplateError as exc:
-        raise ConfigError(f"RELAY_CHANNELS: {exc}") from None
-    return templates
