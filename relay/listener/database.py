@@ -6,7 +6,8 @@ LISTEN delivers at all (trap 9), every channel name quoted (trap 4), and reconne
 with capped, jittered backoff, LISTENing every wanted channel again before it reports the
 connection usable. It knows nothing of workers or clients: it asks a ``DatabaseHandler``
 which channels are wanted and reports to it what happens, as centrifuge's broker reports to
-its BrokerEventHandler. The listener process's ``Listener`` is that handler.
+its BrokerEventHandler (``relay.listener.handler``). The listener's ``Router`` is that
+handler.
 
 Two kinds of channel are LISTENed: relay's shared channel (``RELAY_NOTIFY_CHANNEL``, first,
 on every connection) and, while per-user LISTEN is on, the users' own channels. PostgreSQL up
@@ -33,101 +34,31 @@ import random
 import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import gevent
 import gevent.select
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
 from relay.config import Settings
+from relay.listener.handler import DatabaseHandler
+from relay.listener.queries import (
+    INSTALLED,
+    DatabaseInfo,
+    batches,
+    describe,
+    read_info,
+    statements,
+)
 from relay.listener.resolve import libpq_address
 
 log = logging.getLogger("relay.listener")
 
-# Channels per LISTEN/UNLISTEN round trip: after a reconnect thousands of channels are
-# LISTENed again, and one round trip each would delay the resync by seconds over a WAN.
-_LISTEN_BATCH = 500
 # The least a database connection must have lived for its loss to reset the reconnect
 # backoff (see DatabaseLink.run).
 _HEALTHY_SECONDS = 5.0
-# The highest relay SQL version whose frames this listener speaks (relay.hello(2): the
-# durable history). Against version 1's SQL, which has only relay.hello(), it falls back.
-SPEAKS = 2
-# relay's SQL is installed when relay.hello() exists. Read from the catalog, which every role
-# may read (schema relay itself grants nothing to other roles).
-_INSTALLED = ("EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
-              "ON n.oid = p.pronamespace WHERE n.nspname = 'relay' AND p.proname = 'hello' "
-              "AND p.pronargs = 0)")
-# Revocations a token could still be subject to: those younger than the longest token
-# lifetime (and its clock skew); all of them without a cap.
-_REVOCATIONS = ("SELECT user_id, extract(epoch FROM revoked_at)::float8 FROM relay.revocations "
-                "WHERE %(window)s = 0 OR revoked_at > now() - make_interval(secs => %(window)s)")
-
-
-@dataclass(frozen=True)
-class DatabaseInfo:
-    """What the database is, read on connect and on ``DatabaseLink.refresh``."""
-
-    server_version: int  # server_version_num: 160004 for 16.4
-    installed: bool  # relay's SQL (relay.hello()) is there
-    hello: dict[str, Any] | None = None  # what relay.hello() answered, if it could be called
-    # relay_revoke()'s records young enough to matter: user → epoch seconds (None: no table)
-    revocations: dict[str, float] | None = None
-
-
-class DatabaseHandler(Protocol):
-    """What the database link asks, and what it reports, in the order it happens.
-
-    Every call comes from the link's own greenlet. Per connection: ``on_connected``; then,
-    once the shared channels are LISTENed, ``on_database``; ``on_synced`` once every wanted
-    channel is LISTENed (and again after each later catch-up); ``on_notification`` for each
-    notification on a LISTENed channel (in commit order, none of this connection before its
-    first ``on_synced``); ``on_checked`` after each periodic health query; ``on_database``
-    again after each ``refresh``; and ``on_disconnected`` when the connection is lost."""
-
-    def shared_channels(self) -> tuple[str, ...]:
-        """Channels LISTENed on every connection whatever is wanted (relay's own), first."""
-        ...
-
-    @property
-    def wanted_version(self) -> int:
-        """Changes whenever the wanted channels (shared or per user) may have changed: the
-        link compares it on every wake-up instead of any set (rebuilding a set of every
-        channel each time was 44% of the listener's CPU at 20,000 channels, bench steady)."""
-        ...
-
-    def wanted_channels(self) -> AbstractSet[str]:
-        """Every per-user channel to LISTEN now (read after a (re)connect, and when
-        ``wanted_changes`` says so)."""
-        ...
-
-    def wanted_changes(self) -> AbstractSet[str] | None:
-        """The per-user channels that may have changed since the last call, to look at with
-        ``is_wanted``; ``None``: compare everything with ``wanted_channels()``."""
-        ...
-
-    def is_wanted(self, channel: str) -> bool: ...
-
-    def on_connected(self) -> None: ...
-
-    def on_database(self, info: DatabaseInfo) -> None: ...
-
-    def on_synced(self) -> None: ...
-
-    def on_notification(self, channel: str, payload: str) -> None: ...
-
-    def on_checked(self, queue_usage: float, installed: bool) -> None: ...
-
-    def on_idle(self) -> None:
-        """After every wake-up of a usable connection (someone called ``wake``), once the
-        notifications that had arrived were handed over: the handler's queued database work."""
-        ...
-
-    def on_disconnected(self) -> None: ...
 
 
 class ReplicaRefused(RuntimeError):
@@ -201,7 +132,7 @@ class DatabaseLink:
             except (Exception, gevent.Timeout) as exc:  # any failure means: retry later
                 delay = next_backoff(delay, self.settings.reconnect_max_delay)
                 log.warning("database connect failed (%s); retrying in %.1fs",
-                            _describe(exc), delay)
+                            describe(exc), delay)
                 continue
             connected_at = time.monotonic()
             self._handler.on_connected()
@@ -212,7 +143,7 @@ class DatabaseLink:
                     log.error("%s", exc)
                 self.refused = str(exc)
             except (Exception, gevent.Timeout) as exc:  # Timeout is a BaseException
-                log.error("database connection lost: %s", _describe(exc))
+                log.error("database connection lost: %s", describe(exc))
             self._drop()
             self.reconnects += 1
             self._handler.on_disconnected()
@@ -296,54 +227,20 @@ class DatabaseLink:
         # again meanwhile waits for the next sync (which LISTENs it afresh) instead of being
         # answered on a channel about to go deaf.
         self._listening.difference_update(gone)
-        for batch in _batches(gone):
-            self._execute(_statements("UNLISTEN", batch))
-        for batch in _batches(new):
-            self._execute(_statements("LISTEN", batch), drain=False)
+        for batch in batches(gone):
+            self._execute(statements("UNLISTEN", batch))
+        for batch in batches(new):
+            self._execute(statements("LISTEN", batch), drain=False)
             self._listening.update(batch)
             self._drain()  # what arrived with the answer was committed after the LISTEN
 
     def _read_info(self) -> DatabaseInfo:
         assert self._conn is not None
-        with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
-            cur.execute(f"SELECT current_setting('server_version_num')::int, {_INSTALLED}")
-            version, installed = cur.fetchone()
-            hello = None
-            if installed:
-                try:
-                    hello = self._hello(cur)
-                except psycopg2.Error as exc:
-                    if self._conn.closed:
-                        raise
-                    # Not the installing role (schema relay grants nothing to others): the
-                    # shared channel still works, with RELAY_NOTIFY_CHANNEL's name.
-                    log.warning("cannot call relay.hello() (%s): connect relay as the role "
-                                "that ran `python -m relay db install`", _describe(exc))
-            revocations = self._read_revocations(cur) if hello is not None else None
+        with gevent.Timeout(self.settings.db_check_timeout):
+            info = read_info(self._conn, self.settings.max_token_lifetime)
         self._drain()
-        self.server_version = version
-        return DatabaseInfo(version, bool(installed), hello if isinstance(hello, dict) else None,
-                            revocations)
-
-    def _read_revocations(self, cur: Any) -> dict[str, float] | None:
-        """relay_revoke()'s records (sql/004), read after the shared channel is LISTENed: a
-        revocation is in them, or its notification comes after (or both)."""
-        cur.execute("SELECT to_regclass('relay.revocations') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return None  # SQL from before revocations: nothing to read
-        cap = self.settings.max_token_lifetime
-        cur.execute(_REVOCATIONS, {"window": cap + 60 if cap else 0})
-        return {user: float(at) for user, at in cur.fetchall()}
-
-    def _hello(self, cur: Any) -> Any:
-        """``relay.hello(2)``: this listener speaks the durable history (the database keeps
-        the outbox off while a listener of version 1, which calls ``relay.hello()``, is
-        connected). Version 1's SQL has only ``relay.hello()``."""
-        try:
-            cur.execute("SELECT relay.hello(%s)", (SPEAKS,))
-        except psycopg2.errors.UndefinedFunction:
-            cur.execute("SELECT relay.hello()")
-        return cur.fetchone()[0]
+        self.server_version = info.server_version
+        return info
 
     def _refuse_a_replica(self) -> None:
         assert self._conn is not None
@@ -388,7 +285,7 @@ class DatabaseLink:
             # The shared channel first: relay's SQL announces its installation there, so
             # nothing between reading what the database is and LISTENing can be missed.
             shared = list(self._handler.shared_channels())
-            self._execute(_statements("LISTEN", shared), drain=False)
+            self._execute(statements("LISTEN", shared), drain=False)
             self._listening.update(shared)
             self._refresh_due = False
             self._handler.on_database(self._read_info())
@@ -438,21 +335,11 @@ class DatabaseLink:
         SQL is (still) installed."""
         assert self._conn is not None
         with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
-            cur.execute(f"SELECT pg_notification_queue_usage(), {_INSTALLED}")
+            cur.execute(f"SELECT pg_notification_queue_usage(), {INSTALLED}")
             usage, installed = cur.fetchone()
         self._drain()
         self._handler.on_checked(float(usage), bool(installed))
         self._drain()
-
-
-def _batches(channels: list[str]) -> list[list[str]]:
-    return [channels[i:i + _LISTEN_BATCH] for i in range(0, len(channels), _LISTEN_BATCH)]
-
-
-def _statements(command: str, channels: list[str]) -> sql.Composable:
-    """``LISTEN "a"; LISTEN "b"; …`` in one round trip, every name quoted (trap 4)."""
-    return sql.SQL("; ").join(
-        sql.SQL(command + " {}").format(sql.Identifier(channel)) for channel in channels)
 
 
 def next_backoff(previous: float, cap: float) -> float:
@@ -460,8 +347,3 @@ def next_backoff(previous: float, cap: float) -> float:
     from the upper half of its step, so that many relays do not reconnect in step."""
     base = min(cap, max(0.1, previous * 2))
     return min(cap, random.uniform(base / 2, base))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -109,3 +109,15 @@ class WorkerPeer:
                 self.sock.close()
             except OSError:
                 pass
+
+
+def str_field(value: object) -> str:
+    """A string field of a worker's frame (anything else: empty)."""
+    return value if isinstance(value, str) else ""
+
+
+def str_list(value: object) -> list[str]:
+    """A list-of-strings field of a worker's frame (its other items dropped)."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
