@@ -1,16 +1,20 @@
 """The layout's rules, read from the source's imports (docs/architecture.md, "Where the code
 lives"): no import circle, not even one made only for type checking; the listener's and the
 workers' modules never import each other; the shared modules at the top import neither
-(the command line alone dispatches to them, inside its commands)."""
+(the command line alone dispatches to them, inside its commands); and no module grows past
+400 lines (a module that long does more than one job: split it by what it does)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 
 RELAY = ROOT / "relay"
+MAX_LINES = 400
 
 
 def _module(path: Path) -> str:
@@ -88,3 +92,24 @@ def test_the_checks_see_the_imports_they_are_about() -> None:
     assert "relay.worker.node" in graph["relay.worker.connection"]  # a module-level import
     assert "relay.bus" in graph["relay.listener.server"]  # ``from relay import bus``
     assert "relay.listener.server" in graph["relay.cli"]  # an import inside a function
+
+
+def _long_modules(root: Path = RELAY) -> dict[str, int]:
+    lines = {str(path.relative_to(root)): len(path.read_text().splitlines())
+             for path in sorted(root.rglob("*.py"))}
+    return {path: count for path, count in lines.items() if count > MAX_LINES}
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the house-worker lane splits relay/worker/connection.py and relay/sizing.py (and, if "
+    "cheap, relay/config.py, relay/sizing_report.py, relay/worker/handshake.py); the lead "
+    "removes this marker when both house lanes are merged"))
+def test_no_module_of_relay_is_longer_than_400_lines() -> None:
+    assert _long_modules() == {}
+
+
+def test_the_length_check_finds_a_module_of_401_lines_in_a_subpackage(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "long.py").write_text("x = 1\n" * 401)
+    (tmp_path / "short.py").write_text("x = 1\n" * 400)
+    assert _long_modules(tmp_path) == {"pkg/long.py": 401}
