@@ -1,7 +1,7 @@
 """The durable history as the listener holds it: where each open channel is in the
 database's history, a cache of its recent updates, and resume planned against both.
 
-Owned by the listener's ``Listener`` while relay's outbox is on (``relay.hello(2)`` says
+Owned by the listener's ``Delivery`` while relay's outbox is on (``relay.hello(2)`` says
 ``"outbox": true``): the database numbers every message at commit, so a channel's ``seq``
 and the message's random ``tag`` come from the outbox row, and a cursor
 ``"<epoch>:<seq>:<tag>"`` means the same on every instance and after any restart. The epoch

@@ -10,9 +10,9 @@ to date after the database connection comes back or a new listener starts, so no
 committed meanwhile is missed and nothing is handed on twice (a frame at or before the
 position is dropped).
 
-Driven by the listener's ``Listener`` from the database link's greenlet (the only one that
-may query), with an ``Outbox`` for the reads; what it hands on goes to a ``deliver``
-callback. ``check`` is the reconnect's question: is our position still in the database's
+Driven by the listener's ``Delivery`` and ``Router`` from the database link's greenlet (the
+only one that may query), with an ``Outbox`` for the reads; what it hands on goes to a
+``deliver`` callback. ``check`` is the reconnect's question: is our position still in the database's
 history (same epoch, not cleaned up under us, not rewound)?
 """
 

@@ -1,8 +1,9 @@
 """Bounded recent history of each channel's updates, so a reconnecting client can resume.
 
-Owned by the listener's ``Listener``, which opens a channel when it becomes wanted and closes
-it when it is not any more, asks for the next ``seq`` of a channel, records each update, and
-plans a client's resume with it (``resume``); nothing else in the listener looks inside. Each
+Owned by the listener's ``Delivery``, which asks for the next ``seq`` of a channel and
+records each update; ``Subscriptions`` opens a channel when it becomes wanted, closes it when
+it is not any more, and plans a client's resume with it (``resume``); nothing else in the
+listener looks inside. Each
 open channel has a *stream*: a name that changes whenever the channel is opened again,
 because anything sent while it was closed was dropped. A cursor ``"<stream>:<seq>"`` is
 resumable only on the current stream and only while every later update is still held.

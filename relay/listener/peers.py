@@ -1,11 +1,11 @@
 """One connected worker as the listener sees it: its socket, its outbound queue, and what
 its connections have attached.
 
-The listener's ``Listener`` accepts the worker and reads its frames; everything written to
-the worker goes through ``send``, drained by one writer greenlet (trap 3) that joins what
-is queued into one ``sendall`` and, while busy, lets a millisecond's worth gather first. A
-worker that stops reading is dropped rather than queued for without bound: it reconnects,
-and its clients resync.
+The listener's ``Workers`` accepts the worker and reads its frames (``str_field`` and
+``str_list`` read their fields); everything written to the worker goes through ``send``,
+drained by one writer greenlet (trap 3) that joins what is queued into one ``sendall`` and,
+while busy, lets a millisecond's worth gather first. A worker that stops reading is dropped
+rather than queued for without bound: it reconnects, and its clients resync.
 """
 
 from __future__ import annotations

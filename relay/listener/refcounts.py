@@ -10,7 +10,8 @@ looked (``take_changes``), never for the whole set except after a (re)connect.
 
 Every verb costs what it touches, not what is held: at 100,000 users an attach, a detach and
 the linger's expiry must not walk 200,000 channels. Pure bookkeeping, no I/O: the listener's
-``Listener`` owns one, and the unit tests drive it with their own clock. (encode/broadcaster's
+``Listener`` makes one, shared by ``Subscriptions`` (which counts) and ``Router`` (which
+LISTENs), and the unit tests drive it with their own clock. (encode/broadcaster's
 refcount, in one object.)
 """
 
