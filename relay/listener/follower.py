@@ -12,8 +12,8 @@ position is dropped).
 
 Driven by the listener's ``Delivery`` and ``Router`` from the database link's greenlet (the
 only one that may query), with an ``Outbox`` for the reads; what it hands on goes to a
-``deliver`` callback. ``check`` is the reconnect's question: is our position still in the database's
-history (same epoch, not cleaned up under us, not rewound)?
+``deliver`` callback. ``check`` is the reconnect's question: is our position still in the
+database's history (same epoch, not cleaned up under us, not rewound)?
 """
 
 from __future__ import annotations
