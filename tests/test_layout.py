@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from tests.support import ROOT
 
 RELAY = ROOT / "relay"
@@ -100,10 +98,6 @@ def _long_modules(root: Path = RELAY) -> dict[str, int]:
     return {path: count for path, count in lines.items() if count > MAX_LINES}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the house-worker lane splits relay/worker/connection.py and relay/sizing.py (and, if "
-    "cheap, relay/config.py, relay/sizing_report.py, relay/worker/handshake.py); the lead "
-    "removes this marker when both house lanes are merged"))
 def test_no_module_of_relay_is_longer_than_400_lines() -> None:
     assert _long_modules() == {}
 
