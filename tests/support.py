@@ -233,7 +233,13 @@ class RelayProcess:
             with urllib.request.urlopen(self.http_url + "/health", timeout=5) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            # A 429 (the address's pending budget is held by a connection still closing)
+            # answers in plain text: the caller sees the status, and a poll polls again.
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body or b"{}")
+            except ValueError:
+                return exc.code, {}
         except OSError:
             return 0, {}
 
