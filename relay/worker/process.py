@@ -36,6 +36,7 @@ class RelayServer(PyWSGIServer):
 class RelayWorker(GeventPyWSGIWorker):
     server_class = RelayServer
     wsgi_handler = RelayHandler
+    _quitting = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # A worker still booting may have no node yet (nothing to drain); it must not fail
@@ -46,6 +47,17 @@ class RelayWorker(GeventPyWSGIWorker):
             if not node.draining:
                 gevent.spawn(node.drain)
         super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # Ctrl-C in a terminal signals the whole process group: a worker gets SIGINT from the
+        # terminal and, in the same moment, SIGQUIT from the master that got it too. gevent's
+        # worker answers each with a greenlet that calls sys.exit; the second SystemExit,
+        # thrown into the worker while the first still unwinds, printed a traceback at the
+        # end of `make run` (tests/test_dev.py saw one under load). Once is enough.
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def run(self) -> None:
         # No log line of relay's shows a thread, a source file or a line number (relay.logs),
