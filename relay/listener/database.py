@@ -52,6 +52,7 @@ from relay.listener.queries import (
     read_info,
     statements,
 )
+from relay.listener.readable import Readable
 from relay.listener.resolve import libpq_address
 
 log = logging.getLogger("relay.listener")
@@ -298,21 +299,26 @@ class DatabaseLink:
             if channel in self._listening:
                 self._handler.on_notification(channel, payload)
         next_check = time.monotonic() + self.settings.db_check_interval
-        fd = self._conn.fileno()
+        waiting = Readable(self._conn.fileno(), self._wake_r)
+        try:
+            self._serve_loop(waiting, next_check)
+        finally:
+            waiting.close()
+
+    def _serve_loop(self, waiting: Readable, next_check: float) -> None:
+        assert self._conn is not None
         while True:
             # Notifications that came with the answer to a handler's query are waiting in
             # conn.notifies, not on the socket: hand them over without sleeping.
-            timeout = 0.0 if self._conn.notifies else max(0.0, next_check - time.monotonic())
-            readable, _, _ = gevent.select.select([fd, self._wake_r], [], [], timeout)
-            woken = self._wake_r in readable
-            if woken:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-            if fd in readable:
-                self._conn.poll()
+            if not self._conn.notifies:
+                waiting.wait(max(0.0, next_check - time.monotonic()))
+            woken = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    woken = True
+            except BlockingIOError:
+                pass
+            self._conn.poll()  # reads what arrived; nothing to read costs one recv
             self._drain()
             if self._refresh_due:
                 self._refresh_due = False
