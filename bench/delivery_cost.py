@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.scenarios import run_writer, split, users, wait_for_kinds
 from bench.servers import ROOT, Database, LoadGenerators, RelayServer, cpu_seconds
 
@@ -34,12 +36,23 @@ ROLES = ("listener", "worker")
 
 
 def role_cpu(server: RelayServer) -> dict[str, float]:
+    """Each role's CPU seconds, and its system (kernel) part as ``<role>Sys``."""
     roles = server.roles()
-    return {role: cpu_seconds(roles[role]) for role in ROLES}
+    out = {role: cpu_seconds(roles[role]) for role in ROLES}
+    for role in ROLES:
+        out[role + "Sys"] = sum(_system(p) for p in roles[role])
+    return out
+
+
+def _system(process: Any) -> float:
+    try:
+        return float(process.cpu_times().system)
+    except psutil.Error:
+        return 0.0
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {role: after[role] - before[role] for role in ROLES}
+    return {key: after[key] - before[key] for key in after}
 
 
 def measure_size(server: RelayServer, gens: LoadGenerators, database: Database, size: int,
@@ -65,7 +78,9 @@ def measure_size(server: RelayServer, gens: LoadGenerators, database: Database, 
     per10k = {role: used[role] / delivered * 10_000 for role in ROLES} if delivered else {}
     net = ({role: (used[role] - idle_rate[role] * seconds) / delivered * 10_000
             for role in ROLES} if delivered else {})
-    return {"users": size, "idleCpuPerSecond": idle_rate, "committed": written["committed"],
+    system = {role: used[role + "Sys"] / used[role] if used[role] else 0.0 for role in ROLES}
+    return {"users": size, "idleCpuPerSecond": idle_rate, "systemShare": system,
+            "committed": written["committed"],
             "delivered": delivered, "seconds": seconds, "cpu": used,
             "cpuPer10k": per10k, "netCpuPer10k": net}
 
@@ -121,12 +136,13 @@ def main() -> None:
                 server.stop()
             database.stop()
     print(f"{'users':>8} {'delivered':>10} | {'idle CPU/s  L / W':>18} | "
-          f"{'CPU s per 10k  L / W':>21} | {'net of idle  L / W':>19}")
+          f"{'CPU s per 10k  L / W':>21} | {'net of idle  L / W':>19} | kernel share L / W")
     for r in results:
         i, c, n = r["idleCpuPerSecond"], r["cpuPer10k"], r["netCpuPer10k"]
         print(f"{r['users']:>8,} {r['delivered']:>10,} | {i['listener']:8.3f} {i['worker']:8.3f}"
               f" | {c.get('listener', 0):10.3f} {c.get('worker', 0):9.3f}"
-              f" | {n.get('listener', 0):9.3f} {n.get('worker', 0):9.3f}")
+              f" | {n.get('listener', 0):9.3f} {n.get('worker', 0):9.3f}"
+              f" | {r['systemShare']['listener']:6.0%} {r['systemShare']['worker']:6.0%}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
