@@ -73,6 +73,7 @@ class DatabaseLink:
         self.settings = settings
         self._handler = handler
         self._conn: psycopg2.extensions.connection | None = None
+        self._draining = False  # handing notifications over: never re-entered
         self._listening: set[str] = set()
         self._connected = False  # connected, and every wanted channel LISTENed once
         self.reconnects = 0
@@ -196,16 +197,26 @@ class DatabaseLink:
             self._drain()  # trap 5: notifications arrive with any query result
 
     def _drain(self) -> None:
+        """Hand over what has arrived, in order. A handler's callback that makes the link
+        drain again (its own query's answer brought notifications) leaves them to the loop
+        below: handed over inside, they would overtake the callback still acting on an older
+        state."""
         assert self._conn is not None
-        notifies = self._conn.notifies
-        while notifies:
-            note = notifies.pop(0)
-            if note.channel not in self._listening:
-                continue
-            if self._held is not None:
-                self._held.append((note.channel, note.payload))
-            else:
-                self._handler.on_notification(note.channel, note.payload)
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            notifies = self._conn.notifies
+            while notifies:
+                note = notifies.pop(0)
+                if note.channel not in self._listening:
+                    continue
+                if self._held is not None:
+                    self._held.append((note.channel, note.payload))
+                else:
+                    self._handler.on_notification(note.channel, note.payload)
+        finally:
+            self._draining = False
 
     def _sync_channels(self, full: bool = False) -> None:
         """LISTEN what is wanted and UNLISTEN what is not; after a (re)connect or when the
@@ -239,7 +250,11 @@ class DatabaseLink:
         assert self._conn is not None
         with gevent.Timeout(self.settings.db_check_timeout):
             info = read_info(self._conn, self.settings.max_token_lifetime)
-        self._drain()
+        # No _drain() here: what arrived with these answers was committed after (or as) they
+        # were read, so it is handed over after the handler has acted on them (on_database).
+        # Handed over first, a newer state would be acted on, then overwritten by this older
+        # one: the upgrade switch (the kind c that hello(2) itself sends) saw a position the
+        # stale answer did not know of, and took it for a rewind.
         self.server_version = info.server_version
         return info
 
@@ -290,6 +305,7 @@ class DatabaseLink:
             self._listening.update(shared)
             self._refresh_due = False
             self._handler.on_database(self._read_info())
+            self._drain()  # into _held: after the RESYNC
             self._sync_channels(full=True)
             self._connected = True
             self._handler.on_synced()  # answers waiting attaches, then the RESYNC
@@ -323,6 +339,7 @@ class DatabaseLink:
             if self._refresh_due:
                 self._refresh_due = False
                 self._handler.on_database(self._read_info())
+                self._drain()
             # Comparing the wanted set itself would rebuild a set of every channel on each
             # wake-up (44% of the listener's CPU at 20,000 channels, bench steady).
             if self._handler.wanted_version != self._synced_version:
@@ -343,7 +360,8 @@ class DatabaseLink:
         with gevent.Timeout(self.settings.db_check_timeout), self._conn.cursor() as cur:
             cur.execute(f"SELECT pg_notification_queue_usage(), {INSTALLED}")
             usage, installed = cur.fetchone()
-        self._drain()
+        # The answer first, then what arrived with it (newer: an install announced there
+        # must not be undone by this answer's "not installed").
         self._handler.on_checked(float(usage), bool(installed))
         self._drain()
 
