@@ -98,6 +98,20 @@ def install_schema(dsn: str, examples: bool = False,
     """Apply relay's SQL files (and the example tables if ``examples``) to the database at
     ``dsn``, and ``notify_channel`` (``RELAY_NOTIFY_CHANNEL``) when given; return the applied
     file names. Raises ``NewerSchemaError`` when the database holds a newer version."""
+    return install(dsn, examples, notify_channel).files
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What ``install`` applied, and what it left: why the outbox is held off, if it is."""
+
+    files: list[str]
+    held: str | None
+
+
+def install(dsn: str, examples: bool = False, notify_channel: str | None = None) -> Installed:
+    """``install_schema``, also reporting the outbox's hold as the install left it (read in
+    its transaction: a running relay's hello(2) may release it a moment after the commit)."""
     files = schema_files(examples)
     if not files:
         raise FileNotFoundError(f"no SQL files in {SQL_DIR}")
@@ -112,22 +126,11 @@ def install_schema(dsn: str, examples: bool = False,
                 cursor.execute(path.read_text(encoding="utf-8"))
             if notify_channel is not None:
                 cursor.execute(_SET_CHANNEL, (notify_channel, notify_channel))
-    finally:
-        connection.close()
-    return [path.name for path in files]
-
-
-def outbox_held(dsn: str) -> str | None:
-    """Why writers keep version 1's behaviour although the outbox is on (relay listeners of
-    the version before are connected), or ``None``."""
-    connection = psycopg2.connect(dsn)
-    try:
-        with connection, connection.cursor() as cursor:
             cursor.execute("SELECT outbox_held FROM relay.meta")
             row = cursor.fetchone()
     finally:
         connection.close()
-    return row[0] if row else None
+    return Installed([path.name for path in files], row[0] if row else None)
 
 
 def legacy_notify_on(dsn: str) -> bool:

@@ -93,26 +93,24 @@ def _db_install(url: str, args: argparse.Namespace) -> int:
         SQL_VERSION,
         NewerSchemaError,
         direct_notifiers,
-        install_schema,
+        install,
         installed_version,
         legacy_notify_on,
-        outbox_held,
     )
 
     channel = notify_channel_if_set()
     before = installed_version(url)
     try:
-        applied = install_schema(url, examples=args.with_examples, notify_channel=channel)
+        done = install(url, examples=args.with_examples, notify_channel=channel)
     except NewerSchemaError as exc:
         raise CommandError(f"db install: {exc}") from None
-    for name in applied:
+    for name in done.files:
         print(f"applied {name}")
     print(f"relay's SQL is at version {SQL_VERSION}" + (
         "" if before == SQL_VERSION else
         " (new install)" if before is None else f" (upgraded from version {before})"))
-    held = outbox_held(url)
-    if held:
-        print(f"note: the outbox is on but held off: {held}. Nothing to do: it turns on by "
+    if done.held:
+        print(f"note: the outbox is on but held off: {done.held}. Nothing to do: it turns on by "
               "itself (docs/operations.md, \"Upgrades\")")
     if channel is not None:
         print(f"relay_publish notifies the channel {channel!r} (RELAY_NOTIFY_CHANNEL)")
