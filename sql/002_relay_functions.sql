@@ -23,6 +23,12 @@
 ------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION relay._cfg_outbox() RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT false $$;
+-- The operator's setting alone, held or not: while it is on, writers stage their messages and
+-- COMMIT decides (under the commit lock) whether they are numbered, so that the hold's and
+-- the release's announcements (kind c, body outbox) split the stream exactly: every kind n
+-- frame of the held period comes before the release's, every numbered one after it.
+CREATE OR REPLACE FUNCTION relay._cfg_stage() RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT false $$;
 CREATE OR REPLACE FUNCTION relay._cfg_channel() RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT 'relay'::text $$;
 CREATE OR REPLACE FUNCTION relay._cfg_legacy() RETURNS boolean
@@ -53,6 +59,9 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_outbox() RETURNS boolean LANGUAGE sql '
                    'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::boolean $c$',
                    s.outbox::boolean AND NOT coalesce(held, false));
+    EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_stage() RETURNS boolean LANGUAGE sql '
+                   'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::boolean $c$',
+                   s.outbox::boolean);
     EXECUTE format('CREATE OR REPLACE FUNCTION relay._cfg_channel() RETURNS text LANGUAGE sql '
                    'IMMUTABLE SET search_path = pg_catalog, pg_temp AS $c$ SELECT %L::text $c$',
                    s.channel);
@@ -162,7 +171,8 @@ $fn$;
 -- local setting relay.armed (rolled back with a savepoint, like the rows):
 --   's' staged (READ COMMITTED: numbered by the deferred trigger relay_commit at COMMIT)
 --   'u' unsettled (REPEATABLE READ / SERIALIZABLE: numbered later by relay.settle())
---   'n' unnumbered NOTIFY now (outbox off or held, read-only transaction, dormant)
+--   'n' unnumbered NOTIFY now (outbox off, read-only transaction, dormant; not when the
+--       outbox is only held: those stage, and COMMIT sends them unnumbered while held)
 -- so that the transaction's further publishes cost one current_setting() and one INSERT.
 -- Nothing is locked and nothing is numbered here: two writers publishing to the same channels
 -- in any order never wait for each other before COMMIT.
@@ -198,7 +208,7 @@ BEGIN
     END IF;
 
     IF path IS NULL OR path = '' THEN  -- the transaction's first publish (or since its trigger)
-        IF NOT relay._cfg_outbox()
+        IF NOT relay._cfg_stage()
            OR current_setting('transaction_read_only') = 'on'
            OR extract(epoch FROM clock_timestamp())::bigint
                 - pg_catalog.pg_sequence_last_value('relay.heartbeat'::regclass)
@@ -208,6 +218,8 @@ BEGIN
         ELSIF current_setting('transaction_isolation') = 'read committed' THEN
             path := 's';
             arm := true;
+        ELSIF NOT relay._cfg_outbox() THEN
+            path := 'n';  -- held: relay.settle() would number these later, whatever the hold
         ELSE
             path := 'u';
             arm := true;
@@ -619,8 +631,8 @@ END
 $fn$;
 
 -- Hold the outbox off while relay._hold_reason() says so, release it when not; on a change,
--- recompile the writers' setting and announce it (kind c, body 'outbox'). The caller holds
--- advisory lock 3.
+-- recompile the writers' setting and announce it (kind c, body 'outbox', pos: the last
+-- position handed out before the change). The caller holds advisory lock 3.
 CREATE OR REPLACE FUNCTION relay._review_hold() RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -632,19 +644,22 @@ BEGIN
     IF (reason IS NULL) <> (held IS NULL) THEN
         UPDATE relay.meta SET outbox_held = reason;
         PERFORM relay._compile();
-        IF reason IS NOT NULL THEN
-            -- Numbering commits that took the commit lock before us finish first; those after
-            -- us see the held setting at COMMIT and send version 1's frames (_number_staged).
-            saved := current_setting('lock_timeout');
-            BEGIN
-                PERFORM set_config('lock_timeout', '2s', true);
-                PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
-            EXCEPTION WHEN lock_not_available THEN
-                NULL;  -- a transaction holds it for long (SET CONSTRAINTS): do not wait with it
-            END;
-            PERFORM set_config('lock_timeout', saved, true);
-        END IF;
-        PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 c 0 0 00000000 0  outbox');
+        -- Either way, the commits that took the commit lock before us finish first (COMMIT
+        -- decides there whether a transaction's staged messages are numbered); those after us
+        -- see the new setting. So in the NOTIFY stream every frame of the old state comes
+        -- before this announcement and every frame of the new one after it: a listener
+        -- switches there, and on a release follows the outbox from the position it carries.
+        saved := current_setting('lock_timeout');
+        BEGIN
+            PERFORM set_config('lock_timeout', '2s', true);
+            PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- a transaction holds it for long (SET CONSTRAINTS): do not wait with it
+        END;
+        PERFORM set_config('lock_timeout', saved, true);
+        PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 c '
+            || coalesce(pg_catalog.pg_sequence_last_value('relay.pos'::regclass), 0)
+            || ' 0 00000000 0  outbox');
     ELSIF reason IS DISTINCT FROM held THEN
         UPDATE relay.meta SET outbox_held = reason;  -- other pids, same state
     END IF;
@@ -664,6 +679,8 @@ DECLARE
     fp record;
     reason text;
     silent bigint;
+    was_held boolean;
+    released_at bigint;
 BEGIN
     IF pg_is_in_recovery() THEN
         RAISE EXCEPTION 'relay: this server is a replica (in recovery): NOTIFY is not delivered here and nothing can be written; connect to the primary'
@@ -674,7 +691,12 @@ BEGIN
     IF p_speaks >= 2 THEN
         UPDATE relay.meta SET durable_since = now() WHERE durable_since IS NULL;
     END IF;
-    PERFORM relay._review_hold();
+    was_held := (SELECT outbox_held IS NOT NULL FROM relay.meta);
+    IF relay._review_hold() IS NULL AND was_held THEN
+        -- This call released the hold: its announcement (kind c, at this position) reaches
+        -- the caller after kind n frames of commits that came before it (answered with this).
+        released_at := coalesce(pg_catalog.pg_sequence_last_value('relay.pos'::regclass), 0);
+    END IF;
     IF coalesce(p_speaks, 1) < 2 THEN
         -- Version 1's answer, for main's listener before the durable history.
         RETURN json_build_object(
@@ -716,6 +738,8 @@ BEGIN
         'outbox', relay._cfg_outbox(),
         'outboxSetting', (SELECT value FROM relay.settings WHERE name = 'outbox'),
         'outboxHeld', m.outbox_held,
+        -- Set when this very call released the hold: switch at its kind c frame (above).
+        'releasedAt', released_at,
         'notifyChannel', relay._cfg_channel(),
         'legacyNotify', relay._cfg_legacy(),
         'retentionSeconds', (SELECT extract(epoch FROM value::interval)::bigint

@@ -144,3 +144,34 @@ def test_the_reconnect_check_finds_a_new_epoch_a_cleanup_under_us_and_a_rewind()
     assert follower.check({**same, "issuedPos": 2}) == REWOUND  # numbers went back
     outbox.rows[2] = Row(3, "c", 3, 12345, "{}")  # a copy diverged: another message at 3
     assert follower.check(same) == REWOUND
+
+
+class ScriptedChannels(ScriptedOutbox):
+    """relay.heads and relay.read_channel over the same rows."""
+
+    def heads(self, channels: list[str]) -> dict[str, Head]:
+        heads: dict[str, Head] = {}
+        for row in self.rows:
+            if row.channel in channels:
+                heads[row.channel] = Head(row.seq, row.tag, row.pos)
+        return heads
+
+    def read_channels(self, wanted: list[tuple[str, int, int]]) -> list[list[Row]]:
+        return [[row for row in self.rows if row.channel == channel and row.seq >= seq][:limit]
+                for channel, seq, limit in wanted]
+
+
+def test_a_resync_starts_each_channel_at_the_followers_position_not_past_it() -> None:
+    # pos: 1 a1, 2 b1, 3 a2 | our position | 4 b2, 5 a3, 6 c1, 7 d2 (d1 cleaned up)
+    rows = [Row(1, "a", 1, 11, "{}"), Row(2, "b", 1, 21, "{}"), Row(3, "a", 2, 12, "{}"),
+            Row(4, "b", 2, 22, "{}"), Row(5, "a", 3, 13, "{}"), Row(6, "c", 1, 31, "{}"),
+            Row(7, "d", 2, 42, "{}")]
+    follower = OutboxFollower(ScriptedChannels(rows), lambda row: None)  # type: ignore[arg-type]
+    follower.start({"epoch": EPOCH, "headPos": 3, "deletedUpto": 0})
+    heads = follower.heads_here(["a", "b", "c", "d", "e"])
+    assert heads == {
+        "a": Head(2, 12, 3),  # a3 comes after our position: delivered, not skipped
+        "b": Head(1, 21, 2),
+        # c had nothing before our position (its head is "none"); e never had anything
+        "d": Head(2, 42, 7),  # its message before us is gone: the newest (a refetch has it)
+    }

@@ -61,7 +61,12 @@ class Delivery:
         self._durable: DurableHistory | None = None
         self._answered = False  # an attach was answered under the current history
         self._outbox_held: str | None = None  # why the database holds the outbox off, if so
-        self._muted = False  # record deliveries without sending them (before a resync)
+        # The position of the kind c "outbox" frame being handled (where the hold changed):
+        # the outbox is followed from there when it came on. 0 in the frame is "none"
+        # (relay.set, or nothing numbered yet): _released_at says, when our own hello released
+        # the hold.
+        self._switch_at: int | None = None
+        self._released_at: int | None = None
         self._resync_due = False  # the database came back: tell the workers once synced
         self._reconnect_cursor = ""  # every channel's cursor right after that reconnect
         self._notifications = 0
@@ -122,6 +127,12 @@ class Delivery:
         # field, not with a cursor per channel.
         self._reconnect_cursor = self._history.open_many(self._refcounts.wanted())
 
+    def outbox_frame(self, pos: int) -> None:
+        """A kind c "outbox" frame (the hold changed at ``pos``) is being handled: the next
+        ``follow`` switches there."""
+        self._switch_at = pos or self._released_at
+        self._released_at = None
+
     def follow(self, hello: dict[str, Any], session_start: bool, reconnected: bool,
                per_user: bool) -> None:
         """Act on what ``relay.hello(2)`` says: on a (re)connect (``session_start``), or when
@@ -129,6 +140,17 @@ class Delivery:
         outbox = (hello.get("outbox") is True and hello.get("protocol") == 1
                   and isinstance(hello.get("epoch"), str) and bool(hello.get("epoch")))
         durable = outbox and not per_user
+        switch_at, self._switch_at = self._switch_at, None
+        if session_start:
+            self._released_at = None  # a release's frame of a lost connection never comes
+        released = hello.get("releasedAt")
+        if (durable and self._durable is None and not session_start and switch_at is None
+                and isinstance(released, int)):
+            # Our own hello released the hold: kind n frames committed before the release
+            # came with its answer and are still to be delivered, in memory. Switch at the
+            # release's kind c frame, which follows them in the stream.
+            self._released_at = released
+            return
         held = hello.get("outboxHeld") if hello.get("outboxSetting") == "on" else None
         if held != self._outbox_held:
             self._outbox_held = held if isinstance(held, str) else None
@@ -141,7 +163,7 @@ class Delivery:
             # Following starts at the database's present. In memory mode a reconnect resyncs
             # everybody anyway: no catch-up, which could not cover per-user channels.
             self._follower = OutboxFollower(self._outbox, self.deliver_row)
-            self._follower.start(hello)
+            self._follower.start(hello, switch_at)
         if not durable:
             if self._durable is not None:
                 self._durable = None
@@ -200,20 +222,22 @@ class Delivery:
             for peer in list(self._peers):
                 peer.send(frame)
         else:
-            # The heads of every open channel, as of our position in the new history: what
-            # is read to get there is recorded, not sent (the clients refetch it all).
-            durable = self._durable
-            self._muted = True
-            try:
-                self.learn(durable.channels())
-            finally:
-                self._muted = False
-            cursors = durable.cursors(durable.channels())
+            # Every open channel resyncs to its newest message at our position in the new
+            # history; what was committed after it follows as updates (the catch-up below),
+            # not folded into the refetch.
+            durable, follower = self._durable, self._follower
+            assert follower is not None
+            channels = durable.channels()
+            heads = follower.heads_here(channels)
+            for channel in channels:
+                durable.learn(channel, heads.get(channel))
+            cursors = durable.cursors(channels)
             for peer in list(self._peers):
                 mine = {channel: cursors[channel] for channel in peer.channels
                         if channel in cursors}
                 if mine:
                     peer.send(bus.encode(bus.RESYNC, {"reason": reason, "cursors": mine}))
+            follower.catch_up()
         log.info("told %d workers to resync %d channels (%s)", len(self._peers),
                  self._refcounts.open_count, reason)
         self._push_stats()
@@ -302,8 +326,6 @@ class Delivery:
         self._latency.observe(payload)
         message = encode_update(channel, payload, durable.epoch, seq, f"{tag:08x}")
         durable.record(channel, seq, tag, message)
-        if self._muted:
-            return
         self._fan_out(channel, message)
 
     def deliver(self, channel: str, payload: str) -> None:

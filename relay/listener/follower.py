@@ -18,10 +18,11 @@ database's history (same epoch, not cleaned up under us, not rewound)?
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from relay.listener.outbox import SCAN_PAGE, Outbox, Row
+from relay.listener.outbox import SCAN_PAGE, Head, Outbox, Row
 
 EPOCH_CHANGED = "epoch changed"
 EXPIRED = "history expired"
@@ -40,13 +41,16 @@ class OutboxFollower:
         self.holes = 0  # frames that arrived past the next position
         self.duplicates = 0  # frames at or before the position
 
-    def start(self, hello: Mapping[str, Any]) -> None:
+    def start(self, hello: Mapping[str, Any], at: int | None = None) -> None:
         """Follow from the database's present: a fresh listener, a new epoch, or history that
-        expired under us. What came before is served per cursor (``relay.read_channel``)."""
+        expired under us; or from ``at``, where the outbox came on (the release's frame).
+        What came before is served per cursor (``relay.read_channel``)."""
         self.epoch = str(hello.get("epoch") or "")
         # The newest visible message, or what cleanup removed when the outbox is empty: every
         # position up to there is settled (numbers are taken in commit order under one lock).
         self.last_pos = max(_int(hello.get("headPos")), _int(hello.get("deletedUpto")))
+        if at is not None:
+            self.last_pos = max(at, _int(hello.get("deletedUpto")))
         row = self._outbox.row(self.last_pos) if self.last_pos else None
         self.last_tag = row.tag if row is not None else None
 
@@ -100,6 +104,41 @@ class OutboxFollower:
             if len(rows) < SCAN_PAGE:
                 self.scanned += count
                 return count
+
+    def heads_here(self, channels: list[str]) -> dict[str, Head]:
+        """The newest message of each of ``channels`` at or before our position: where a
+        client that resyncs now starts, so that what comes after it (``catch_up``) is
+        delivered to it, not skipped. A channel missing here had none. Where that message was
+        cleaned up (retention), the channel's newest one: what lies between is skipped (the
+        client's refetch has it)."""
+        heads = self._outbox.heads(channels)
+        ahead = {channel: head for channel, head in heads.items() if head.pos > self.last_pos}
+        if not ahead:
+            return heads
+        # How many messages of each such channel lie after our position, up to its head.
+        newer: Counter[str] = Counter()
+        after, upto = self.last_pos, max(head.pos for head in ahead.values())
+        while after < upto:
+            rows = self._outbox.read_from(after, SCAN_PAGE)
+            for row in rows:
+                head = ahead.get(row.channel)
+                if head is not None and row.pos <= head.pos:
+                    newer[row.channel] += 1
+            if len(rows) < SCAN_PAGE:
+                break
+            after = rows[-1].pos
+        wanted = []
+        for channel, head in ahead.items():
+            seq = head.seq - newer[channel]
+            if seq <= 0:
+                del heads[channel]  # its first message came after our position
+            else:
+                wanted.append((channel, seq, 1))
+        for (channel, seq, _), rows in zip(wanted, self._outbox.read_channels(wanted),
+                                            strict=True):
+            if rows and rows[0].seq == seq and rows[0].pos <= self.last_pos:
+                heads[channel] = Head(seq, rows[0].tag, rows[0].pos)
+        return heads
 
     def _advance(self, row: Row) -> None:
         self.last_pos, self.last_tag = row.pos, row.tag

@@ -255,6 +255,8 @@ class Router:
         elif frame.kind in (frames.EPOCH, frames.INSTALLED, frames.SETTING):
             # Re-read relay.hello(2) now, in order with the frames around it: `auto` switches
             # on an install, the outbox may have come on or gone off, a new epoch resyncs.
+            if frame.kind == frames.SETTING and frame.body == "outbox":
+                self._delivery.outbox_frame(frame.pos)
             self.on_database(self._db.read_info())
         elif frame.kind == frames.REVOKED:
             try:
