@@ -169,7 +169,8 @@ $fn$;
 --
 -- Per transaction, the first publish decides the path and remembers it in the transaction-
 -- local setting relay.armed (rolled back with a savepoint, like the rows):
---   's' staged (READ COMMITTED: numbered by the deferred trigger relay_commit at COMMIT)
+--   's' staged (READ COMMITTED: numbered by the deferred trigger relay_commit at COMMIT);
+--       'S' once a second message is staged ('s': COMMIT numbers the one from the arming row)
 --   'u' unsettled (REPEATABLE READ / SERIALIZABLE: numbered later by relay.settle())
 --   'n' unnumbered NOTIFY now (outbox off, read-only transaction, dormant; not when the
 --       outbox is only held: those stage, and COMMIT sends them unnumbered while held)
@@ -227,7 +228,13 @@ BEGIN
         PERFORM set_config('relay.armed', path, true);
     END IF;
 
-    IF path = 's' THEN
+    IF path = 's' AND NOT arm THEN
+        -- A second message: COMMIT takes the general path (relay._number_staged). 'S' is
+        -- rolled back with a savepoint, like the row.
+        PERFORM set_config('relay.armed', 'S', true);
+        path := 'S';
+    END IF;
+    IF path IN ('s', 'S') THEN
         -- The fallback is kept only where it could be needed: the message goes out unnumbered
         -- after all (numbering failed, or the outbox was held off before COMMIT) and is too
         -- big for one NOTIFY.
@@ -289,16 +296,7 @@ BEGIN
     -- bound a transaction holding the lock for long (SET CONSTRAINTS ALL IMMEDIATE) would stall
     -- every publishing writer; with it they commit with their messages unnumbered.
     IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
-        app_timeout := current_setting('lock_timeout');
-        bound := relay._cfg_lock_wait();
-        IF bound > interval '0' AND (app_timeout = '0' OR app_timeout::interval > bound) THEN
-            PERFORM set_config('lock_timeout',
-                               (extract(epoch FROM bound) * 1000)::bigint::text, true);
-            PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
-            PERFORM set_config('lock_timeout', app_timeout, true);
-        ELSE
-            PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
-        END IF;
+        PERFORM relay._wait_commit_lock();  -- bounded: commit_lock_wait
     END IF;
     IF EXISTS (SELECT 1 FROM relay.commits) THEN
         PERFORM relay._settle_locked();  -- earlier RR/SER commits come first on every channel
@@ -461,15 +459,46 @@ BEGIN
 END
 $fn$;
 
+-- The commit lock, when pg_try_advisory_xact_lock did not get it at once: wait at most
+-- commit_lock_wait (or the app's own lock_timeout when shorter). COMMIT is not subject to
+-- statement_timeout, so without a bound a transaction holding the lock for long (SET
+-- CONSTRAINTS ALL IMMEDIATE) would stall every publishing writer; with it they commit with
+-- their messages unnumbered (the caller's exception block). Raises lock_not_available.
+CREATE OR REPLACE FUNCTION relay._wait_commit_lock() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    app_timeout text := current_setting('lock_timeout');
+    bound interval := relay._cfg_lock_wait();
+BEGIN
+    IF bound > interval '0' AND (app_timeout = '0' OR app_timeout::interval > bound) THEN
+        PERFORM set_config('lock_timeout', (extract(epoch FROM bound) * 1000)::bigint::text, true);
+        PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+        PERFORM set_config('lock_timeout', app_timeout, true);
+    ELSE
+        PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
+    END IF;
+END
+$fn$;
+
 -- The deferred constraint trigger relay_commit: fires at COMMIT (or PREPARE, or SET
 -- CONSTRAINTS … IMMEDIATE) for the arming row of a transaction — once per transaction.
+--
+-- A transaction that staged one message (nearly all: relay.armed is still 's') is numbered
+-- right here from the arming row itself (NEW): one DELETE before the commit lock, then under
+-- it one UPDATE of the channel's head, one INSERT into the outbox and the NOTIFY. Every
+-- statement and expression of PL/pgSQL is set up again in each transaction (~1-40 us each),
+-- so this path has as few as it can; more messages go to relay._number_staged.
 CREATE OR REPLACE FUNCTION relay._on_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
+    one boolean := current_setting('relay.armed', true) = 's';
     me xid8 := pg_current_xact_id();
     ordinal bigint;
-    app_timeout text;
-    bound interval;
+    v_pos bigint;
+    v_seq bigint;
+    v_tag integer;
+    v_head text;
+    v_body text;
 BEGIN
     -- Whatever is published from now on (an app's deferred trigger firing after this one)
     -- arms again and gets its own firing, still inside this COMMIT.
@@ -481,14 +510,7 @@ BEGIN
         -- commit's place in commit order; relay.settle() numbers the rows later.
         BEGIN
             IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
-                app_timeout := current_setting('lock_timeout');
-                bound := relay._cfg_lock_wait();
-                IF bound > interval '0' AND (app_timeout = '0' OR app_timeout::interval > bound) THEN
-                    PERFORM set_config('lock_timeout',
-                                       (extract(epoch FROM bound) * 1000)::bigint::text, true);
-                END IF;
-                PERFORM pg_catalog.pg_advisory_xact_lock(1919249505, 1);
-                PERFORM set_config('lock_timeout', app_timeout, true);
+                PERFORM relay._wait_commit_lock();
             END IF;
         EXCEPTION WHEN OTHERS OR query_canceled THEN  -- never fail the write
             RAISE WARNING 'relay: commit lock not taken (%): the numbering order of this transaction is approximate', SQLERRM;
@@ -504,7 +526,48 @@ BEGIN
     END IF;
 
     BEGIN
-        PERFORM relay._number_staged(me);  -- takes the commit lock
+        IF NOT one THEN
+            PERFORM relay._number_staged(me);  -- takes the commit lock
+            RETURN NULL;
+        END IF;
+        -- One message: the arming row. Out of relay.staged before the commit lock.
+        DELETE FROM relay.staged WHERE xid = me;
+        -- ---- the commit lock: serialised from here to the end of the transaction ----
+        IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
+            PERFORM relay._wait_commit_lock();
+        END IF;
+        IF EXISTS (SELECT 1 FROM relay.commits) THEN
+            PERFORM relay._settle_locked();  -- earlier RR/SER commits come first on every channel
+        END IF;
+        -- Held off after this transaction published (see relay._number_staged).
+        IF NOT relay._cfg_outbox() THEN
+            PERFORM relay._notify_unnumbered(NEW.channel, NEW.payload::text, NEW.fallback::text);
+            RETURN NULL;
+        END IF;
+        v_pos := nextval('relay.pos'::regclass);
+        v_tag := (random() * 2147483646)::integer;
+        -- Nobody else writes relay.channel without the commit lock: UPDATE, else INSERT.
+        UPDATE relay.channel SET seq = seq + 1, tag = v_tag, pos = v_pos,
+                                 updated_at = clock_timestamp()
+        WHERE channel = NEW.channel RETURNING seq INTO v_seq;
+        IF NOT FOUND THEN
+            v_seq := 1;
+            INSERT INTO relay.channel (channel, seq, tag, pos, updated_at)
+            VALUES (NEW.channel, 1, v_tag, v_pos, clock_timestamp());
+        END IF;
+        INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
+        VALUES (v_pos, NEW.channel, v_seq, v_tag, NEW.payload, clock_timestamp());
+        IF relay._cfg_notify_max() >= 1 AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
+            v_head := ' ' || v_pos || ' ' || v_seq || ' ' || lpad(to_hex(v_tag), 8, '0') || ' '
+                      || length(NEW.channel) || ' ' || NEW.channel || ' ';
+            v_body := NEW.payload::text;
+            PERFORM pg_catalog.pg_notify(relay._cfg_channel(),
+                CASE WHEN octet_length(v_head) + octet_length(v_body) <= 7995  -- + 4: "r1 m"
+                     THEN 'r1 m' || v_head || v_body ELSE 'r1 r' || v_head END);
+        ELSIF pg_catalog.pg_notification_queue_usage() < 0.9 THEN
+            PERFORM pg_catalog.pg_notify(relay._cfg_channel(),
+                                         'r1 s ' || v_pos || ' 0 00000000 0  ');
+        END IF;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         -- Anything (commit_lock_wait or the app's lock_timeout expiring while COMMIT waits for
         -- the lock, a deadlock, a cancel, a bug): the write must still commit. The rows are back

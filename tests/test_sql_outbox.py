@@ -115,6 +115,26 @@ def test_savepoints_keep_what_was_released_and_drop_what_was_rolled_back(
     assert [(f.kind, f.seq) for f in frames_of(raw)] == [("m", 1), ("m", 2)]
 
 
+def test_one_message_left_after_a_rolled_back_second_is_numbered_once(
+        db: str, app: psycopg2.extensions.connection, raw: NotifyListener) -> None:
+    # COMMIT numbers a one-message transaction from its arming row (relay._on_commit's short
+    # path) and more through relay._number_staged: the savepoint takes the second message and
+    # the mark that sent COMMIT the long way.
+    publish(app, "A", '{"n": 1}')
+    query(app, "SAVEPOINT s")
+    publish(app, "B", '{"n": "rolled back"}')
+    query(app, "ROLLBACK TO SAVEPOINT s")
+    app.commit()
+    publish(app, "A", '{"n": 2}')
+    publish(app, "B", '{"n": 3}')
+    app.commit()
+    assert [(c, s, p) for _, c, s, p in _outbox(db)] == [
+        ("A", 1, '{"n": 1}'), ("A", 2, '{"n": 2}'), ("B", 1, '{"n": 3}')]
+    assert [(f.kind, f.channel, f.seq) for f in frames_of(raw)] == [
+        ("m", "A", 1), ("m", "A", 2), ("m", "B", 1)]
+    assert query(db, "SELECT count(*) FROM relay.staged") == [(0,)]
+
+
 def test_identical_messages_in_one_transaction_stay_two(
         db: str, app: psycopg2.extensions.connection, raw: NotifyListener) -> None:
     publish(app, "A", '{"same": 1}')
