@@ -284,6 +284,32 @@ def test_a_cursor_from_before_the_outbox_gets_one_clean_resync(
     client.close()
 
 
+def test_a_message_the_database_did_not_number_resyncs_its_channel_alone(
+        relay_factory: Callable[..., RelayProcess], postgres_url: str) -> None:
+    """Outbox on, a message without a database number (kind n: a read-only transaction here;
+    also a commit lock not taken in time, or relay's trigger failing): its channel's clients
+    resync to the cursor they have, numbering goes on after it, nobody else hears of it."""
+    relay = relay_factory()
+    client = relay.connect("dlun1")
+    other = relay.connect("dlun2")
+    _durable(relay)
+    channel = "user_Usage_dlun1"
+    notify(postgres_url, channel, '{"n": 1}')
+    first = _updates(client, 1)[0]
+    execute(postgres_url, "BEGIN READ ONLY; SELECT relay_publish(%s, '{\"n\": \"none\"}'); "
+                          "COMMIT", (channel,))
+    resync = client.recv(10)
+    assert resync is not None and resync["type"] == "resync", resync
+    assert resync["reason"] == "unnumbered message" and resync["channels"] == [channel]
+    assert resync["cursors"] == {channel: first["cursor"]}
+    notify(postgres_url, channel, '{"n": 2}')
+    second = _updates(client, 1)[0]
+    assert second["data"] == {"n": 2} and second["seq"] == first["seq"] + 1
+    assert_marker_comes_next(postgres_url, client, other)  # nothing else, nothing to the other
+    client.close()
+    other.close()
+
+
 # ----- 4. what cannot be served -----
 
 
