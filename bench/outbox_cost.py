@@ -13,6 +13,9 @@ other:
   median of the per-round differences. Then ``writers`` connections do the same at once;
 * first transaction — of a new connection, ``notify`` against ``publish`` (PL/pgSQL compiles
   relay's functions once per session);
+* backend CPU — microseconds of the server process's CPU per transaction of each kind (its
+  ``/proc/<pid>/schedstat`` before and after, so PostgreSQL must run on this machine): what
+  relay's SQL costs the database, steady where the wall clock swings with the machine's load;
 * WAL — bytes per transaction of each kind, one writer, in a quiet moment: what the outbox adds
   per message;
 * outbox bytes per row — relay.outbox's growth (heap, TOAST, both indexes) per message;
@@ -210,6 +213,37 @@ def wal_and_size(bench: Bench, per_kind: int) -> dict[str, Any]:
     }
 
 
+def backend_cpu(bench: Bench, count: int, rounds: int = 3) -> dict[str, Any] | None:
+    """CPU microseconds per transaction of each kind in the backend that runs it (the least of
+    ``rounds``); None when the server's processes are not readable here (a remote database)."""
+    rnd = random.Random(13)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for kind in KINDS:
+            conn = bench.connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_backend_pid()")
+                    path = f"/proc/{cur.fetchone()[0]}/schedstat"
+                conn.commit()
+                for _ in range(100):  # this session's plans, the tables' pages
+                    bench.transaction(conn, kind, rnd)
+                try:
+                    with open(path) as stat:
+                        before = int(stat.read().split()[0])
+                except OSError:
+                    return None
+                for _ in range(count):
+                    bench.transaction(conn, kind, rnd)
+                with open(path) as stat:
+                    spent = (int(stat.read().split()[0]) - before) / count / 1000
+            finally:
+                conn.close()
+            best[kind] = round(min(best.get(kind, spent), spent), 1)
+    return {"transactions": count, "usPerTransaction": best,
+            "addedUs": round(best["publish"] - best["notify"], 1)}
+
+
 def first_transactions(bench: Bench, count: int) -> dict[str, Any]:
     rnd = random.Random(11)
     times: dict[str, list[float]] = {"notify": [], "publish": []}
@@ -315,12 +349,14 @@ def measure(dsn: str, rounds: int, writers: int, seconds: float, wal_transaction
             conn.close()
         many = concurrent(bench, writers, seconds) if writers > 1 else None
         firsts = first_transactions(bench, first)
+        cpu = backend_cpu(bench, 1000)
         wal = wal_and_size(bench, wal_transactions)
         cleanup = cleanup_cost(dsn, 2000)
     finally:
         drain.stop()
     return {"fsync": fsync, "synchronousCommit": synchronous_commit, "users": users,
-            "single": single, "concurrent": many, "firstTransaction": firsts, **wal,
+            "single": single, "concurrent": many, "firstTransaction": firsts,
+            "backendCpu": cpu, **wal,
             "cleanup": cleanup, "failedWrites": len(bench.failed),
             "failures": bench.failed[:10], "notificationsRead": drain.received}
 

@@ -427,6 +427,12 @@ def outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
     if first.get("notify") and first.get("publish"):
         lines.append(f"outbox: first transaction of a new connection p50 ms: pg_notify "
                      f"{first['notify']['p50']:.1f}, relay_publish {first['publish']['p50']:.1f}")
+    cpu = outbox.get("backendCpu")
+    if cpu:
+        used = cpu["usPerTransaction"]
+        lines.append(f"outbox: backend CPU per transaction us: base {used['base']:.0f}, pg_notify "
+                     f"{used['notify']:.0f}, relay_publish {used['publish']:.0f} "
+                     f"(added {cpu['addedUs']:+.0f})")
     cleanup = outbox.get("cleanup") or {}
     batch = (cleanup.get("batchMs") or {}).get("p50")
     lines.append(
