@@ -175,3 +175,23 @@ def test_a_resync_starts_each_channel_at_the_followers_position_not_past_it() ->
         # c had nothing before our position (its head is "none"); e never had anything
         "d": Head(2, 42, 7),  # its message before us is gone: the newest (a refetch has it)
     }
+
+
+def test_the_cache_serves_nothing_older_than_the_outboxs_retention() -> None:
+    history = DurableHistory(EPOCH, max_per_channel=100, ttl=300, max_bytes=1 << 20)
+    history.keep_within(60)  # relay.hello(2)'s retentionSeconds, below RELAY_HISTORY_TTL
+    history.open("c")
+    history.learn("c", None)
+    for seq in (1, 2, 3):
+        history.record("c", seq, 100 + seq, _message("c", seq, 100 + seq), now=0.0)
+    history.expire(now=61.0)
+    # Past retention the cache has nothing: the outbox decides (history expired there).
+    plan = history.plan(["c"], {"c": format_cursor(EPOCH, 1, 101)}, max_messages=50)
+    assert plan.reads == [("c", 1, 3)]
+    history.keep_within(None)  # an answer without it changes nothing
+    history.keep_within(600)  # never longer than RELAY_HISTORY_TTL (300 s here)
+    for seq in (4, 5):
+        history.record("c", seq, 100 + seq, _message("c", seq, 100 + seq), now=100.0)
+    history.expire(now=450.0)
+    assert history.plan(["c"], {"c": format_cursor(EPOCH, 4, 104)}, max_messages=50).reads \
+        == [("c", 4, 2)]

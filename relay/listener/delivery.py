@@ -66,6 +66,7 @@ class Delivery:
         # (relay.set, or nothing numbered yet): _released_at says, when our own hello released
         # the hold.
         self._switch_at: int | None = None
+        self._retention: object = None  # hello(2)'s retentionSeconds: the cache's age limit
         self._released_at: int | None = None
         self._resync_due = False  # the database came back: tell the workers once synced
         self._reconnect_cursor = ""  # every channel's cursor right after that reconnect
@@ -81,6 +82,7 @@ class Delivery:
     def _new_durable(self, epoch: str) -> DurableHistory:
         s = self.settings
         history = DurableHistory(epoch, s.history_size, s.history_ttl, s.history_max_bytes)
+        history.keep_within(self._retention)
         for channel in self._refcounts.wanted():
             history.open(channel)
         return history
@@ -141,6 +143,9 @@ class Delivery:
                   and isinstance(hello.get("epoch"), str) and bool(hello.get("epoch")))
         durable = outbox and not per_user
         switch_at, self._switch_at = self._switch_at, None
+        self._retention = hello.get("retentionSeconds")
+        if self._durable is not None:
+            self._durable.keep_within(self._retention)  # relay.set('retention', …)
         if session_start:
             self._released_at = None  # a release's frame of a lost connection never comes
         released = hello.get("releasedAt")

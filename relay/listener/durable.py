@@ -84,7 +84,16 @@ class DurableHistory:
         # Open channel → (seq, tag) of its newest message as delivered here; None until the
         # database said (``learn``). A channel that never had a message is at (0, 0).
         self._heads: dict[str, tuple[int, int] | None] = {}
+        self._ttl = ttl
         self._recent = RecentMessages(max_per_channel, ttl, max_bytes)
+
+    def keep_within(self, retention: object) -> None:
+        """Cache nothing longer than the outbox keeps it (``retentionSeconds`` of hello(2)):
+        a resume past retention is ``history expired`` here as on every other instance, even
+        with RELAY_HISTORY_TTL longer."""
+        if isinstance(retention, (int, float)) and not isinstance(retention, bool) \
+                and retention > 0:
+            self._recent.ttl = min(self._ttl, float(retention))
 
     @property
     def total_bytes(self) -> int:
