@@ -169,8 +169,10 @@ $fn$;
 --
 -- Per transaction, the first publish decides the path and remembers it in the transaction-
 -- local setting relay.armed (rolled back with a savepoint, like the rows):
---   's' staged (READ COMMITTED: numbered by the deferred trigger relay_commit at COMMIT);
---       'S' once a second message is staged ('s': COMMIT numbers the one from the arming row)
+--   '1' staged, one message so far (READ COMMITTED: numbered by the deferred trigger
+--       relay_commit at COMMIT, from the arming row alone); 's' staged, more than one. (Only
+--       this version writes '1': a transaction that published under an older body of this
+--       function, whose 's' means any number, is numbered the general way.)
 --   'u' unsettled (REPEATABLE READ / SERIALIZABLE: numbered later by relay.settle())
 --   'n' unnumbered NOTIFY now (outbox off, read-only transaction, dormant; not when the
 --       outbox is only held: those stage, and COMMIT sends them unnumbered while held)
@@ -217,7 +219,7 @@ BEGIN
         THEN
             path := 'n';
         ELSIF current_setting('transaction_isolation') = 'read committed' THEN
-            path := 's';
+            path := '1';
             arm := true;
         ELSIF NOT relay._cfg_outbox() THEN
             path := 'n';  -- held: relay.settle() would number these later, whatever the hold
@@ -228,13 +230,13 @@ BEGIN
         PERFORM set_config('relay.armed', path, true);
     END IF;
 
-    IF path = 's' AND NOT arm THEN
-        -- A second message: COMMIT takes the general path (relay._number_staged). 'S' is
+    IF path = '1' AND NOT arm THEN
+        -- A second message: COMMIT takes the general path (relay._number_staged). The mark is
         -- rolled back with a savepoint, like the row.
-        PERFORM set_config('relay.armed', 'S', true);
-        path := 'S';
+        PERFORM set_config('relay.armed', 's', true);
+        path := 's';
     END IF;
-    IF path IN ('s', 'S') THEN
+    IF path IN ('1', 's') THEN
         -- The fallback is kept only where it could be needed: the message goes out unnumbered
         -- after all (numbering failed, or the outbox was held off before COMMIT) and is too
         -- big for one NOTIFY.
@@ -483,7 +485,7 @@ $fn$;
 -- The deferred constraint trigger relay_commit: fires at COMMIT (or PREPARE, or SET
 -- CONSTRAINTS … IMMEDIATE) for the arming row of a transaction — once per transaction.
 --
--- A transaction that staged one message (nearly all: relay.armed is still 's') is numbered
+-- A transaction that staged one message (nearly all: relay.armed is still '1') is numbered
 -- right here from the arming row itself (NEW): one DELETE before the commit lock, then under
 -- it one UPDATE of the channel's head, one INSERT into the outbox and the NOTIFY. Every
 -- statement and expression of PL/pgSQL is set up again in each transaction (~1-40 us each),
@@ -491,7 +493,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION relay._on_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    one boolean := current_setting('relay.armed', true) = 's';
+    one boolean := current_setting('relay.armed', true) = '1';
     me xid8 := pg_current_xact_id();
     ordinal bigint;
     v_pos bigint;
