@@ -13,9 +13,10 @@ other:
   median of the per-round differences. Then ``writers`` connections do the same at once;
 * first transaction — of a new connection, ``notify`` against ``publish`` (PL/pgSQL compiles
   relay's functions once per session);
-* backend CPU — microseconds of the server process's CPU per transaction of each kind (its
+* backend CPU — microseconds of the server process's CPU per transaction of each kind, the
+  kinds run by a procedure in the server (no client in the figure) and interleaved (its
   ``/proc/<pid>/schedstat`` before and after, so PostgreSQL must run on this machine): what
-  relay's SQL costs the database, steady where the wall clock swings with the machine's load;
+  relay's SQL costs the database, steadier than the wall clock on a loaded machine;
 * WAL — bytes per transaction of each kind, one writer, in a quiet moment: what the outbox adds
   per message;
 * outbox bytes per row — relay.outbox's growth (heap, TOAST, both indexes) per message;
@@ -213,34 +214,58 @@ def wal_and_size(bench: Bench, per_kind: int) -> dict[str, Any]:
     }
 
 
-def backend_cpu(bench: Bench, count: int, rounds: int = 3) -> dict[str, Any] | None:
-    """CPU microseconds per transaction of each kind in the backend that runs it (the least of
-    ``rounds``); None when the server's processes are not readable here (a remote database)."""
-    rnd = random.Random(13)
+# The three kinds again, run by the server itself (a procedure that commits each one), for
+# backend_cpu: no client round trip or protocol in the figure, only what PostgreSQL executes.
+_LOOP = """
+CREATE OR REPLACE PROCEDURE bench_loop(kind text, n integer) LANGUAGE plpgsql AS $$
+DECLARE
+    u text;
+    p json := %s;
+BEGIN
+    FOR i IN 1..n LOOP
+        u := (1 + (random() * 999)::integer)::text;
+        INSERT INTO bench_app (user_id, note) VALUES (u, 'x');
+        IF kind = 'publish' THEN
+            PERFORM relay_publish('user_Subscription_' || u, p);
+        ELSIF kind = 'notify' THEN
+            PERFORM pg_notify('user_Subscription_' || u, p::text);
+        END IF;
+        COMMIT;
+    END LOOP;
+END $$
+"""
+
+
+def backend_cpu(dsn: str, count: int, rounds: int = 5) -> dict[str, Any] | None:
+    """CPU microseconds per transaction of each kind in the backend that runs it, the kinds
+    interleaved over ``rounds`` (the least of each); None when the server's processes are not
+    readable here (a remote database). synchronous_commit is off: a flush is waited for, not
+    computed."""
     best: dict[str, float] = {}
-    for _ in range(rounds):
-        for kind in KINDS:
-            conn = bench.connect()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_backend_pid()")
-                    path = f"/proc/{cur.fetchone()[0]}/schedstat"
-                conn.commit()
-                for _ in range(100):  # this session's plans, the tables' pages
-                    bench.transaction(conn, kind, rnd)
-                try:
+    conn = psycopg2.connect(dsn, application_name="bench-outbox-cpu")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_LOOP % ("'" + payload("1", 1).replace("'", "''") + "'"))
+            cur.execute("SET synchronous_commit = off")
+            cur.execute("SELECT pg_backend_pid()")
+            path = f"/proc/{cur.fetchone()[0]}/schedstat"
+            for kind in KINDS:
+                cur.execute("CALL bench_loop(%s, 200)", (kind,))  # plans, pages
+            for _ in range(rounds):
+                for kind in KINDS:
+                    try:
+                        with open(path) as stat:
+                            before = int(stat.read().split()[0])
+                    except OSError:
+                        return None
+                    cur.execute("CALL bench_loop(%s, %s)", (kind, count))
                     with open(path) as stat:
-                        before = int(stat.read().split()[0])
-                except OSError:
-                    return None
-                for _ in range(count):
-                    bench.transaction(conn, kind, rnd)
-                with open(path) as stat:
-                    spent = (int(stat.read().split()[0]) - before) / count / 1000
-            finally:
-                conn.close()
-            best[kind] = round(min(best.get(kind, spent), spent), 1)
-    return {"transactions": count, "usPerTransaction": best,
+                        spent = (int(stat.read().split()[0]) - before) / count / 1000
+                    best[kind] = round(min(best.get(kind, spent), spent), 1)
+    finally:
+        conn.close()
+    return {"transactions": count, "rounds": rounds, "usPerTransaction": best,
             "addedUs": round(best["publish"] - best["notify"], 1)}
 
 
@@ -349,7 +374,7 @@ def measure(dsn: str, rounds: int, writers: int, seconds: float, wal_transaction
             conn.close()
         many = concurrent(bench, writers, seconds) if writers > 1 else None
         firsts = first_transactions(bench, first)
-        cpu = backend_cpu(bench, 1000)
+        cpu = backend_cpu(dsn, 2000)
         wal = wal_and_size(bench, wal_transactions)
         cleanup = cleanup_cost(dsn, 2000)
     finally:
