@@ -532,8 +532,13 @@ BEGIN
             PERFORM relay._number_staged(me);  -- takes the commit lock
             RETURN NULL;
         END IF;
-        -- One message: the arming row. Out of relay.staged before the commit lock.
+        -- One message: the arming row. Out of relay.staged before the commit lock, and what
+        -- does not depend on the numbers (its tag, the frame's tail) made before it too.
         DELETE FROM relay.staged WHERE xid = me;
+        v_tag := (random() * 2147483646)::integer;
+        v_head := ' ' || lpad(to_hex(v_tag), 8, '0') || ' ' || length(NEW.channel) || ' '
+                  || NEW.channel || ' ';
+        v_body := NEW.payload::text;
         -- ---- the commit lock: serialised from here to the end of the transaction ----
         IF NOT pg_catalog.pg_try_advisory_xact_lock(1919249505, 1) THEN
             PERFORM relay._wait_commit_lock();
@@ -547,7 +552,6 @@ BEGIN
             RETURN NULL;
         END IF;
         v_pos := nextval('relay.pos'::regclass);
-        v_tag := (random() * 2147483646)::integer;
         -- Nobody else writes relay.channel without the commit lock: UPDATE, else INSERT.
         UPDATE relay.channel SET seq = seq + 1, tag = v_tag, pos = v_pos,
                                  updated_at = clock_timestamp()
@@ -560,9 +564,7 @@ BEGIN
         INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
         VALUES (v_pos, NEW.channel, v_seq, v_tag, NEW.payload, clock_timestamp());
         IF relay._cfg_notify_max() >= 1 AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
-            v_head := ' ' || v_pos || ' ' || v_seq || ' ' || lpad(to_hex(v_tag), 8, '0') || ' '
-                      || length(NEW.channel) || ' ' || NEW.channel || ' ';
-            v_body := NEW.payload::text;
+            v_head := ' ' || v_pos || ' ' || v_seq || v_head;
             PERFORM pg_catalog.pg_notify(relay._cfg_channel(),
                 CASE WHEN octet_length(v_head) + octet_length(v_body) <= 7995  -- + 4: "r1 m"
                      THEN 'r1 m' || v_head || v_body ELSE 'r1 r' || v_head END);
