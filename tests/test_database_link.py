@@ -16,7 +16,8 @@ import gevent
 import pytest
 
 from relay.config import Settings
-from relay.listener.database import DatabaseInfo, DatabaseLink
+from relay.listener.database import DatabaseLink
+from relay.listener.queries import DatabaseInfo
 from tests.support import execute, notify_directly, wait_for
 
 pytestmark = pytest.mark.slow  # boots PostgreSQL
