@@ -26,7 +26,7 @@ import psycopg2
 import pytest
 
 from relay.dev.postgres import EmbeddedPostgres
-from tests.outbox_support import Writers, publish
+from tests.outbox_support import Writers, publish, query
 from tests.streams import MessageReader, NotifyWriter, running
 from tests.support import (
     Client,
@@ -39,16 +39,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
-
-
-def _query(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement, params or None)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def _updates(client: Client, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -70,7 +60,7 @@ def _cursors(client: Client, updates: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _listener_backend(url: str) -> int:
-    rows = _query(url, "SELECT pid FROM pg_stat_activity WHERE application_name = "
+    rows = query(url, "SELECT pid FROM pg_stat_activity WHERE application_name = "
                        "'relay-listener' AND datname = current_database()")
     assert len(rows) == 1, rows
     return int(rows[0][0])
@@ -127,9 +117,9 @@ def test_seq_and_cursor_come_from_the_database(relay_factory: Callable[..., Rela
     channel = "user_Usage_dlnum1"
     notify(postgres_url, channel, '{"n": 1}')
     update = _updates(client, 1)[0]
-    [(seq, tag)] = _query(postgres_url, "SELECT seq, tag FROM relay.outbox WHERE channel = %s",
+    [(seq, tag)] = query(postgres_url, "SELECT seq, tag FROM relay.outbox WHERE channel = %s",
                           (channel,))
-    [(epoch,)] = _query(postgres_url, "SELECT epoch FROM relay.meta")
+    [(epoch,)] = query(postgres_url, "SELECT epoch FROM relay.meta")
     assert update["seq"] == seq
     assert update["cursor"] == f"{epoch}:{seq}:{tag:08x}"
     assert client.connected["epoch"] == epoch
@@ -162,7 +152,7 @@ def test_writers_with_rollbacks_and_big_transactions_arrive_once_gap_free_in_com
         assert_marker_comes_next(postgres_url, client)
     finally:
         execute(postgres_url, "SELECT relay.set('notify_per_message_max', '100')")
-    rows = _query(postgres_url, "SELECT seq, payload::text FROM relay.outbox WHERE channel = %s "
+    rows = query(postgres_url, "SELECT seq, payload::text FROM relay.outbox WHERE channel = %s "
                                 "AND seq <= %s ORDER BY pos", (channel, len(committed)))
     assert [u["seq"] for u in updates] == list(range(1, len(committed) + 1))
     assert [u["seq"] for u in updates] == [seq for seq, _ in rows]  # commit order
@@ -276,7 +266,7 @@ def test_a_cursor_from_before_the_outbox_gets_one_clean_resync(
     assert resync is not None and resync["type"] == "resync"
     assert resync["channels"] == ["user_Usage_dlold1"]
     assert resync["reason"] == "history unavailable"
-    [(epoch,)] = _query(postgres_url, "SELECT epoch FROM relay.meta")
+    [(epoch,)] = query(postgres_url, "SELECT epoch FROM relay.meta")
     assert resync["cursors"]["user_Usage_dlold1"].startswith(f"{epoch}:1:")
     notify(postgres_url, "user_Usage_dlold1", '{"n": 2}')
     assert _updates(client, 1)[0]["data"] == {"n": 2}
@@ -327,7 +317,7 @@ def test_past_retention_one_resync_history_expired(relay_factory: Callable[..., 
     # seconds (made old rather than waiting for it).
     execute(postgres_url, "UPDATE relay.outbox SET created_at = created_at - interval '1 hour'")
     execute(postgres_url, "SELECT relay.cleanup(100000)")
-    assert not _query(postgres_url, "SELECT 1 FROM relay.outbox WHERE channel = %s", (channel,))
+    assert not query(postgres_url, "SELECT 1 FROM relay.outbox WHERE channel = %s", (channel,))
     back = other.connect("dlexp1", resume=cursors)
     assert back.connected["resumed"] is False
     resync = back.recv(10)
@@ -347,14 +337,14 @@ def test_a_restore_changes_the_epoch_one_resync_and_old_cursors_are_refused(
     channel = "user_Usage_dldiv1"
     notify(postgres_url, channel, '{"n": 1}')
     cursors = _cursors(client, _updates(client, 1))
-    [(old_epoch,)] = _query(postgres_url, "SELECT epoch FROM relay.meta")
+    [(old_epoch,)] = query(postgres_url, "SELECT epoch FROM relay.meta")
     # What a restore into another database looks like to relay.hello(2): the fingerprint no
     # longer matches. The listener reconnects (as it would to the restored database).
     execute(postgres_url, "UPDATE relay.meta SET database_oid = 1")
     execute(postgres_url, "SELECT pg_terminate_backend(%s)", (_listener_backend(postgres_url),))
     resync = client.recv(20)
     assert resync is not None and resync["type"] == "resync", resync
-    [(epoch,)] = _query(postgres_url, "SELECT epoch FROM relay.meta")
+    [(epoch,)] = query(postgres_url, "SELECT epoch FROM relay.meta")
     assert epoch != old_epoch
     assert resync["channels"] == sorted(client.connected["cursors"]) or set(
         resync["channels"]) == set(client.connected["cursors"])
@@ -467,7 +457,7 @@ def test_connections_arriving_together_all_get_the_databases_cursors(
     answered from the durable history (a cursor of the in-memory history would resync on
     the client's next reconnect)."""
     relay = relay_factory()
-    [(epoch,)] = _query(postgres_url, "SELECT epoch FROM relay.meta")
+    [(epoch,)] = query(postgres_url, "SELECT epoch FROM relay.meta")
     for i in range(40):
         notify(postgres_url, f"user_Usage_dlcrowd{i}", '{"n": 1}')  # heads to learn
     clients: list[Client] = []
