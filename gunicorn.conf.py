@@ -26,8 +26,11 @@ except ConfigError as exc:
     sys.exit(2)
 
 # RELAY_HOST (0.0.0.0; 127.0.0.1 in development mode) and PORT (3000). Fly's proxy connects
-# to it (fly.toml internal_port).
-bind = [_settings.bind_address]
+# to it (fly.toml internal_port). With RELAY_INTERNAL_PORT, a second socket on the same host:
+# the workers serve /health and /metrics there (nothing else), from their own accept queue
+# and gevent pool (gunicorn gives each bound socket its own), so that a reconnect storm that
+# fills the main port's queue does not hold a health check (fly.toml's [checks]).
+bind = _settings.bind_addresses
 # WEB_CONCURRENCY (CPU count): one gevent worker per vCPU.
 workers = _settings.web_concurrency
 worker_class = "relay.worker.process.RelayWorker"

@@ -39,6 +39,10 @@ class Settings:
     max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME  # 0 = no cap
     allow_query_token: bool = True
     port: int = 3000
+    # A second port served by the same workers with /health and /metrics only (0 = none): its
+    # accept queue and its pool are its own, so a reconnect storm that fills the main port's
+    # cannot keep a health check or a scrape waiting (Centrifugo's internal_port).
+    internal_port: int = 0
     host: str = "0.0.0.0"
     allowed_origins: OriginPolicy = OriginPolicy()
     web_concurrency: int = 2
@@ -124,6 +128,7 @@ class Settings:
             max_token_lifetime=read_max_token_lifetime(env),
             allow_query_token=reader.boolean("RELAY_ALLOW_QUERY_TOKEN", True),
             port=reader.integer("PORT", 3000, 1, 65535),
+            internal_port=reader.integer("RELAY_INTERNAL_PORT", 0, 0, 65535),
             host=values.host(env.get("RELAY_HOST", "").strip() or (
                 "127.0.0.1" if dev_mode else "0.0.0.0")),
             allowed_origins=values.origins(env.get("ALLOWED_ORIGINS", "")),
@@ -171,6 +176,10 @@ class Settings:
         )
         if dev_mode and not reader.boolean(DEV_OVERRIDE, False):
             values.refuse_exposed_dev_mode(settings.host, bool(env.get("FLY_APP_NAME")))
+        if settings.internal_port == settings.port:
+            raise ConfigError(
+                f"RELAY_INTERNAL_PORT: must differ from PORT ({settings.port}); it is a second "
+                f"port for /health and /metrics, or unset for none")
         limit = settings.worker_connection_limit
         if settings.max_pending_connections >= limit > 1:
             raise ConfigError(
@@ -181,7 +190,16 @@ class Settings:
     @property
     def bind_address(self) -> str:
         """gunicorn's ``bind``: ``host:port``, with an IPv6 host in brackets."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return self._address(self.port)
+
+    @property
+    def bind_addresses(self) -> list[str]:
+        """Every address gunicorn binds: the main port, then the internal one if set."""
+        ports = [self.port] + ([self.internal_port] if self.internal_port else [])
+        return [self._address(port) for port in ports]
+
+    def _address(self, port: int) -> str:
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
 
 def read_database_url(environ: Mapping[str, str] | None = None) -> str:

@@ -72,6 +72,13 @@ def test_gunicorn_knobs_follow_the_environment() -> None:
     assert values["relay_websockets_per_machine"] == 3 * 490
 
 
+def test_internal_port_is_bound_only_when_set() -> None:
+    assert gunicorn_values({"RELAY_INTERNAL_PORT": "9091"})["bind"] == \
+        ["0.0.0.0:3000", "0.0.0.0:9091"]
+    assert gunicorn_values({"RELAY_DEV": "1", "RELAY_INTERNAL_PORT": "9091"})["bind"] == \
+        ["127.0.0.1:3000", "127.0.0.1:9091"]
+
+
 def test_development_mode_binds_loopback_only() -> None:
     # `make run` sets RELAY_DEV: its /demo/token must not be reachable from the network.
     assert gunicorn_values({"RELAY_DEV": "1"})["bind"] == ["127.0.0.1:3000"]
@@ -84,9 +91,15 @@ def test_fly_toml_agrees_with_gunicorn_conf() -> None:
     values = gunicorn_values({k: str(v) for k, v in env.items()})
     service = fly["http_service"]
     assert service["internal_port"] == int(env["PORT"])
-    assert values["bind"] == [f"0.0.0.0:{env['PORT']}"]
-    assert [c["path"] for c in service["checks"]] == ["/health"]
-    assert all(c.get("method", "GET") == "GET" for c in service["checks"])
+    # The health check targets RELAY_INTERNAL_PORT, bound beside PORT, where a reconnect
+    # storm's queue cannot hold it; no service check on the clients' port.
+    internal = int(env["RELAY_INTERNAL_PORT"])
+    assert internal != int(env["PORT"])
+    assert values["bind"] == [f"0.0.0.0:{env['PORT']}", f"0.0.0.0:{internal}"]
+    assert "checks" not in service
+    checks = list(fly["checks"].values())
+    assert [(c["type"], c["port"], c["path"]) for c in checks] == [("http", internal, "/health")]
+    assert all(c.get("method", "GET") == "GET" for c in checks)
     concurrency = service["concurrency"]
     assert concurrency["type"] == "connections"
     # The proxy must stop sending a machine WebSockets before relay itself refuses them.
@@ -119,6 +132,7 @@ def test_operations_doc_lists_every_gunicorn_knob_with_its_default() -> None:
     rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
             if line.startswith("| `")}
     for knob, default in (("WEB_CONCURRENCY", "CPU count"), ("RELAY_WORKER_CONNECTIONS", "10000"),
+                          ("RELAY_INTERNAL_PORT", "unset"),
                           ("RELAY_HANDSHAKE_CONCURRENCY", "256"),
                           ("RELAY_WORKER_TIMEOUT", "30"), ("RELAY_DRAIN_SECONDS", "10")):
         row = rows.get(f"`{knob}`")

@@ -21,6 +21,10 @@ anything is read or upgraded; over the worker's budget, the oldest pending conne
 room. The handler hands the connection's ticket to the WebSocket in its environ
 (``PENDING_KEY``).
 
+On ``RELAY_INTERNAL_PORT`` (a second socket of the same workers, for health checks and
+scrapes) only ``/health`` and ``/metrics`` are served, without the pending budget: anything
+else, ``/ws`` included, is answered 404 before it reaches the app.
+
 Access-log lines, and gevent's own complaints about a malformed request (which quote the
 request line), are written with every query string removed: a token passed as
 ``?token=`` must never reach a log.
@@ -56,6 +60,8 @@ _QUERY_STRING = re.compile(r"\?\S*")  # to the next space: all of it, even insid
 _KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
                  "REMOTE_ADDR", "REMOTE_PORT", "HTTP_FLY_CLIENT_IP", "HTTP_USER_AGENT",
                  "HTTP_REFERER", PENDING_KEY)
+# What RELAY_INTERNAL_PORT serves; everything else there is 404.
+INTERNAL_PATHS = ("/health", "/metrics")
 # The answer to a connection whose address is over its pending share (relay.worker.admission).
 _TOO_MANY = "too many unauthenticated connections from your address; retry shortly"
 
@@ -148,6 +154,20 @@ _TURNED_AWAY = (f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Ty
                 f"\r\n\r\n{_TOO_MANY}\n").encode()
 
 
+def on_internal_port(server: Any, relay: RelayApp) -> bool:
+    """Whether ``server`` (the gevent server of one bound socket) is the internal port's.
+    Remembered on the server: its socket does not change."""
+    internal = getattr(server, "relay_internal", None)
+    if internal is None:
+        port = relay.settings.internal_port
+        try:
+            internal = bool(port) and server.server_port == port
+        except (AttributeError, IndexError, TypeError, OSError):  # a Unix socket: never it
+            internal = False
+        server.relay_internal = internal
+    return bool(internal)
+
+
 def fly_client_ip(environ: dict[str, Any]) -> str:
     """The client's address behind Fly's proxy: its ``Fly-Client-IP``, else the peer's."""
     return environ.get("HTTP_FLY_CLIENT_IP", "").strip() or environ.get("REMOTE_ADDR", "")
@@ -189,7 +209,8 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
 
     def read_requestline(self) -> Any:
         relay = relay_of(self.server.application)
-        if relay is not None and not relay.settings.behind_fly_proxy:
+        if (relay is not None and not relay.settings.behind_fly_proxy
+                and not on_internal_port(self.server, relay)):
             # Pending from here: a request still arriving holds a slot as a WebSocket that
             # has not authenticated does. Behind Fly's proxy (which reads the request before
             # passing it on) the client is known only from the headers: upgrade_websocket.
@@ -251,6 +272,14 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
 
     def upgrade_websocket(self) -> Any:
         environ = self.environ
+        relay = relay_of(self.application)
+        if relay is not None and on_internal_port(self.server, relay):
+            # Health checks and scrapes only: no WebSocket (and no pending place) here.
+            if (environ.get("PATH_INFO") in INTERNAL_PATHS
+                    and environ.get("HTTP_UPGRADE", "").lower() != "websocket"):
+                return None
+            return self._refuse("404 Not Found", "the internal port serves /health and "
+                                "/metrics only\n")
         if environ.get("PATH_INFO") != "/ws" or (
                 environ.get("HTTP_UPGRADE", "").lower() != "websocket"):
             # Not a WebSocket: its request has arrived and is answered at once, so it is
@@ -283,7 +312,6 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
             valid_key = False
         if not valid_key:
             return self._refuse("400 Bad Request", "invalid Sec-WebSocket-Key")
-        relay = relay_of(self.application)
         if relay is not None and relay.settings.behind_fly_proxy:
             # Behind Fly's proxy the peer is the proxy, whose connection may carry requests
             # of several clients: each WebSocket request counts for its own client.
