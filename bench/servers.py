@@ -151,8 +151,11 @@ class Server:
         return self.health() is not None
 
     def health(self) -> dict[str, Any] | None:
+        return self._health(self.port)
+
+    def _health(self, port: int) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
                                         timeout=5) as response:
                 return json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
@@ -226,8 +229,13 @@ class RelayServer(Server):
     def __init__(self, workdir: Path, database_url: str, workers: int,
                  connections: int, *, worker_connections: int | None = None,
                  env: dict[str, str] | None = None, probe_dir: Path | None = None,
-                 port: int | None = None, instance: str = "") -> None:
+                 port: int | None = None, instance: str = "",
+                 internal_port: int | None = None) -> None:
         super().__init__(workdir, database_url, port, instance)
+        # RELAY_INTERNAL_PORT: /health and /metrics on their own accept queue, which a
+        # reconnect storm on the main port cannot fill; the readiness poll and the figures
+        # read them there (bench/healthwatch.py also asks the main port, for contrast).
+        self.internal_port = internal_port or free_port()
         self.workers = workers
         self.connections = connections
         # Default: the gevent pool holds every WebSocket, whichever worker accepts it. The
@@ -245,6 +253,7 @@ class RelayServer(Server):
             "WEB_CONCURRENCY": str(self.workers),
             "RELAY_SOCKET_PATH": str(self.workdir / "listener.sock"),
             "RELAY_WORKER_CONNECTIONS": str(self.worker_connections),
+            "RELAY_INTERNAL_PORT": str(self.internal_port),
             **self.env,
         })
         config = "gunicorn.conf.py"
@@ -253,8 +262,12 @@ class RelayServer(Server):
             env["BENCH_PROBE_DIR"] = str(self.probe_dir)
             config = "bench/gunicorn_probe.conf.py"
         args = [sys.executable, "-m", "gunicorn", "-c", config,
-                "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+                "--bind", f"127.0.0.1:{self.port}", "--bind", f"127.0.0.1:{self.internal_port}",
+                "wsgi:app"]
         return args, ROOT, env
+
+    def health(self) -> dict[str, Any] | None:
+        return self._health(self.internal_port)
 
     def ready(self) -> bool:
         body = self.health()
