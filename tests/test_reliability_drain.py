@@ -5,6 +5,7 @@ gunicorn's graceful_timeout."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from tests.support import Client, RelayProcess, notify
+from tests.support import Client, RelayProcess, notify, wait_for
 
 pytestmark = pytest.mark.slow  # every test here boots real processes
 
@@ -86,3 +87,31 @@ def test_connections_accepted_during_the_drain_do_not_hold_the_worker(
     notify(postgres_url, "user_Usage_after-drain", '{"n": 1}')
     assert bystander.expect("update")["data"] == {"n": 1}
     bystander.close()
+
+
+def test_the_worker_exits_when_the_drain_ends_whatever_its_pool_still_holds(
+        relay_factory: Callable[..., RelayProcess]) -> None:
+    """A request still arriving (held by the handshake timeout) and a client that never
+    answers its close would each hold the worker until graceful_timeout: gunicorn waits for
+    its pool, and relay waited for its connections. The worker exits once the drain (and its
+    3 s for close handshakes) is over."""
+    relay = relay_factory({"RELAY_DRAIN_SECONDS": "1", "RELAY_HANDSHAKE_TIMEOUT": "60"},
+                          workers=1)
+    deaf = relay.connect("deaf")  # never reads again: its close handshake never completes
+    arriving = socket.create_connection(("127.0.0.1", relay.port))  # sends nothing
+    try:
+        (worker,) = relay.worker_pids()
+        process = psutil.Process(worker)
+        wait_for(lambda: relay.health()[1].get("worker", {}).get("connections") == 1, 10,
+                 message="the deaf client to be counted")
+        started = time.monotonic()
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGTERM)
+        process.wait(GRACEFUL_TIMEOUT + 5)
+        exited = time.monotonic() - started
+        # drain 1 s + close handshakes 3 s + gunicorn's 1 s polls; graceful_timeout is 11 s
+        assert exited < GRACEFUL_TIMEOUT - 3, f"worker exited after {exited:.1f}s"
+        assert "connections never answered their close" in relay.logs()
+    finally:
+        arriving.close()
+        deaf.ws.close()
