@@ -41,6 +41,7 @@ from relay.worker.websocket import (
     FrameReader,
     ProtocolViolation,
     close_frame,
+    close_frame_end,
     encode_frame,
     is_pong_frame,
     text_frame,
@@ -55,6 +56,7 @@ _PING = text_frame(protocol.ENCODED_PING)
 # A pong as the bundled client writes it (JSON.stringify({type: 'pong'})).
 _PONG_TEXT = b'{"type":"pong"}'
 _PONG_FRAME_BYTES = 6 + len(_PONG_TEXT)  # header, mask, text
+_CLOSE_PEEK_BYTES = 4096  # enough for a client's answer to our close
 
 
 def _ended() -> bool:
@@ -179,10 +181,29 @@ class Connection:
     def _on_readable(self) -> None:
         """The parked connection's socket is readable: runs in the hub, so it never waits. A
         lone pong is taken here; anything else is read by a greenlet of its own."""
-        if self._took_pong():
+        if self._took_pong() or self._took_close_answer():
             return
         self._watcher.stop()
         gevent.spawn(self._drive, self._read_buffered, True)
+
+    def _took_close_answer(self) -> bool:
+        """During a drain, the client's answer to our close (its close frame, after whatever
+        came first, or the end of its stream) is read and the connection finished here, in
+        the hub: a greenlet per answer queued them (bench scale, 2 starved workers of 20,000:
+        ready greenlets waited 8 s and half the answers were unread when the drain ended)."""
+        if not self.node.draining or self.closing is None or not self._writer.idle:
+            return False
+        raw = getattr(self.sock, "_sock", self.sock)  # not tied to the hub: never waits
+        try:
+            data = raw.recv(_CLOSE_PEEK_BYTES, socket.MSG_PEEK)
+        except OSError:
+            return False
+        end = close_frame_end(self._input.pending + data) if data else 0
+        if end is None:
+            return False
+        raw.recv(max(0, end - len(self._input.pending)))  # what was peeked, all there
+        self._finish()
+        return True
 
     def _took_pong(self) -> bool:
         """Read and handle the client's answer to a heartbeat, if that is all it sent.
@@ -368,8 +389,8 @@ class Connection:
         # The access line of a WebSocket is written at its 101; this one carries how long it
         # lived, for the operator who wants session lengths.
         seconds = round(time.monotonic() - self.opened_at, 3)
-        # During a drain, one line per client was a fifth of the worker's CPU (py-spy, bench
-        # scale, 20,000 closes a worker): the drain logs their sum instead (node.drain).
+        # During a drain one line per client was a fifth of the worker's CPU (py-spy, 20,000
+        # closes a worker): the drain logs their sum instead (node.drain).
         log.log(logging.DEBUG if self.node.draining else logging.INFO,
                 "closed user=%s peer=%s code=%s reason=%s after %.1fs", self.user_id or "-",
                 self.peer, code, self.close_detail or "connection lost", seconds,

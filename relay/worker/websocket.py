@@ -96,6 +96,27 @@ def is_pong_frame(data: bytes, pong: bytes) -> bool:
             and data[1] == 0x80 | n and _unmask(data[6:], data[2:6]) == pong)
 
 
+def close_frame_end(data: bytes) -> int | None:
+    """Where the first close frame in ``data`` (frames back to back, from a frame boundary)
+    ends; ``None`` if no whole one is there. Framing only: what a connection that has sent
+    its own close needs to know of the client's answer (nothing in it is used)."""
+    at, size = 0, len(data)
+    while at + 2 <= size:
+        length, head = data[at + 1] & 0x7F, 2
+        if length >= 126:
+            head = 4 if length == 126 else 10
+            if at + head > size:
+                return None
+            length = int.from_bytes(data[at + 2:at + head], "big")
+        end = at + head + (4 if data[at + 1] & 0x80 else 0) + length
+        if end > size:
+            return None
+        if data[at] & 0x0F == OP_CLOSE:
+            return end
+        at = end
+    return None
+
+
 def _unmask(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
     if n == 0:

@@ -94,6 +94,11 @@ class Writer:
         self._greenlet = gevent.spawn(self._write_loop)
         return True
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: ``wait`` would return at once."""
+        return self._greenlet is None and not self._queue
+
     def wait(self, timeout: float) -> None:
         """Wait, at most ``timeout`` seconds, for what is queued to be written."""
         greenlet = self._greenlet
