@@ -26,8 +26,9 @@ import psycopg2
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # The version the files in sql/ install (relay.meta.version; docs/operations.md "Upgrades"):
-# 1 the shared channel, 2 the durable history (the outbox).
-SQL_VERSION = 2
+# 1 the shared channel, 2 the durable history (the outbox), 3 the same with each channel's head
+# read from the outbox (numbering at COMMIT writes nothing else).
+SQL_VERSION = 3
 
 # Two installers racing (two test sessions, two deploys) would trip over each other's
 # CREATE OR REPLACE FUNCTION ("tuple concurrently updated"); one advisory lock serialises them.

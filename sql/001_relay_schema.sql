@@ -1,9 +1,12 @@
 -- relay's database side, part 1 of 3: the version guard, schema relay, its tables.
 --
--- relay SQL version 2: one shared NOTIFY channel (wire protocol r1, docs/architecture.md
+-- relay SQL version 3: one shared NOTIFY channel (wire protocol r1, docs/architecture.md
 -- "The shared channel") and the durable history (docs/architecture.md "The durable history"):
 -- messages staged in the writer's transaction, numbered at commit in commit order, kept in
--- relay.outbox for a retention period. Version 1 was the shared channel alone ("outbox off").
+-- relay.outbox for a retention period. Version 1 was the shared channel alone ("outbox off");
+-- version 2 kept every channel's head in relay.channel, updated by every commit; version 3
+-- reads it from the channel's newest outbox row (relay.channel keeps the heads of channels
+-- whose rows all expired), so numbering writes only the outbox rows.
 -- The files run in ONE transaction, in name order (relay/schema.py; `python -m relay db
 -- install --print` for a migration). Re-running them replaces function bodies and nothing
 -- else: no table is rewritten, no lock a writer needs is taken, and neither what the operator
@@ -19,15 +22,15 @@ SELECT pg_advisory_xact_lock(1919249505, 3);
 
 -- The guard, and what was installed before, remembered for this transaction only (003 reads
 -- it): 'none', '0' (relay's SQL before the shared channel: relay_notify_owner in public, no
--- schema relay), '1' (the shared channel without the outbox) or '2'.
+-- schema relay), '1' (the shared channel without the outbox), '2' or '3'.
 DO $guard$
 DECLARE
     installed integer;
 BEGIN
     IF to_regclass('relay.meta') IS NOT NULL THEN
         EXECUTE 'SELECT max(version) FROM relay.meta' INTO installed;
-        IF installed > 2 THEN
-            RAISE EXCEPTION 'relay: this database has relay SQL version %, newer than this installer (version 2); refusing to downgrade', installed
+        IF installed > 3 THEN
+            RAISE EXCEPTION 'relay: this database has relay SQL version %, newer than this installer (version 3); refusing to downgrade', installed
                 USING HINT = 'Install with the relay release that matches the database, or newer.';
         END IF;
     END IF;
@@ -105,9 +108,11 @@ CREATE TABLE IF NOT EXISTS relay.outbox (
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05,
        vacuum_truncate = false);
 
--- The head of every channel ever published to: its last seq, that message's tag and pos.
--- Written only under the commit lock; updated in place (HOT: fillfactor 70, no indexed column
--- changes). One row (~100 bytes) per channel ever used.
+-- The head (last seq, that message's tag and pos) of channels whose rows have all left the
+-- outbox: a channel's head is its newest outbox row, and relay.cleanup() keeps it here when
+-- that row goes, so that a channel's seq never starts again. Writers only read it (version 2's
+-- updated it on every commit: a row after an upgrade from 2 may be older than the outbox's,
+-- which wins). One row (~100 bytes) per channel idle for longer than retention.
 CREATE TABLE IF NOT EXISTS relay.channel (
     channel text PRIMARY KEY,
     seq bigint NOT NULL,

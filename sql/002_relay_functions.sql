@@ -261,35 +261,34 @@ $fn$;
 ------------------------------------------------------------------------------------------------
 
 -- Number the staged messages of the committing READ COMMITTED transaction p_xid in publish
--- order, keep them in the outbox and NOTIFY them; returns how many. Taking them out of
--- relay.staged happens BEFORE the commit lock, so that the serialised part is only: settle
--- check, positions, channel heads, outbox rows, NOTIFY.
+-- order, keep them in the outbox and NOTIFY them; returns how many. A channel's last seq is
+-- its newest outbox row's (relay.channel only for channels whose rows all expired: see
+-- relay.cleanup), so numbering writes nothing but the outbox rows (SQL version 3).
 CREATE OR REPLACE FUNCTION relay._number_staged(p_xid xid8) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     chans text[];
     bodies json[];
-    fallbacks json[];
     n integer;
     base bigint;
+    salt bigint;
     each_one boolean;
     now_ts timestamptz;
-    app_timeout text;
-    bound interval;
     v_tag integer;
     v_seq bigint;
     v_body text;
     v_head text;
 BEGIN
-    WITH gone AS (DELETE FROM relay.staged WHERE xid = p_xid
-                  RETURNING id, channel, payload, fallback)
-    SELECT array_agg(channel ORDER BY id), array_agg(payload ORDER BY id),
-           array_agg(fallback ORDER BY id)
-    INTO chans, bodies, fallbacks FROM gone;
-    n := coalesce(array_length(chans, 1), 0);
+    SELECT count(*) INTO n FROM relay.staged WHERE xid = p_xid;
     IF n = 0 THEN
         RETURN 0;
+    END IF;
+    IF n <= 8 THEN
+        -- Out of relay.staged before the commit lock, into two arrays.
+        WITH gone AS (DELETE FROM relay.staged WHERE xid = p_xid RETURNING id, channel, payload)
+        SELECT array_agg(channel ORDER BY id), array_agg(payload ORDER BY id)
+        INTO chans, bodies FROM gone;
     END IF;
 
     -- ---- the commit lock: serialised from here to the end of the transaction ----
@@ -307,9 +306,16 @@ BEGIN
     -- published: such a listener drops numbered frames, so send these as version 1 did. (The
     -- statement above locked a table, which made this session see the recompiled setting.)
     IF NOT relay._cfg_outbox() THEN
-        FOR i IN 1..n LOOP
-            PERFORM relay._notify_unnumbered(chans[i], bodies[i]::text, fallbacks[i]::text);
-        END LOOP;
+        IF n <= 8 THEN
+            FOR i IN 1..n LOOP  -- at most 8 x 260 bytes: none needed its fallback
+                PERFORM relay._notify_unnumbered(chans[i], bodies[i]::text, NULL);
+            END LOOP;
+        ELSE
+            PERFORM relay._notify_unnumbered(s.channel, s.payload::text, s.fallback::text)
+            FROM (SELECT channel, payload, fallback FROM relay.staged WHERE xid = p_xid
+                  ORDER BY id) s;
+            DELETE FROM relay.staged WHERE xid = p_xid;
+        END IF;
         RETURN n;
     END IF;
     now_ts := clock_timestamp();
@@ -324,21 +330,19 @@ BEGIN
     each_one := n <= relay._cfg_notify_max() AND pg_catalog.pg_notification_queue_usage() < 0.5;
 
     IF n <= 8 THEN
-        -- Small transactions (nearly all): three simple statements per message, where the
-        -- set-based statement below costs more executor start-up even for one row. Under the
-        -- commit lock nobody else writes relay.channel: UPDATE, else INSERT, is race-free.
+        -- Small transactions: one INSERT per message (its seq read in the same statement; a
+        -- second message to a channel sees the first), where the set-based statement below
+        -- costs more executor start-up even for one row.
         FOR i IN 1..n LOOP
             v_tag := (random() * 2147483646)::integer;
-            UPDATE relay.channel SET seq = seq + 1, tag = v_tag, pos = base + i - 1,
-                                     updated_at = now_ts
-            WHERE channel = chans[i] RETURNING relay.channel.seq INTO v_seq;
-            IF NOT FOUND THEN
-                v_seq := 1;
-                INSERT INTO relay.channel (channel, seq, tag, pos, updated_at)
-                VALUES (chans[i], 1, v_tag, base + i - 1, now_ts);
-            END IF;
             INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
-            VALUES (base + i - 1, chans[i], v_seq, v_tag, bodies[i], now_ts);
+            VALUES (base + i - 1, chans[i],
+                    coalesce((SELECT o.seq FROM relay.outbox o WHERE o.channel = chans[i]
+                              ORDER BY o.seq DESC LIMIT 1),
+                             (SELECT c.seq FROM relay.channel c WHERE c.channel = chans[i]),
+                             0) + 1,
+                    v_tag, bodies[i], now_ts)
+            RETURNING seq INTO v_seq;
             IF each_one THEN
                 v_body := bodies[i]::text;
                 v_head := ' ' || (base + i - 1) || ' ' || v_seq || ' '
@@ -352,35 +356,52 @@ BEGIN
             END IF;
         END LOOP;
     ELSE
-        WITH r AS (
-            SELECT u.channel, u.payload, u.k,
-                   (random() * 2147483646)::integer AS tag,
-                   row_number() OVER (PARTITION BY u.channel ORDER BY u.k) AS ck,
-                   count(*) OVER (PARTITION BY u.channel) AS cn
-            FROM unnest(chans, bodies) WITH ORDINALITY AS u(channel, payload, k)
-        ), heads AS (
-            INSERT INTO relay.channel AS ch (channel, seq, tag, pos, updated_at)
-            SELECT channel, max(cn), (array_agg(tag ORDER BY ck DESC))[1], max(base + k - 1),
-                   now_ts
-            FROM r GROUP BY channel ORDER BY channel
-            ON CONFLICT (channel) DO UPDATE
-                SET seq = ch.seq + excluded.seq, tag = excluded.tag, pos = excluded.pos,
-                    updated_at = excluded.updated_at
-            RETURNING channel, seq AS last
-        ), rows AS (
+        -- Set-based, straight from relay.staged (no arrays): each row's pos from its publish
+        -- order, its seq from its channel's head (one index probe per row: a head is read
+        -- once per channel and row here, never written) and its position among the channel's
+        -- rows, its tag a hash of its pos under a random salt of this transaction's.
+        salt := (random() * 9007199254740991)::bigint;
+        PERFORM set_config('work_mem', '64MB', true);  -- a burst's two sorts stay in memory
+        IF each_one THEN
+            WITH rows AS (
+                INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
+                SELECT r.pos, r.channel, r.seq,
+                       (pg_catalog.hashint8extended(r.pos, salt) & 2147483647)::integer,
+                       r.payload, now_ts
+                FROM (SELECT s.channel, s.payload,
+                             base - 1 + row_number() OVER (ORDER BY s.id) AS pos,
+                             coalesce((SELECT o.seq FROM relay.outbox o WHERE o.channel = s.channel
+                                       ORDER BY o.seq DESC LIMIT 1),
+                                      (SELECT c.seq FROM relay.channel c
+                                       WHERE c.channel = s.channel), 0)
+                                 + row_number() OVER (PARTITION BY s.channel ORDER BY s.id) AS seq
+                      FROM relay.staged s WHERE s.xid = p_xid) r
+                RETURNING pos, payload::text AS body,
+                    ' ' || pos || ' ' || seq || ' ' || lpad(to_hex(tag), 8, '0') || ' '
+                        || length(channel) || ' ' || channel || ' ' AS h
+            )
+            SELECT count(*) INTO n FROM (
+                SELECT pg_catalog.pg_notify(relay._cfg_channel(),
+                           CASE WHEN octet_length(h) + octet_length(body) <= 7995
+                                THEN 'r1 m' || h || body ELSE 'r1 r' || h END)
+                FROM rows ORDER BY pos
+            ) sent;
+        ELSE
+            -- The same without the frames: one sync NOTIFY (below) wakes the listeners.
             INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
-            SELECT base + r.k - 1, r.channel, heads.last - r.cn + r.ck, r.tag, r.payload, now_ts
-            FROM r JOIN heads USING (channel)
-            RETURNING pos, payload::text AS body,
-                ' ' || pos || ' ' || seq || ' ' || lpad(to_hex(tag), 8, '0') || ' '
-                    || length(channel) || ' ' || channel || ' ' AS h
-        )
-        SELECT count(*) INTO n FROM (
-            SELECT CASE WHEN each_one THEN pg_catalog.pg_notify(relay._cfg_channel(),
-                       CASE WHEN octet_length(h) + octet_length(body) <= 7995
-                            THEN 'r1 m' || h || body ELSE 'r1 r' || h END) END
-            FROM rows ORDER BY pos
-        ) sent;
+            SELECT r.pos, r.channel, r.seq,
+                   (pg_catalog.hashint8extended(r.pos, salt) & 2147483647)::integer,
+                   r.payload, now_ts
+            FROM (SELECT s.channel, s.payload,
+                         base - 1 + row_number() OVER (ORDER BY s.id) AS pos,
+                         coalesce((SELECT o.seq FROM relay.outbox o WHERE o.channel = s.channel
+                                   ORDER BY o.seq DESC LIMIT 1),
+                                  (SELECT c.seq FROM relay.channel c
+                                   WHERE c.channel = s.channel), 0)
+                             + row_number() OVER (PARTITION BY s.channel ORDER BY s.id) AS seq
+                  FROM relay.staged s WHERE s.xid = p_xid) r;
+        END IF;
+        DELETE FROM relay.staged WHERE xid = p_xid;
     END IF;
     IF NOT each_one AND pg_catalog.pg_notification_queue_usage() < 0.9 THEN
         PERFORM pg_catalog.pg_notify(relay._cfg_channel(), 'r1 s ' || base || ' 0 00000000 0  ');
@@ -397,6 +418,7 @@ SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan A
 DECLARE
     n integer;
     base bigint;
+    salt bigint := (random() * 9007199254740991)::bigint;
     now_ts timestamptz := clock_timestamp();
 BEGIN
     SELECT count(*) INTO n FROM relay.unsettled WHERE xid = p_xid;
@@ -407,27 +429,18 @@ BEGIN
     IF n > 1 THEN
         PERFORM setval('relay.pos'::regclass, base + n - 1);
     END IF;
-    WITH gone AS (
-        DELETE FROM relay.unsettled WHERE xid = p_xid RETURNING id, channel, payload
-    ), r AS (
-        SELECT channel, payload,
-               (random() * 2147483646)::integer AS tag,
-               row_number() OVER (ORDER BY id) AS k,
-               row_number() OVER (PARTITION BY channel ORDER BY id) AS ck,
-               count(*) OVER (PARTITION BY channel) AS cn
-        FROM gone
-    ), heads AS (
-        INSERT INTO relay.channel AS ch (channel, seq, tag, pos, updated_at)
-        SELECT channel, max(cn), (array_agg(tag ORDER BY ck DESC))[1], max(base + k - 1), now_ts
-        FROM r GROUP BY channel ORDER BY channel
-        ON CONFLICT (channel) DO UPDATE
-            SET seq = ch.seq + excluded.seq, tag = excluded.tag, pos = excluded.pos,
-                updated_at = excluded.updated_at
-        RETURNING channel, seq AS last
-    )
+    -- As relay._number_staged's set-based statement.
     INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
-    SELECT base + r.k - 1, r.channel, heads.last - r.cn + r.ck, r.tag, r.payload, now_ts
-    FROM r JOIN heads USING (channel);
+    SELECT r.pos, r.channel, r.seq,
+           (pg_catalog.hashint8extended(r.pos, salt) & 2147483647)::integer, r.payload, now_ts
+    FROM (SELECT u.channel, u.payload,
+                 base - 1 + row_number() OVER (ORDER BY u.id) AS pos,
+                 coalesce((SELECT o.seq FROM relay.outbox o WHERE o.channel = u.channel
+                           ORDER BY o.seq DESC LIMIT 1),
+                          (SELECT c.seq FROM relay.channel c WHERE c.channel = u.channel), 0)
+                     + row_number() OVER (PARTITION BY u.channel ORDER BY u.id) AS seq
+          FROM relay.unsettled u WHERE u.xid = p_xid) r;
+    DELETE FROM relay.unsettled WHERE xid = p_xid;
     RETURN n;
 END
 $fn$;
@@ -551,18 +564,16 @@ BEGIN
             PERFORM relay._notify_unnumbered(NEW.channel, NEW.payload::text, NEW.fallback::text);
             RETURN NULL;
         END IF;
-        v_pos := nextval('relay.pos'::regclass);
-        -- Nobody else writes relay.channel without the commit lock: UPDATE, else INSERT.
-        UPDATE relay.channel SET seq = seq + 1, tag = v_tag, pos = v_pos,
-                                 updated_at = clock_timestamp()
-        WHERE channel = NEW.channel RETURNING seq INTO v_seq;
-        IF NOT FOUND THEN
-            v_seq := 1;
-            INSERT INTO relay.channel (channel, seq, tag, pos, updated_at)
-            VALUES (NEW.channel, 1, v_tag, v_pos, clock_timestamp());
-        END IF;
+        -- Its position, and its seq: the channel's newest outbox row's plus one (relay.channel
+        -- holds the heads of channels whose rows all expired), read in this one statement.
         INSERT INTO relay.outbox (pos, channel, seq, tag, payload, created_at)
-        VALUES (v_pos, NEW.channel, v_seq, v_tag, NEW.payload, clock_timestamp());
+        VALUES (nextval('relay.pos'::regclass), NEW.channel,
+                coalesce((SELECT o.seq FROM relay.outbox o WHERE o.channel = NEW.channel
+                          ORDER BY o.seq DESC LIMIT 1),
+                         (SELECT c.seq FROM relay.channel c WHERE c.channel = NEW.channel),
+                         0) + 1,
+                v_tag, NEW.payload, clock_timestamp())
+        RETURNING pos, seq INTO v_pos, v_seq;
         IF relay._cfg_notify_max() >= 1 AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
             v_head := ' ' || v_pos || ' ' || v_seq || v_head;
             PERFORM pg_catalog.pg_notify(relay._cfg_channel(),
@@ -852,7 +863,15 @@ $$;
 CREATE OR REPLACE FUNCTION relay.heads(p_channels text[])
 RETURNS TABLE (channel text, seq bigint, tag integer, pos bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.channel, c.seq, c.tag, c.pos FROM relay.channel c WHERE c.channel = ANY (p_channels)
+    SELECT p.channel, h.seq, h.tag, h.pos
+    FROM (SELECT DISTINCT unnest(p_channels)) AS p(channel)
+    CROSS JOIN LATERAL (
+        -- The newest outbox row, else the head relay.cleanup saved when the last row expired.
+        (SELECT o.seq, o.tag, o.pos FROM relay.outbox o WHERE o.channel = p.channel
+         ORDER BY o.seq DESC LIMIT 1)
+        UNION ALL
+        (SELECT c.seq, c.tag, c.pos FROM relay.channel c WHERE c.channel = p.channel)
+        LIMIT 1) h
 $$;
 
 ------------------------------------------------------------------------------------------------
@@ -891,7 +910,22 @@ BEGIN
                                9223372036854775807)
         ORDER BY o.pos LIMIT p_max_rows
     ), d AS (
-        DELETE FROM relay.outbox o USING victims v WHERE o.pos = v.pos RETURNING o.pos
+        DELETE FROM relay.outbox o USING victims v WHERE o.pos = v.pos
+        RETURNING o.pos, o.channel, o.seq, o.tag, o.created_at
+    ), heads AS (
+        -- Writers read a channel's last seq from its newest outbox row: when that row goes,
+        -- its channel's head is kept here (a channel's seq never starts again at 1). The
+        -- snapshot is the one before this DELETE: a row with a higher seq, if any, stays.
+        INSERT INTO relay.channel AS ch (channel, seq, tag, pos, updated_at)
+        SELECT DISTINCT ON (d.channel) d.channel, d.seq, d.tag, d.pos, d.created_at
+        FROM d
+        WHERE NOT EXISTS (SELECT 1 FROM relay.outbox o
+                          WHERE o.channel = d.channel AND o.seq > d.seq)
+        ORDER BY d.channel, d.seq DESC
+        ON CONFLICT (channel) DO UPDATE
+            SET seq = excluded.seq, tag = excluded.tag, pos = excluded.pos,
+                updated_at = excluded.updated_at
+            WHERE ch.seq < excluded.seq
     )
     SELECT count(*), max(pos) INTO deleted, upto FROM d;
     IF upto IS NOT NULL THEN

@@ -91,8 +91,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA relay FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.relay_publish(text, json) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION public.relay_notify() TO PUBLIC;
 
-UPDATE relay.meta SET version = 2, upgraded_at = now() WHERE version < 2;
+UPDATE relay.meta SET version = 3, upgraded_at = now() WHERE version < 3;
 
 -- Tell running listeners: RELAY_USER_CHANNELS=auto switches to the shared channel on this, and
 -- every listener reads relay.hello() again.
-SELECT pg_catalog.pg_notify(relay._cfg_channel(), 'r1 i 0 0 00000000 0  2');
+SELECT pg_catalog.pg_notify(relay._cfg_channel(), 'r1 i 0 0 00000000 0  3');

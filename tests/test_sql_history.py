@@ -1,4 +1,4 @@
-"""The durable history over time (SQL version 2): the epoch and what changes it, retention and
+"""The durable history over time (SQL version 3): the epoch and what changes it, retention and
 cleanup, what happens when no relay runs, a full NOTIFY queue, and a replica refused.
 
 The epoch names the database's history: it must change whenever that history may have
@@ -203,6 +203,50 @@ def test_cleanup_deletes_only_what_is_past_retention(db: str) -> None:
     assert query(db, "SELECT relay.cleanup()") == [(0,)]
     # The channel's head outlives its rows: a cursor at seq 10 is still known to be current.
     assert query(db, "SELECT seq FROM relay.heads(ARRAY['A'])") == [(10,)]
+
+
+def test_a_channel_whose_rows_all_expired_counts_on_from_its_head_on_every_path(
+        db: str) -> None:
+    """Writers read a channel's last seq from its newest outbox row; when cleanup deletes that
+    row it keeps the head in relay.channel, so numbering never starts again at 1 (a client's
+    cursor at seq 2 would take a new seq 1, 2 for duplicates) — on the one-message path, the
+    small one, the set-based one (more than 8 messages) and relay.settle()'s."""
+    _publish(db, *[(channel, json.dumps({"n": n})) for n in (1, 2) for channel in "ABCD"])
+    tags = dict(query(db, "SELECT channel, tag FROM relay.outbox WHERE seq = 2"))
+    _age(db, 8, "1 hour")
+    assert query(db, "SELECT relay.cleanup()") == [(8,)]
+    assert query(db, "SELECT count(*) FROM relay.outbox") == [(0,)]
+    assert sorted(query(db, "SELECT channel, seq, tag, pos FROM relay.heads(%s)",
+                        (list("ABCDE"),))) == [
+        ("A", 2, tags["A"], 5), ("B", 2, tags["B"], 6), ("C", 2, tags["C"], 7),
+        ("D", 2, tags["D"], 8)]
+    conn = psycopg2.connect(db)
+    try:
+        publish(conn, "A", '{"n": 3}')  # one message: relay._on_commit's short path
+        conn.commit()
+        publish(conn, "B", '{"n": 3}')  # two: relay._number_staged's small path
+        publish(conn, "B", '{"n": 4}')
+        conn.commit()
+        for n in range(3, 8):  # ten: the set-based statement, with a channel never seen
+            publish(conn, "C", json.dumps({"n": n}))
+            publish(conn, "E", json.dumps({"n": n - 2}))
+        conn.commit()
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ)
+        publish(conn, "D", '{"n": 3}')  # numbered later, by relay.settle()
+        conn.commit()
+    finally:
+        conn.close()
+    query(db, "SELECT relay.settle()")
+    rows = query(db, "SELECT channel, seq, payload::text FROM relay.outbox ORDER BY pos")
+    by_channel: dict[str, list[tuple[int, int]]] = {}
+    for channel, seq, payload in rows:
+        by_channel.setdefault(channel, []).append((seq, json.loads(payload)["n"]))
+    assert by_channel == {"A": [(3, 3)], "B": [(3, 3), (4, 4)],
+                          "C": [(n, n) for n in range(3, 8)],
+                          "E": [(n, n) for n in range(1, 6)], "D": [(3, 3)]}
+    # Every head now comes from the outbox again.
+    assert sorted(query(db, "SELECT channel, seq FROM relay.heads(%s)", (list("ABCDE"),))) == [
+        ("A", 3), ("B", 4), ("C", 7), ("D", 3), ("E", 5)]
 
 
 def test_cleanup_works_in_bounded_batches(db: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from relay.schema import install_schema
+from relay.schema import SQL_VERSION, install_schema
 from tests.outbox_support import frames_of, install_durable, publish, query, raw_listener
 from tests.support import NotifyListener
 
@@ -373,7 +373,7 @@ def test_until_a_durable_listener_says_hello_writers_keep_nothing(empty_database
 
 def test_hello_2_answers_what_a_durable_listener_needs(db: str) -> None:
     [(first,)] = query(db, "SELECT relay.hello(2)")
-    assert {"protocol": 1, "version": 2, "outbox": True, "outboxSetting": "on",
+    assert {"protocol": 1, "version": SQL_VERSION, "outbox": True, "outboxSetting": "on",
             "outboxHeld": None, "notifyChannel": "relay", "retentionSeconds": 900,
             "dormantAfterSeconds": 3600, "headPos": None, "deletedUpto": 0}.items() \
         <= first.items()

@@ -156,7 +156,7 @@ def test_channel_limits_warn_and_never_fail_the_write(db: str, raw: NotifyListen
 
 def test_install_announces_itself_on_the_shared_channel(db: str, raw: NotifyListener) -> None:
     install_schema(db)
-    assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "2")]
+    assert [parse_frame(p) for p in _frames(raw)] == [("i", "", str(SQL_VERSION))]
 
 
 def test_legacy_notify_also_sends_the_bare_payload_on_the_channel(
@@ -183,7 +183,7 @@ def test_a_new_notify_channel_is_announced_on_the_old_one_and_used_at_once(
             cursor.execute("SELECT relay_publish('user_Usage_nc', '1')")
         assert len(_frames(raw)) == 1
         install_schema(db, notify_channel="relay_v2")
-        assert [parse_frame(p) for p in _frames(raw)] == [("i", "", "2"),
+        assert [parse_frame(p) for p in _frames(raw)] == [("i", "", str(SQL_VERSION)),
                                                            ("c", "", "notify_channel")]
         raw.listen("relay_v2")
         with app.cursor() as cursor:

@@ -3,7 +3,9 @@
 ``python -m relay db install`` is idempotent and version-aware: twice changes nothing (the
 epoch, the settings, the triggers); over version 1 (the shared channel without the outbox,
 tests/fixtures/relay_sql_v1/, what main shipped before the durable history) it upgrades and
-keeps what the operator set; a newer version is refused with one line. During a rolling deploy
+keeps what the operator set, and over version 2 (tests/fixtures/relay_sql_v2/: the same
+history, each channel's head kept in relay.channel by every commit) it keeps the epoch and
+every channel's numbering; a newer version is refused with one line. During a rolling deploy
 relays and SQL of both versions meet, in either order (Fly's release_command installs the SQL
 before the new machines start; a roll-back of the relays meets the newer SQL):
 
@@ -35,17 +37,27 @@ from tests.support import ROOT, Client, RelayProcess, execute, wait_for
 pytestmark = pytest.mark.slow  # every test here boots PostgreSQL (and some a relay)
 
 V1_SQL = Path(__file__).resolve().parent / "fixtures" / "relay_sql_v1"
+V2_SQL = Path(__file__).resolve().parent / "fixtures" / "relay_sql_v2"
+
+
+def _install_fixture(url: str, directory: Path) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            for path in sorted(directory.glob("*.sql")):
+                cursor.execute(path.read_text(encoding="utf-8"))
+    finally:
+        conn.close()
 
 
 def _install_v1(url: str) -> None:
     """What a database that ran main's `relay db install` before the durable history holds."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cursor:
-            for path in sorted(V1_SQL.glob("*.sql")):
-                cursor.execute(path.read_text(encoding="utf-8"))
-    finally:
-        conn.close()
+    _install_fixture(url, V1_SQL)
+
+
+def _install_v2(url: str) -> None:
+    """Version 2: the durable history with every channel's head updated by each commit."""
+    _install_fixture(url, V2_SQL)
 
 
 def _relay_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +129,7 @@ def test_upgrading_version_1_keeps_the_settings_and_a_durable_listener_starts_th
         query(url, "SELECT relay.hello(2)")
         publish(listener.conn, "A", '{"v2": 2}')
         assert [(f.kind, f.body) for f in frames_of(listener, "relay_app")] == [
-            ("i", "2"), ("n", '{"v2": 1}'), ("c", "outbox"), ("m", '{"v2": 2}')]
+            ("i", str(SQL_VERSION)), ("n", '{"v2": 1}'), ("c", "outbox"), ("m", '{"v2": 2}')]
         assert query(url, "SELECT payload::text FROM relay.outbox") == [('{"v2": 2}',)]
     finally:
         listener.conn.close()
@@ -195,6 +207,47 @@ def test_version_1s_installer_refuses_to_downgrade_version_2(empty_database: str
     with pytest.raises(psycopg2.errors.RaiseException, match="refusing to downgrade"):
         _install_v1(url)
     assert installed_version(url) == SQL_VERSION
+
+
+def test_version_2s_installer_refuses_to_downgrade_version_3(empty_database: str) -> None:
+    url = empty_database
+    install_schema(url)
+    with pytest.raises(psycopg2.errors.RaiseException, match="refusing to downgrade"):
+        _install_v2(url)
+    assert installed_version(url) == SQL_VERSION
+
+
+def test_upgrading_version_2_keeps_the_epoch_and_every_channel_counts_on(
+        empty_database: str) -> None:
+    """Version 2's heads (relay.channel, written by every commit) and version 3's (the newest
+    outbox row, else relay.channel) agree: a channel whose rows all expired under version 2
+    and one with rows in the outbox both go on from their last seq after the upgrade."""
+    url = empty_database
+    _install_v2(url)
+    query(url, "SELECT relay.hello(2)")
+    conn = psycopg2.connect(url)
+    try:
+        for channel, n in (("A", 1), ("A", 2), ("A", 3), ("B", 1), ("B", 2)):
+            publish(conn, channel, json.dumps({"n": n}))
+            conn.commit()
+        query(url, "UPDATE relay.outbox SET created_at = now() - interval '1 hour' "
+                   "WHERE channel = 'A'")
+        assert query(url, "SELECT relay.cleanup()") == [(3,)]  # version 2's cleanup
+        [(epoch,)] = query(url, "SELECT epoch FROM relay.meta")
+        result = _relay_cli("db", "install", DATABASE_URL=url)
+        assert result.returncode == 0, result.stderr
+        assert "(upgraded from version 2)" in result.stdout
+        assert query(url, "SELECT version, epoch FROM relay.meta") == [(SQL_VERSION, epoch)]
+        publish(conn, "A", '{"n": 4}')
+        conn.commit()
+        for n in (3, 4):
+            publish(conn, "B", json.dumps({"n": n}))
+        conn.commit()
+    finally:
+        conn.close()
+    assert query(url, "SELECT channel, seq, payload::text FROM relay.outbox "
+                      "WHERE pos > 5 ORDER BY pos") == [
+        ("A", 4, '{"n": 4}'), ("B", 3, '{"n": 3}'), ("B", 4, '{"n": 4}')]
 
 
 def test_old_sql_new_listener_a_durable_listener_falls_back_to_version_1s_hello(
@@ -284,6 +337,39 @@ def test_an_upgrade_under_running_relays_loses_no_update(
         assert [u["seq"] for u in part] == list(range(part[0]["seq"],
                                                       part[0]["seq"] + len(part)))
     assert "held off" in result.stdout and "version 1" in result.stdout  # said so
+    client.close()
+
+
+def test_an_upgrade_from_version_2_under_a_running_relay_costs_no_resync(
+        relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
+    """Version 2's SQL, a relay keeping the durable history on it, writers publishing: `db
+    install` of version 3 changes how COMMIT finds a channel's head, not the history: the
+    client gets every update once, in order, its seq gap-free across the upgrade, and no
+    resync (same epoch, same numbers)."""
+    url = empty_database
+    _install_v2(url)
+    relay = relay_factory({"DATABASE_URL": url})
+    client = relay.connect("up2")
+    channel = "user_Usage_up2"
+    stop = threading.Event()
+    sent: list[int] = []
+    thread = _publisher(url, channel, stop, sent)
+    try:
+        wait_for(lambda: len(sent) >= 20, 15, 0.01, "updates before the upgrade")
+        result = _relay_cli("db", "install", DATABASE_URL=url)  # Fly's release_command
+        assert result.returncode == 0, result.stderr
+        assert "(upgraded from version 2)" in result.stdout
+        mark = len(sent)
+        wait_for(lambda: len(sent) >= mark + 40, 15, 0.01, "updates after the upgrade")
+    finally:
+        stop.set()
+        thread.join()
+    updates, resyncs = _updates(client, channel, len(sent))
+    assert resyncs == []
+    assert [u["data"]["n"] for u in updates] == sent  # every one, once, in order
+    seqs = [u["seq"] for u in updates]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert query(url, "SELECT seq FROM relay.heads(%s)", ([channel],)) == [(seqs[-1],)]
     client.close()
 
 
