@@ -8,10 +8,12 @@ Notification ``n`` goes to user ``n % users + 1``.
 ``python -m bench.writer burst …`` commits ONE transaction that notifies users 1…N.
 ``python -m bench.writer ceiling …`` measures how many notifying commits PostgreSQL takes:
 ``writers`` connections each commit one ``pg_notify`` per transaction as fast as they can for
-``seconds`` (``--plain``: the same transactions without the NOTIFY, for contrast), while one
-session LISTENs and reads, as relay's listener does. A notifying commit takes a cluster-wide
-lock (the queue must stay in commit order), so these commits are serialised: that rate is a
-ceiling on the app's notifying writes, whatever relay does.
+``seconds`` (``--plain``: the same transactions without the NOTIFY, for contrast;
+``--publish publish``: one ``relay_publish`` to a random user among 100,000 instead, numbered at
+COMMIT under relay's commit lock, the listener saying ``relay.hello(2)`` so that the outbox is
+on), while one session LISTENs and reads, as relay's listener does. A notifying commit takes
+a cluster-wide lock (the queue must stay in commit order), so these commits are serialised:
+that rate is a ceiling on the app's notifying writes, whatever relay does.
 
 Each payload looks like the bundled trigger's (``table``, ``operation``, ``row``, ``ts``)
 plus what the load generators check: ``u`` (the user), ``n`` (unique) and ``k`` (phase).
@@ -136,15 +138,22 @@ CEILING_PAYLOAD = json.dumps({"table": "subscription", "operation": "UPDATE", "r
     "updated_at": "2026-11-30T10:00:00.000000+00:00"}, "ts": 1790000000.123456})
 
 
-def ceiling(dsn: str, writers: int, seconds: float, plain: bool) -> dict[str, Any]:
+def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
+            publish: str = "notify") -> dict[str, Any]:
     import select
 
+    relay = publish == "publish"
     statement = ("SELECT txid_current()" if plain
+                 else "SELECT relay_publish('user_Subscription_' || %s, %s::json)" if relay
                  else f"SELECT pg_notify('{CEILING_CHANNEL}', %s)")
     listener = psycopg2.connect(dsn, application_name="bench-ceiling-listener")
     listener.autocommit = True
     with listener.cursor() as cur:
-        cur.execute(f"LISTEN {CEILING_CHANNEL}")
+        if relay:
+            cur.execute("LISTEN relay")
+            cur.execute("SELECT relay.hello(2)")  # a durable listener: the outbox is on
+        else:
+            cur.execute(f"LISTEN {CEILING_CHANNEL}")
     received = [0]
     done = threading.Event()
 
@@ -164,12 +173,15 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool) -> dict[str, An
     def write(index: int) -> None:
         conn = psycopg2.connect(dsn, application_name="bench-ceiling")
         conn.autocommit = True  # one statement, one transaction
+        pick = random.Random(index)
         try:
             with conn.cursor() as cur:
                 ready.wait()
                 end = start[0] + seconds
                 while (now := time.monotonic()) < end:
-                    cur.execute(statement, () if plain else (CEILING_PAYLOAD,))
+                    cur.execute(statement, () if plain
+                                else (str(pick.randint(1, 100_000)), CEILING_PAYLOAD) if relay
+                                else (CEILING_PAYLOAD,))
                     after = time.monotonic()
                     if after <= end:
                         commits[index] += 1
@@ -202,7 +214,8 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool) -> dict[str, An
     def at(q: float) -> float | None:
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else None
 
-    return {"writers": writers, "seconds": seconds, "notify": not plain, "commits": total,
+    return {"writers": writers, "seconds": seconds, "notify": not plain,
+            "publish": publish if not plain else None, "commits": total,
             "commitsPerSecond": total / seconds, "received": received[0],
             "latencyMs": {"p50": at(0.5), "p99": at(0.99)}, "fsync": fsync,
             "synchronousCommit": synchronous_commit, "errors": errors}
@@ -235,13 +248,14 @@ def main() -> None:
     c.add_argument("--writers", type=int, default=8)
     c.add_argument("--seconds", type=float, default=5.0)
     c.add_argument("--plain", action="store_true", help="commit without NOTIFY, for contrast")
+    c.add_argument("--publish", choices=sorted(STATEMENTS), default="notify")
     args = parser.parse_args()
     if args.command == "steady":
         result = steady(args.dsn, args.rate, args.users, args.duration, args.warmup,
                         args.per_tx, args.threads, args.publish, args.spread, args.kind,
                         args.seed)
     elif args.command == "ceiling":
-        result = ceiling(args.dsn, args.writers, args.seconds, args.plain)
+        result = ceiling(args.dsn, args.writers, args.seconds, args.plain, args.publish)
     else:
         result = burst(args.dsn, args.users, args.publish, args.among, args.seed)
     print(json.dumps(result), flush=True)
