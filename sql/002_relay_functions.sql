@@ -456,7 +456,7 @@ $fn$;
 --
 -- A transaction that staged one message (nearly all: relay.armed is still '1') is numbered
 -- right here from the arming row itself (NEW): one DELETE before the commit lock, then under
--- it one UPDATE of the channel's head, one INSERT into the outbox and the NOTIFY. Every
+-- it one INSERT into the outbox (its seq read from the channel's newest row) and the NOTIFY. Every
 -- statement and expression of PL/pgSQL is set up again in each transaction (~1-40 us each),
 -- so this path has as few as it can; more messages go to relay._number_staged.
 CREATE OR REPLACE FUNCTION relay._on_commit() RETURNS trigger
