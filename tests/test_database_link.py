@@ -12,11 +12,14 @@ resynced; tests/test_sql_upgrade.py's upgrade under running relays).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gevent
 import pytest
 
 from relay.config import Settings
 from relay.listener.database import DatabaseLink
+from relay.listener.handler import Notification
 from relay.listener.queries import DatabaseInfo
 from tests.support import execute, notify_directly, wait_for
 
@@ -72,6 +75,10 @@ class ScriptedHandler:
     def on_synced(self) -> None:
         self.events.append("synced")
 
+    def on_notifications(self, notes: Sequence[Notification]) -> None:
+        for note in notes:
+            self.on_notification(note.channel, note.payload)
+
     def on_notification(self, channel: str, payload: str) -> None:
         self.events.append(f"notified {payload}" + (" (inside a callback)" if self._inside else ""))
         if payload == "go":
@@ -111,6 +118,42 @@ def test_notifications_that_come_with_a_callbacks_answer_are_handed_over_after_i
         gevent.sleep(0.2)
         # The answer first, then what came with it: never the newer state before the older.
         assert handler.events[3:] == ["notified go", "database 2", "notified hello 2"]
+    finally:
+        runner.kill()
+        link._drop()
+
+
+class BatchRecorder(ScriptedHandler):
+    """Records the size of each hand-over as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def on_notifications(self, notes: Sequence[Notification]) -> None:
+        self.batches.append(len(notes))
+        super().on_notifications(notes)
+
+
+def test_what_arrives_together_is_handed_over_together_in_commit_order(
+        empty_database: str) -> None:
+    execute(empty_database, _HELLO)
+    handler = BatchRecorder()
+    link = DatabaseLink(Settings(database_url=empty_database, jwt_secret=b"k" * 32), handler)
+    handler.link = link
+    runner = gevent.spawn(link.run)
+    try:
+        wait_for(lambda: gevent.sleep(0.01) or "notified hello 1" in handler.events, 15, 0,
+                 "the first connection")
+        handler.batches.clear()
+        # One transaction, 2,000 notifications: a burst's shape.
+        execute(empty_database, "SELECT pg_notify('relay', 'n' || i) "
+                                "FROM generate_series(1, 2000) AS i")
+        wait_for(lambda: gevent.sleep(0.01) or "notified n2000" in handler.events, 15, 0,
+                 "the burst")
+        assert handler.events[3:] == [f"notified n{i}" for i in range(1, 2001)]
+        assert sum(handler.batches) == 2000
+        assert len(handler.batches) < 200  # per read, not per notification
     finally:
         runner.kill()
         link._drop()

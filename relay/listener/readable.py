@@ -18,16 +18,18 @@ class Readable:
         self._loop = loop
         self._watchers = (loop.io(fd, 1), loop.io(wake_fd, 1))
 
-    def wait(self, timeout: float) -> None:
-        """Return once either is readable, or after ``timeout`` seconds; the caller looks
-        at both (each read is non-blocking)."""
+    def wait(self, timeout: float) -> bool:
+        """Return once either is readable, or after ``timeout`` seconds: ``True`` when the
+        wake pipe was (only then is it worth a read: an empty read is a syscall and an
+        exception, once per transaction that notifies). The database's socket is always
+        looked at by the caller (its reads are non-blocking)."""
         waiter = gevent.hub.Waiter()  # type: ignore[var-annotated]
         timer = self._loop.timer(timeout)
         try:
             for watcher in self._watchers:
-                watcher.start(waiter.switch, None)
+                watcher.start(waiter.switch, watcher)
             timer.start(waiter.switch, None)
-            waiter.get()
+            return waiter.get() is self._watchers[1]
         finally:
             # Stopped before anything else runs: a watcher that fired too cannot switch
             # into this greenlet later.

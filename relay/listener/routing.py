@@ -20,7 +20,7 @@ its channel, in the order PostgreSQL delivers them (commit order); nothing is de
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -30,6 +30,7 @@ from relay.config import Settings
 from relay.listener import frames
 from relay.listener.database import DatabaseLink
 from relay.listener.delivery import Delivery
+from relay.listener.handler import Notification
 from relay.listener.outbox import Outbox
 from relay.listener.peers import WorkerPeer
 from relay.listener.queries import DatabaseInfo
@@ -221,6 +222,24 @@ class Router:
                 "and a reconnect LISTENs them again one by one. RELAY_USER_CHANNELS=off (or "
                 "auto, after python -m relay db install) listens to relay's one shared "
                 "channel instead", listened, self._db.server_version // 10000)
+
+    def on_notifications(self, notes: Sequence[Notification]) -> None:
+        """What arrived together, in order. A numbered frame for the outbox's follower (nearly
+        every message) goes straight to it; anything else through ``on_notification``. The
+        state is read again for each note: any frame may change it (an epoch, a setting)."""
+        delivery = self._delivery
+        numbered, tag_value = frames.numbered, frames.tag_value
+        for note in notes:
+            payload = note.payload
+            follower = delivery.follower
+            if (follower is not None and note.channel in self._shared
+                    and (fields := numbered(payload)) is not None):
+                pos, seq, tag_text, channel, body = fields
+                tag = tag_value(tag_text)
+                if tag is not None and channel:
+                    follower.on_message(pos, channel, seq, tag, body)
+                    continue
+            self.on_notification(note.channel, payload)
 
     def on_notification(self, channel: str, payload: str) -> None:
         delivery = self._delivery
