@@ -16,6 +16,7 @@ from typing import Any
 
 MAX_FRAME_BYTES = 16 << 20
 _HEADER = struct.Struct("!IB")
+_UPDATE_HEADER = struct.Struct("!IBB")  # the header, then the channel's length
 
 # worker → listener
 HELLO = ord("H")  # {"pid": int}
@@ -47,7 +48,8 @@ def encode(kind: int, body: dict[str, Any]) -> bytes:
 
 def encode_update(channel: str, message: bytes) -> bytes:
     name = channel.encode()
-    return _HEADER.pack(len(name) + len(message) + 2, UPDATE) + bytes((len(name),)) + name + message
+    # One pack for the header and the channel's length: once per routed notification.
+    return _UPDATE_HEADER.pack(len(name) + len(message) + 2, UPDATE, len(name)) + name + message
 
 
 def decode_update(body: bytes) -> tuple[str, bytes]:

@@ -40,3 +40,21 @@ def test_numbers_of_the_durable_history_are_read() -> None:
 ])
 def test_anything_not_of_that_shape_is_refused(payload: str) -> None:
     assert frames.parse(payload) is None
+
+
+@pytest.mark.parametrize("payload", [
+    'r1 m 7 3 0000abcd 20 user_Subscription_42 {"a": "b c"}',
+    "r1 m 7 3 0000abcd 14 with  spaces  x",
+    "r1 m 7 3 0000abcd 9 üñí ©ødé []",
+    "r1 m 7 x 0000abcd 1 a {}",  # not a number
+    "r1 m 7 3 0000abcd 5 a {}",  # the channel runs past the body
+    "r1 m 7 3 0000abcd 1 ab {}",  # no space after the channel
+    "r1 n 0 0 00000001 1 a {}",  # another kind
+    "r1 m 7 3",  # too short
+    "not relay's",
+])
+def test_the_numbered_fast_path_accepts_what_parse_accepts_as_kind_m(payload: str) -> None:
+    frame = frames.parse(payload)
+    expected = (None if frame is None or frame.kind != frames.NUMBERED else
+                (frame.pos, frame.seq, frame.tag, frame.channel, frame.body))
+    assert frames.numbered(payload) == expected

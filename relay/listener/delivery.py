@@ -331,7 +331,12 @@ class Delivery:
         self._latency.observe(payload)
         message = encode_update(channel, payload, durable.epoch, seq, f"{tag:08x}")
         durable.record(channel, seq, tag, message)
-        self._fan_out(channel, message)
+        frame = bus.encode_update(channel, message)
+        for peer in self._peers:  # _fan_out, inline: once per routed message
+            subscribers = peer.channels.get(channel)
+            if subscribers:
+                peer.send(frame)
+                self._deliveries += subscribers
 
     def deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):

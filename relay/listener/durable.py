@@ -145,11 +145,8 @@ class DurableHistory:
     def record(self, channel: str, seq: int, tag: int, message: bytes,
                now: float | None = None) -> None:
         """``message`` (seq, tag) was delivered: the channel's head moves to it."""
-        entries = self._recent.entries(channel)
-        if entries and entries[-1][SEQ] != seq - 1:
-            self._recent.drop(channel)  # the cache holds contiguous runs only
         self._heads[channel] = (seq, tag)
-        self._recent.add(channel, seq, message, tag, now)
+        self._recent.add(channel, seq, message, tag, now, runs=True)  # contiguous runs only
 
     def expire(self, now: float | None = None) -> None:
         self._recent.expire(now)

@@ -54,9 +54,9 @@ class Outbox:
 
     def read_from(self, after: int, limit: int = SCAN_PAGE) -> list[Row]:
         """Up to ``limit`` messages after position ``after``, in commit order."""
-        return [Row(*row) for row in self._query(
+        return list(map(Row._make, self._query(
             "SELECT pos, channel, seq, tag, payload FROM relay.read_from(%s, %s)",
-            (after, limit))]
+            (after, limit))))
 
     def row(self, pos: int) -> Row | None:
         """The message at ``pos``, if the outbox still has it."""

@@ -97,9 +97,19 @@ class WorkerPeer:
                     batch = b"".join(self._queue)
                     self._queue.clear()
                     self._queued_bytes = 0
-                    self.sock.sendall(batch)
+                    self._send_all(batch)
         except OSError:
             self.close()
+
+    def _send_all(self, data: bytes) -> None:
+        """``sendall`` without gevent's: that asks the kernel for the socket's buffer size
+        (a getsockopt) and goes through three layers of Python on every call, once per
+        flush. ``send`` waits (greenlet-wise) while the socket is full."""
+        sent = self.sock.send(data)
+        if sent < len(data):
+            view = memoryview(data)
+            while sent < len(data):
+                sent += self.sock.send(view[sent:])
 
     def close(self) -> None:
         if not self.closed:

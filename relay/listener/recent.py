@@ -44,7 +44,9 @@ class RecentMessages:
         return self._entries.get(channel) or []
 
     def add(self, channel: str, seq: int, message: bytes, tag: int = 0,
-            now: float | None = None) -> None:
+            now: float | None = None, runs: bool = False) -> None:
+        """Record ``message``; with ``runs`` the channel holds contiguous runs only: an entry
+        that does not follow the last one (``seq - 1``) replaces what the channel held."""
         if self.max_per_channel == 0 or self.max_bytes == 0:
             return
         now = time.monotonic() if now is None else now
@@ -54,6 +56,10 @@ class RecentMessages:
             if channel not in self._in_aging:
                 self._in_aging.add(channel)
                 heapq.heappush(self._aging, (now, next(self._ties), channel))
+        elif runs and entries[-1][SEQ] != seq - 1:
+            # Its heap item may now be early: checked when it comes up.
+            self.total_bytes -= sum(len(e[MESSAGE]) for e in entries)
+            entries.clear()
         entries.append((seq, now, message, tag))
         self.total_bytes += len(message)
         if len(entries) > self.max_per_channel:
