@@ -11,7 +11,11 @@ playing one worker over the listener's socket (``relay.bus``), so that 50,000 us
 * drop   — K notifications to users nobody attached (what every other machine sees): the
            same two CPU figures;
 * reconnect — ``pg_terminate_backend`` of the listener's backend: seconds until a
-           notification flows again, and the size of the RESYNC frame each worker gets.
+           notification flows again, and the size of the RESYNC frame each worker gets;
+* catch-up — (``--catch-up N``, durable history) N messages committed in one transaction
+           while the listener is stopped and its backend cut: the listener reads them from
+           the outbox after reconnecting, page by page; seconds until the worker has them
+           all, and the listener's CPU per message.
 
 ``--mode off`` (the shared channel alone) or ``listen`` (every user's channels LISTENed too;
 notifications then go by ``pg_notify`` on the user's channel, as an app's own trigger does).
@@ -125,7 +129,8 @@ def _send(url: str, mode: str, users: list[str], count: int, per_tx: int = 10) -
     conn.close()
 
 
-def measure(url: str, mode: str, users: int, notifications: int, workdir: Path) -> dict[str, Any]:
+def measure(url: str, mode: str, users: int, notifications: int, workdir: Path,
+            catch_up: int = 0) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     socket_path = str(workdir / f"listener-{mode}-{users}.sock")
     env.update(DATABASE_URL=url, WEBSOCKET_JWT_SECRET="b" * 40, RELAY_SOCKET_PATH=socket_path,
@@ -183,10 +188,39 @@ def measure(url: str, mode: str, users: int, notifications: int, workdir: Path) 
                 raise SystemExit("no update after the reconnect")
         out["reconnectSeconds"] = round(time.monotonic() - cut, 2)
         out["resyncFrameBytes"] = worker.resyncs[-1] if worker.resyncs else 0
+        if catch_up and durable:
+            out.update(_catch_up(url, proc.pid, worker, users, catch_up))
         return out
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _catch_up(url: str, pid: int, worker: Worker, users: int, count: int) -> dict[str, Any]:
+    """One transaction of ``count`` messages to attached users committed while the listener
+    is stopped and its backend cut: it reconnects and reads them all from the outbox (the
+    follower's scan, what a big transaction's one sync frame also leads to)."""
+    listener = psutil.Process(pid)
+    before = worker.updates
+    listener.suspend()
+    try:
+        backend = _backend_pid(url)
+        conn = psycopg2.connect(url)
+        conn.autocommit = True  # the messages commit in one transaction, then the cut
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(relay_publish('user_Usage_u' || (i %% %s), "
+                        "json_build_object('table', 'usage', 'n', i, 'note', repeat('x', 150))))"
+                        " FROM generate_series(1, %s) AS i", (users, count))
+            cur.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        conn.close()
+        cpu = _cpu(pid)
+        started = time.monotonic()
+    finally:
+        listener.resume()
+    _wait(lambda: worker.updates - before >= count, 600, "the catch-up")
+    return {"catchUpRows": count,
+            "catchUpSeconds": round(time.monotonic() - started, 2),
+            "catchUpListenerUs": round((_cpu(pid) - cpu) / count * 1e6, 1)}
 
 
 def main() -> int:
@@ -197,6 +231,9 @@ def main() -> int:
     parser.add_argument("--notifications", type=int, default=5000)
     parser.add_argument("--listen-max-users", type=int, default=5000,
                         help="skip listen mode above this (LISTEN is quadratic before PG 19)")
+    parser.add_argument("--catch-up", type=int, default=0, metavar="N",
+                        help="with the durable history, also N messages in one transaction "
+                             "read from the outbox after a reconnect (the follower's scan)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="listener-cost-"))
     server = EmbeddedPostgres(workdir / "pg")
@@ -212,7 +249,8 @@ def main() -> int:
             for users in (int(u) for u in args.users.split(",")):
                 if mode == "listen" and users > args.listen_max_users:
                     continue
-                rows.append(measure(server.url, mode, users, args.notifications, workdir))
+                rows.append(measure(server.url, mode, users, args.notifications, workdir,
+                                    args.catch_up))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         server.stop("immediate")
@@ -226,6 +264,11 @@ def main() -> int:
             r["mode"], r["users"], r["listened"], r["attachSeconds"], r["rssPerUserBytes"],
             r["routeListenerUs"], r["routeBackendUs"], r["dropListenerUs"], r["dropBackendUs"],
             r["reconnectSeconds"], r["resyncFrameBytes"])))
+    for r in rows:
+        if "catchUpRows" in r:
+            print(f"catch-up ({r['mode']}, {r['users']} users): {r['catchUpRows']} messages of "
+                  f"one transaction read from the outbox in {r['catchUpSeconds']} s, listener "
+                  f"{r['catchUpListenerUs']} us per message")
     return 0
 
 
