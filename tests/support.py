@@ -90,6 +90,17 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
+def recv_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What ``sock`` sends until ``marker`` has arrived or the peer closes."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
              message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from relay.config import ConfigError, Settings
-from tests.support import SECRET, RelayProcess, free_port, notify, wait_for
+from tests.support import SECRET, RelayProcess, free_port, notify, recv_until, wait_for
 from tests.test_hostile_handshake import _upgrade
 
 BASE = {"DATABASE_URL": "postgresql://u@db.example.com/app", "WEBSOCKET_JWT_SECRET": SECRET}
@@ -34,12 +34,7 @@ def raw_status(port: int, request: bytes) -> int:
     """The status code of the first response line to ``request`` sent as is."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request)
-        head = b""
-        while b"\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = recv_until(sock, b"\r\n")
     return int(head.split(b" ", 2)[1])
 
 

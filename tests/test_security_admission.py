@@ -21,7 +21,7 @@ import pytest
 
 from relay.config import ConfigError, Settings
 from relay.worker.admission import Admission, PendingTicket, address_key
-from tests.support import CLIENT, NODE, ROOT, SECRET, RelayProcess, needs_node, wait_for
+from tests.support import CLIENT, NODE, ROOT, SECRET, RelayProcess, needs_node, recv_until, wait_for
 from tests.test_hostile_handshake import _upgrade
 
 BASE = {"DATABASE_URL": "postgresql://u@db.example.com/app", "WEBSOCKET_JWT_SECRET": SECRET}
@@ -88,12 +88,7 @@ def _open(relay: RelayProcess, source: str, fly_client_ip: str | None = None
                                     source_address=(source, 0))
     extra = {"Fly_Client_IP": fly_client_ip} if fly_client_ip else {}
     sock.sendall(_upgrade(**extra))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
+    head = recv_until(sock, b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
     return status, (sock, head)
 

@@ -303,6 +303,28 @@ def _updates(client: Client, channel: str, count: int) -> tuple[list[dict[str, A
     return got, resyncs
 
 
+def _install_while_publishing(url: str, client: Client, channel: str
+                               ) -> tuple[subprocess.CompletedProcess[str], list[int],
+                                          list[dict[str, Any]], list[dict[str, Any]]]:
+    """`db install` (Fly's release_command) while a writer publishes on ``channel``: 20
+    updates before it, 40 after it. Returns the install's result, what was sent, and the
+    updates and resyncs ``client`` got for them."""
+    stop = threading.Event()
+    sent: list[int] = []
+    thread = _publisher(url, channel, stop, sent)
+    try:
+        wait_for(lambda: len(sent) >= 20, 15, 0.01, "updates before the upgrade")
+        result = _relay_cli("db", "install", DATABASE_URL=url)
+        assert result.returncode == 0, result.stderr
+        mark = len(sent)
+        wait_for(lambda: len(sent) >= mark + 40, 15, 0.01, "updates after the upgrade")
+    finally:
+        stop.set()
+        thread.join()
+    updates, resyncs = _updates(client, channel, len(sent))
+    return result, sent, updates, resyncs
+
+
 def test_an_upgrade_under_running_relays_loses_no_update(
         relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
     """Version 1's SQL, a relay running on it (numbers in memory), writers publishing: `db
@@ -315,19 +337,7 @@ def test_an_upgrade_under_running_relays_loses_no_update(
     relay = relay_factory({"DATABASE_URL": url})
     client = relay.connect("up1")
     channel = "user_Usage_up1"
-    stop = threading.Event()
-    sent: list[int] = []
-    thread = _publisher(url, channel, stop, sent)
-    try:
-        wait_for(lambda: len(sent) >= 20, 15, 0.01, "updates before the upgrade")
-        result = _relay_cli("db", "install", DATABASE_URL=url)  # Fly's release_command
-        assert result.returncode == 0, result.stderr
-        mark = len(sent)
-        wait_for(lambda: len(sent) >= mark + 40, 15, 0.01, "updates after the upgrade")
-    finally:
-        stop.set()
-        thread.join()
-    updates, resyncs = _updates(client, channel, len(sent))
+    result, sent, updates, resyncs = _install_while_publishing(url, client, channel)
     assert [u["data"]["n"] for u in updates] == sent  # every one, once, in order
     assert len(resyncs) == 1 and resyncs[0]["reason"] == "history changed", resyncs
     switch = resyncs[0]["after"]
@@ -351,20 +361,8 @@ def test_an_upgrade_from_version_2_under_a_running_relay_costs_no_resync(
     relay = relay_factory({"DATABASE_URL": url})
     client = relay.connect("up2")
     channel = "user_Usage_up2"
-    stop = threading.Event()
-    sent: list[int] = []
-    thread = _publisher(url, channel, stop, sent)
-    try:
-        wait_for(lambda: len(sent) >= 20, 15, 0.01, "updates before the upgrade")
-        result = _relay_cli("db", "install", DATABASE_URL=url)  # Fly's release_command
-        assert result.returncode == 0, result.stderr
-        assert "(upgraded from version 2)" in result.stdout
-        mark = len(sent)
-        wait_for(lambda: len(sent) >= mark + 40, 15, 0.01, "updates after the upgrade")
-    finally:
-        stop.set()
-        thread.join()
-    updates, resyncs = _updates(client, channel, len(sent))
+    result, sent, updates, resyncs = _install_while_publishing(url, client, channel)
+    assert "(upgraded from version 2)" in result.stdout
     assert resyncs == []
     assert [u["data"]["n"] for u in updates] == sent  # every one, once, in order
     seqs = [u["seq"] for u in updates]
