@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -181,6 +183,35 @@ def test_auto_listens_per_user_until_db_install_then_switches_with_one_resync(
     notify_directly(url, channel, '{"direct": "heard again"}')
     update = _next_update(client)
     assert update["data"] == {"direct": "heard again"} and update["seq"] == 1
+    client.close()
+
+
+def test_a_per_user_notification_committed_after_the_install_is_unheard_before_its_unlisten(
+        relay_factory: Callable[..., RelayProcess], empty_database: str) -> None:
+    # `auto` switches when it reads the install's frame; its UNLISTENs follow a moment later.
+    # A per-user notification committed after the install but read in that moment belongs
+    # to the new mode (unheard, as in `off`), not to the old history: delivered from memory,
+    # it would hand the client a cursor of a history it has just left.
+    url = empty_database
+    relay = relay_factory({"DATABASE_URL": url})
+    _listener(relay, userChannels="listen")
+    client = relay.connect("window")
+    channel = "user_Usage_window"
+    _listener(relay, listened=3)
+    (listener,) = relay.listener_pids()
+    # Stopped, the listener reads the install's frame and the direct notification together,
+    # in commit order, before its link can UNLISTEN anything: the window, made certain.
+    os.kill(listener, signal.SIGSTOP)
+    try:
+        install_schema(url)
+        notify_directly(url, channel, '{"direct": "after the install"}')
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    assert client.expect("resync")["reason"] == "history changed"
+    _publish(url, channel, {"after": "install"})
+    update = _next_update(client)  # the direct one would come first without the rule
+    assert update["data"] == {"after": "install"} and update["seq"] == 1
+    _listener(relay, userChannels="off", listened=1)
     client.close()
 
 

@@ -244,7 +244,13 @@ class Router:
     def on_notification(self, channel: str, payload: str) -> None:
         delivery = self._delivery
         if channel not in self._shared:
-            delivery.deliver(channel, payload)  # per-user LISTEN: an app's own pg_notify
+            if self._per_user:
+                delivery.deliver(channel, payload)  # per-user LISTEN: an app's own pg_notify
+            else:
+                # Per-user LISTEN was just turned off (`auto` heard `db install`) and its
+                # UNLISTEN is not done yet: committed after the switch, so unheard, as in `off`.
+                # Numbered in memory it would give the client a cursor of the old history.
+                delivery.drop("unlistened")
             return
         frame = frames.parse(payload)
         if frame is None:

@@ -89,7 +89,8 @@ class _InstanceCollector:
         dropped = CounterMetricFamily(
             "relay_notifications_dropped", "notifications not delivered, by reason: "
             "unsubscribed (no client here wants the channel), foreign (not relay's format on "
-            "relay's channel), unknown kind (from a newer relay SQL)", labels=["reason"])
+            "relay's channel), unknown kind (from a newer relay SQL), unlistened (a "
+            "per-user channel's, after per-user LISTEN was turned off)", labels=["reason"])
         for reason, value in sorted((stats.get("notificationsDropped") or {}).items()):
             dropped.add_metric([reason], value)
         yield dropped
