@@ -192,12 +192,14 @@ class LoadGenerator:
         and the ``connected`` message. ``auth``: no token in the URL; this message is sent
         first instead (what the JS client does, with its ``resume`` cursors)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stage = "connecting"  # where a failure happened: did the server do its part?
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout)
             if self.source:
                 sock.bind((self.source, 0))
             sock.connect((self.host, self.port))
+            stage = "awaiting 101"
             query = "" if auth is not None else f"?token={token}"
             sock.sendall((
                 f"GET /ws{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -212,6 +214,7 @@ class LoadGenerator:
             head, _, rest = bytes(buf).partition(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 101"):
                 raise HandshakeFailed(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+            stage = "awaiting connected"
             if auth is not None:
                 sock.sendall(masked(0x1, json.dumps(auth, separators=(",", ":")).encode()))
             frames = bytearray(rest)
@@ -231,6 +234,9 @@ class LoadGenerator:
                 if opcode == 0x1 and b'"connected"' in payload:
                     sock.settimeout(None)
                     return sock, bytes(frames), json.loads(payload)
+        except OSError as exc:
+            sock.close()
+            raise HandshakeFailed(f"{_reason(exc)} {stage}") from exc
         except BaseException:
             sock.close()
             raise

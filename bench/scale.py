@@ -64,6 +64,7 @@ from bench.servers import (
     cpu_seconds,
     memory,
 )
+from bench.stormwatch import CpuWatch, relay_counters, who_ran_out
 
 PHASES = ("open", "db", "steady", "burst", "cut", "storm", "drain")
 MODES = ("off", "listen", "auto")
@@ -693,6 +694,11 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
     say(f"[scale] relay back after {ready_at - term_at:.1f} s; waiting for {held:,} "
             "clients")
     writer = probe_writer(database, cfg, publish, cfg.storm_limit + cfg.storm_hold + 30)
+    roles = fresh.roles()
+    cpu = CpuWatch({"worker": roles["worker"], "listener": roles["listener"],
+                    "master": roles["master"] + roles["supervisor"],
+                    "postgres": database.processes(),
+                    **{f"loadgen{i}": [p] for i, p in enumerate(gens.processes)}})
     try:
         deadline = time.monotonic() + cfg.storm_limit
         status: list[dict[str, Any]] = []
@@ -703,10 +709,18 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
             back = sum(s["held"] for s in status)
             in_flight = sum(s.get("inFlight", 0) for s in status)
             waiting = sum(s.get("waiting", 0) for s in status)
-            timeline.append([round(time.time() - ready_at, 1), back, in_flight, waiting])
+            shares = cpu.sample()
+            timeline.append([round(time.time() - ready_at, 1), back, in_flight, waiting,
+                             round(sum(shares.get(r, 0.0) for r in
+                                       ("worker", "listener", "master")), 2),
+                             round(sum(v for r, v in shares.items()
+                                       if r.startswith("loadgen")), 2),
+                             shares.get("postgres", 0.0)])
             if back >= held and not in_flight and not waiting:
                 break
         done_at = time.time()
+        cpu_totals = cpu.totals()
+        counters = relay_counters(fresh.internal_port)
         say(f"[scale] {sum(s['held'] for s in status):,} back after "
                 f"{done_at - ready_at:.1f} s; holding {cfg.storm_hold:g} s for the pings")
         time.sleep(cfg.storm_hold)
@@ -759,7 +773,13 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         "busiestSecond": busiest,
         "bySecond": [[second - int(ready_at), by_second[second]] for second in sorted(by_second)],
         "handshakeMs": percentiles(sorted(handshake)),
+        # [s after ready, back, in flight, waiting, relay cores, load generators' cores,
+        # PostgreSQL's cores]: each second's CPU beside the clients' progress.
         "timeline": timeline,
+        "cpu": {**cpu_totals, "perSecond": cpu.seconds},
+        "budget": who_ran_out(cpu_totals, reattached, os.cpu_count() or 1),
+        # relay's own account of the handshakes it started (until all were back).
+        "relayCounters": counters,
         "peakInFlight": max((t[2] for t in timeline), default=0),
         "awaySeconds": percentiles(sorted(away)),
         "workerLoop": worst_lag(workdir / "probe-2", ready_at, time.time()),
@@ -984,6 +1004,29 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "<= 120", _verdict(st.get("lastBackAfterReadySeconds"), 120.0, "lower")
             if st.get("allBackSeconds") is not None else "NOT met")
         add("storm: reattached / held", f"{st.get('reattached', 0):,} / {st.get('held', 0):,}")
+        budget = st.get("budget", {})
+        add("storm: relay's CPU ms per completed handshake",
+            budget.get("relayCpuMsPerHandshake"), "{:,.2f}")
+        add("storm: cores used by relay / load generators / PostgreSQL",
+            " / ".join(f"{budget.get(k, 0):.2f}" for k in
+                       ("relayCoresUsed", "loadgenCoresUsed")) + " / " +
+            f"{(budget.get('postgresCpuSeconds') or 0) / (dig(st, 'cpu', 'wallSeconds') or 1):.2f}"
+            if budget else None)
+        add("storm: cores relay needs for 1,500/s", budget.get("relayCoresFor1500PerSecond"),
+            "{:,.2f}", f"<= {budget.get('cores', '?')}")
+        counters = st.get("relayCounters", {})
+        if counters:
+            failures = counters.get("relay_auth_failures", {})
+            add("storm: relay upgraded / connected / evicted pending / auth timeout",
+                " / ".join(f"{v:,.0f}" for v in (
+                    counters.get("relay_websocket_upgrades", 0),
+                    counters.get("relay_websocket_connected", 0),
+                    failures.get("evicted while pending", 0),
+                    failures.get("auth timeout", 0))))
+        fails = st.get("failures", {})
+        add("storm: client attempts / failed (top reasons)",
+            f"{st.get('attempts', 0):,} / {sum(fails.values()):,} " + ", ".join(
+                f"{k}: {v:,}" for k, v in sorted(fails.items(), key=lambda i: -i[1])[:3]))
         # The target reads both waits: a timer's (pings, deliveries) and a ready greenlet's.
         stall = max(dig(st, "workerLoop", "worstMs") or 0.0,
                     dig(st, "workerLoop", "worstReadyWaitMs") or 0.0) if st.get(

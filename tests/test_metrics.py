@@ -90,6 +90,9 @@ def test_metrics_aggregate_all_workers_and_the_listener(
     assert samples[("relay_notify_queue_usage", ())] == 0.0
     assert samples[("relay_notifications_total", ())] >= 6
     assert samples[("relay_closes_total", (("code", "4001"),))] >= 1
+    # Seven upgraded (the refused token too), six of them connected.
+    assert samples[("relay_websocket_upgrades_total", ())] == 7
+    assert samples[("relay_websocket_connected_total", ())] == 6
     # The trigger's "ts": every notification observed, each well under a minute.
     assert samples[("relay_commit_to_listener_seconds_count", ())] >= 6
     assert samples[("relay_commit_to_listener_seconds_bucket", (("le", "+Inf"),))] >= 6

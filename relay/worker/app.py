@@ -94,6 +94,7 @@ class RelayExtension:
 
         The handshake handler calls this directly, so a connection that lives for hours
         holds neither a Flask request context nor Flask's frames on its greenlet's stack."""
+        self.node.count("upgraded")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         conn = Connection(self.node, sock, rfile,
                           client_address(environ, self.settings.behind_fly_proxy),

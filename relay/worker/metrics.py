@@ -65,6 +65,10 @@ class _InstanceCollector:
         for name, value, text in (
             ("relay_notifications", stats.get("notifications", 0),
              "notifications routed to an open channel (numbered, sent to the workers)"),
+            ("relay_websocket_upgrades", counters.get("upgraded", 0),
+             "WebSocket handshakes answered 101 (authenticated or not)"),
+            ("relay_websocket_connected", counters.get("connected", 0),
+             "WebSockets that authenticated and were sent `connected`"),
             ("relay_deliveries", counters.get("delivered", 0),
              "update messages queued to clients"),
             ("relay_database_reconnects", stats.get("databaseReconnects", 0),

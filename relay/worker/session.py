@@ -265,6 +265,7 @@ class Session:
                     str(reply.get("reason") or "listener restarted"), resync,
                     {c: cursors.get(c) for c in resync}))
             return
+        self.node.count("connected")
         self._send(conn, protocol.encode_connected(
             self.user_id, self.channels, reply.get("epoch"), cursors, self.expires_at,
             self.settings.ping_interval, self._resume_requested and not resync))

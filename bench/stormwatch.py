@@ -1,0 +1,100 @@
+"""Where a reconnect storm's CPU and time go: who ran out, relay or its load generators.
+
+Used by ``bench.scale``'s storm phase. ``CpuWatch`` samples the CPU time of each role
+(relay's workers, its listener and master, PostgreSQL, each load generator) once a second
+from ``/proc`` (psutil), so that the storm's rate can be set beside the CPU each side got:
+relay's CPU per completed handshake times the rate is what relay needs; the rest of the two
+cores is what the clients had. ``relay_counters`` reads the restarted relay's own counts from
+``/metrics`` on its internal port: WebSockets upgraded and connected, closes by code, refused
+tokens by reason (evicted while pending, auth timeout), which say how many handshakes the
+server started and did not finish, and why.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from typing import Any
+
+import psutil
+
+from bench.servers import cpu_seconds
+
+_SAMPLE = re.compile(r'^(relay_[a-z_]+)(?:\{(\w+)="([^"]*)"\})? ([0-9.eE+-]+)$')
+
+
+class CpuWatch:
+    """CPU seconds per role, sampled on each ``sample()`` (the storm's once-a-second loop)."""
+
+    def __init__(self, roles: dict[str, list[psutil.Process]]) -> None:
+        self.roles = {name: procs for name, procs in roles.items() if procs}
+        self.started = time.monotonic()
+        self.first = self._read()
+        self.last = dict(self.first)
+        self.last_at = self.started
+        self.seconds: list[dict[str, float]] = []  # per sample: role → share of one core
+
+    def _read(self) -> dict[str, float]:
+        return {name: cpu_seconds(procs) for name, procs in self.roles.items()}
+
+    def sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        current = self._read()
+        wall = max(now - self.last_at, 1e-6)
+        shares = {name: round((current[name] - self.last[name]) / wall, 3)
+                  for name in current}
+        self.last, self.last_at = current, now
+        self.seconds.append(shares)
+        return shares
+
+    def totals(self) -> dict[str, Any]:
+        """CPU seconds of each role since the start, and the wall time it took."""
+        used = {name: round(self.last[name] - self.first[name], 2) for name in self.last}
+        return {"wallSeconds": round(self.last_at - self.started, 1), "cpuSeconds": used}
+
+
+def relay_counters(port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """relay's counters from ``/metrics`` (internal port): plain ones by name, labelled ones
+    as ``{name: {label: value}}``. Empty if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, _, label, value = match.groups()
+        name = name.removesuffix("_total")
+        if label is None:
+            found[name] = float(value)
+        else:
+            found.setdefault(name, {})[label] = float(value)
+    return found
+
+
+def who_ran_out(totals: dict[str, Any], completed: int, cores: int) -> dict[str, Any]:
+    """The storm's CPU budget: relay's CPU per completed handshake, what the rate of 1,500/s
+    would need of it, and the share of the cores each side had meanwhile."""
+    used = totals["cpuSeconds"]
+    wall = totals["wallSeconds"] or 1e-6
+    relay = sum(v for k, v in used.items() if k in ("worker", "listener", "master"))
+    clients = sum(v for k, v in used.items() if k.startswith("loadgen"))
+    database = used.get("postgres", 0.0)
+    per = relay / completed if completed else None
+    return {
+        "relayCpuSeconds": round(relay, 2),
+        "loadgenCpuSeconds": round(clients, 2),
+        "postgresCpuSeconds": round(database, 2),
+        "relayCoresUsed": round(relay / wall, 2),
+        "loadgenCoresUsed": round(clients / wall, 2),
+        "cores": cores,
+        "relayCpuMsPerHandshake": round(per * 1000, 3) if per else None,
+        # What relay alone would need for the target rate, in cores.
+        "relayCoresFor1500PerSecond": round(per * 1500, 2) if per else None,
+        "loadgenCpuMsPerHandshake": round(clients / completed * 1000, 3) if completed else None,
+    }
