@@ -35,6 +35,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
+import ipaddress  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -59,6 +60,13 @@ _PONG = b"\x81\x8f\x00\x00\x00\x00" + b'{"type":"pong"}'  # masked with a zero k
 _UPDATE = b'{"type":"update"'
 _PING = b'{"type":"ping"}'
 _PING_INTERVAL = 20.0  # until a `connected` message says otherwise
+# Linux: bind() to (address, 0) leaves the port to connect(). A plain bind to port 0 picks
+# one by walking the bind hash for a free port, past every socket this process already
+# bound to that address: with 13,000 clients held per address that walk was 75% of a load
+# generator's CPU in a storm (perf: inet_bind2_bucket_find, inet_bhash2_conflict), and the
+# starved generators, not relay, set the storm's rate. connect() picks from the 4-tuples.
+_SOURCES = 8  # loopback source addresses per load generator (loopback_sources)
+_BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class HandshakeFailed(Exception):
@@ -128,10 +136,12 @@ class Storm:
     """The reconnections of one ``storm`` command: every server-side loss is retried with
     the JS client's backoff until it is connected again (or the storm is stopped)."""
 
-    def __init__(self, base: float, cap: float, timeout: float, seed: int) -> None:
+    def __init__(self, base: float, cap: float, timeout: float, seed: int,
+                 answer_timeout: float) -> None:
         self.base = base
         self.cap = cap
-        self.timeout = timeout
+        self.timeout = timeout  # each wait until the 101
+        self.answer_timeout = answer_timeout  # each wait after it, for `connected`
         self.random = random.Random(seed)
         self.armed = True
         self.started = time.time()
@@ -174,7 +184,11 @@ class LoadGenerator:
     def __init__(self, host: str, port: int, source: str, secret: bytes) -> None:
         self.host = host
         self.port = port
-        self.source = source
+        # Several loopback source addresses, one per connection in turn: a connection's
+        # port is unique per source address (32768–60999: ~28,000), and in a storm each
+        # client's previous socket can still hold one (the server's side of a close).
+        self.sources = loopback_sources(source, _SOURCES) if source else []
+        self._source_turn = 0
         self.secret = secret
         self.held: dict[int, HeldConnection] = {}
         self.received = Received()
@@ -182,22 +196,27 @@ class LoadGenerator:
         self.ping_interval = _PING_INTERVAL
         self.storm: Storm | None = None
         self._next_id = 0
+        self._tokens: dict[str, str] = {}
 
     # ----- one connection -----
 
     def _handshake(self, user: str, token: str, timeout: float,
-                   auth: dict[str, Any] | None = None
+                   auth: dict[str, Any] | None = None, answer_timeout: float | None = None
                    ) -> tuple[socket.socket, bytes, dict[str, Any]]:
         """Connect, upgrade and wait for ``connected``: the socket, what arrived after it,
         and the ``connected`` message. ``auth``: no token in the URL; this message is sent
-        first instead (what the JS client does, with its ``resume`` cursors)."""
+        first instead (what the JS client does, with its ``resume`` cursors).
+        ``timeout``: for each wait until the 101; ``answer_timeout`` (default the same):
+        for each wait after it, as the JS client's watchdog waits for ``connected``."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         stage = "connecting"  # where a failure happened: did the server do its part?
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout)
-            if self.source:
-                sock.bind((self.source, 0))
+            if self.sources:
+                self._source_turn += 1
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)
+                sock.bind((self.sources[self._source_turn % len(self.sources)], 0))
             sock.connect((self.host, self.port))
             stage = "awaiting 101"
             query = "" if auth is not None else f"?token={token}"
@@ -215,6 +234,8 @@ class LoadGenerator:
             if not head.startswith(b"HTTP/1.1 101"):
                 raise HandshakeFailed(head.split(b"\r\n", 1)[0].decode(errors="replace"))
             stage = "awaiting connected"
+            if answer_timeout is not None:
+                sock.settimeout(answer_timeout)
             if auth is not None:
                 sock.sendall(masked(0x1, json.dumps(auth, separators=(",", ":")).encode()))
             frames = bytearray(rest)
@@ -235,8 +256,11 @@ class LoadGenerator:
                     sock.settimeout(None)
                     return sock, bytes(frames), json.loads(payload)
         except OSError as exc:
-            sock.close()
+            _reset(sock)
             raise HandshakeFailed(f"{_reason(exc)} {stage}") from exc
+        except HandshakeFailed:
+            _reset(sock)
+            raise
         except BaseException:
             sock.close()
             raise
@@ -358,12 +382,13 @@ class LoadGenerator:
         storm.attempts += 1
         storm.in_flight += 1
         # The JS client sends the token in its first message, with the cursors it holds.
-        auth = {"type": "auth", "token": issue_token(user, self.secret, 7200)}
+        auth = {"type": "auth", "token": self._token(user)}
         if cursors:
             auth["resume"] = dict(cursors)
         started = time.monotonic()
         try:
-            sock, pending, connected = self._handshake(user, "", storm.timeout, auth)
+            sock, pending, connected = self._handshake(user, "", storm.timeout, auth,
+                                                            storm.answer_timeout)
         except (OSError, HandshakeFailed) as exc:
             storm.failures[_reason(exc)] += 1
             self._schedule(storm, user, cursors, attempt, dropped_at)
@@ -385,6 +410,15 @@ class LoadGenerator:
         if connected.get("resumed"):
             storm.resumed += 1
         self._hold(sock, user, pending, cursors_after(connected, cursors))
+
+    def _token(self, user: str) -> str:
+        """The user's token, minted once (valid two hours): a browser gets it from the app's
+        own server, whose CPU is not the client's, and a storm's retries would mint it again
+        and again on the load generator's."""
+        token = self._tokens.get(user)
+        if token is None:
+            token = self._tokens[user] = issue_token(user, self.secret, 7200)
+        return token
 
     def _update(self, payload: bytes, held: HeldConnection, now: float) -> None:
         got = self.received
@@ -521,7 +555,8 @@ class LoadGenerator:
                     "other": dict(self.received.other)}
         if name == "storm":
             self.storm = Storm(command.get("base", 0.5), command.get("cap", 30.0),
-                               command.get("timeout", 30.0), command.get("seed", 1))
+                               command.get("timeout", 30.0), command.get("seed", 1),
+                               command.get("answerTimeout", 30.0))
             return {"held": len(self.held)}
         if name == "storm_status":
             status = self.storm.status() if self.storm is not None else {}
@@ -535,6 +570,26 @@ class LoadGenerator:
         if name == "close":
             return self.close()
         raise ValueError(f"unknown command {name!r}")
+
+
+def loopback_sources(first: str, count: int) -> list[str]:
+    """``count`` loopback addresses from ``first``, 256 apart (127.0.0.10, 127.0.1.10, …):
+    each load generator's own, never another's (those are 127.0.0.11, 127.0.0.12, …)."""
+    start = ipaddress.ip_address(first)
+    if not start.is_loopback:
+        return [first]
+    return [str(start + 256 * index) for index in range(count)]
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close a failed attempt with a RST: a plain close leaves the port in TIME_WAIT for a
+    minute on this side (at 13,000 clients per address, 5,000 of them in a storm), and a
+    browser's machine has its own ports, not this process's."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _reason(exc: BaseException) -> str:

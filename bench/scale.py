@@ -667,8 +667,13 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
     before = gens.all({"cmd": "reset"})
     held = sum(c["held"] for c in before)
     record["held"] = held
+    # Waits as a browser's: its TCP connect and opening handshake have no timeout of the JS
+    # client's (the OS gives up on SYNs after about two minutes; 60 s here), and once open
+    # the client's watchdog gives `connected` 2.5 heartbeats (50 s). A shorter wait only
+    # threw away handshakes the server had done.
     gens.each([{"cmd": "storm", "base": cfg.backoff_base, "cap": cfg.backoff_cap,
-                "timeout": 30.0, "seed": index + 1} for index in range(len(gens))])
+                "timeout": 60.0, "answerTimeout": 50.0, "seed": index + 1}
+               for index in range(len(gens))])
     old_tree = server.tree()
     # As a health checker sees it: the main port (beside the clients) and the internal one.
     watch = HealthWatch({"main": server.port, "internal": server.internal_port})
