@@ -13,8 +13,10 @@ server started and did not finish, and why.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -34,6 +36,7 @@ class CpuWatch:
         self.last = dict(self.first)
         self.last_at = self.started
         self.seconds: list[dict[str, float]] = []  # per sample: role → share of one core
+        self.cumulative: list[tuple[float, dict[str, float]]] = []  # (s, CPU s per role)
 
     def _read(self) -> dict[str, float]:
         return {name: cpu_seconds(procs) for name, procs in self.roles.items()}
@@ -46,12 +49,44 @@ class CpuWatch:
                   for name in current}
         self.last, self.last_at = current, now
         self.seconds.append(shares)
+        self.cumulative.append((now - self.started, current))
         return shares
+
+    def until(self, sample: int) -> dict[str, Any]:
+        """Like ``totals``, up to the ``sample``-th sample (from 0)."""
+        at, current = self.cumulative[sample]
+        return {"wallSeconds": round(at, 1),
+                "cpuSeconds": {name: round(current[name] - self.first[name], 2)
+                               for name in current}}
 
     def totals(self) -> dict[str, Any]:
         """CPU seconds of each role since the start, and the wall time it took."""
         used = {name: round(self.last[name] - self.first[name], 2) for name in self.last}
         return {"wallSeconds": round(self.last_at - self.started, 1), "cpuSeconds": used}
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting in the accept queue of the listening socket on ``port``."""
+    try:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout.split()
+        return int(out[1]) if len(out) > 1 else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def listen_overflows() -> int:
+    """The kernel's count of SYNs dropped because an accept queue was full (every socket:
+    read as a difference)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[0::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
 
 
 def relay_counters(port: int, timeout: float = 5.0) -> dict[str, Any]:
@@ -92,6 +127,7 @@ def who_ran_out(totals: dict[str, Any], completed: int, cores: int) -> dict[str,
         "postgresCpuSeconds": round(database, 2),
         "relayCoresUsed": round(relay / wall, 2),
         "loadgenCoresUsed": round(clients / wall, 2),
+        "postgresCoresUsed": round(database / wall, 2),
         "cores": cores,
         "relayCpuMsPerHandshake": round(per * 1000, 3) if per else None,
         # What relay alone would need for the target rate, in cores.
