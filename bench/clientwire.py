@@ -2,12 +2,14 @@
 
 Pure functions, no I/O (bench.loadgen, which monkey-patches on import, uses them; the tests
 check them against relay's frame reader and the JS client's backoff): client frames, the
-server frame parser, the cursors a client keeps after ``connected``, and
-client/src/backoff.js's full-jitter delay.
+server frame parser, the cursors a client keeps after ``connected``,
+client/src/backoff.js's full-jitter delay, and the loopback addresses a load generator's
+clients connect from.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 
@@ -15,6 +17,15 @@ def backoff_delay(attempt: int, base: float, cap: float, draw: float) -> float:
     """client/src/backoff.js: the ``attempt``-th wait (from 0) is uniform in
     [0, min(cap, base * 2^attempt)); ``draw`` is the uniform [0, 1) sample."""
     return draw * min(cap, base * 2 ** attempt)
+
+
+def loopback_sources(first: str, count: int) -> list[str]:
+    """``count`` loopback addresses from ``first``, 256 apart (127.0.0.10, 127.0.1.10, …):
+    each load generator's own, never another's (those are 127.0.0.11, 127.0.0.12, …)."""
+    start = ipaddress.ip_address(first)
+    if not start.is_loopback:
+        return [first]
+    return [str(start + 256 * index) for index in range(count)]
 
 
 def masked(opcode: int, payload: bytes) -> bytes:

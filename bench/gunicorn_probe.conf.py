@@ -25,8 +25,8 @@ def post_worker_init(worker):  # noqa: F811 - wraps production's hook of the sam
 
 def _profile(directory: Path) -> None:
     """BENCH_PROFILE=<directory>: cProfile the whole worker (every greenlet: one thread), its
-    stats written there to ``profile-<pid>.pstats`` every 5 s. Costs the worker about half its speed:
-    for where the time goes, never for a rate."""
+    stats written there to ``profile-<pid>.pstats`` every 5 s. cProfile slows the worker and
+    counts wall time: for where the time goes, never for a rate."""
     import cProfile
 
     import gevent

@@ -35,7 +35,6 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
-import ipaddress  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -51,7 +50,13 @@ import gevent  # noqa: E402
 import gevent.fileobject  # noqa: E402
 import gevent.pool  # noqa: E402
 
-from bench.clientwire import backoff_delay, cursors_after, masked, server_frame  # noqa: E402
+from bench.clientwire import (  # noqa: E402
+    backoff_delay,
+    cursors_after,
+    loopback_sources,
+    masked,
+    server_frame,
+)
 from relay.auth import issue_token  # noqa: E402
 
 _KEY = base64.b64encode(b"relay-bench-key!").decode()
@@ -570,15 +575,6 @@ class LoadGenerator:
         if name == "close":
             return self.close()
         raise ValueError(f"unknown command {name!r}")
-
-
-def loopback_sources(first: str, count: int) -> list[str]:
-    """``count`` loopback addresses from ``first``, 256 apart (127.0.0.10, 127.0.1.10, …):
-    each load generator's own, never another's (those are 127.0.0.11, 127.0.0.12, …)."""
-    start = ipaddress.ip_address(first)
-    if not start.is_loopback:
-        return [first]
-    return [str(start + 256 * index) for index in range(count)]
 
 
 def _reset(sock: socket.socket) -> None:

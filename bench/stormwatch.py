@@ -98,12 +98,19 @@ def relay_counters(port: int, timeout: float = 5.0) -> dict[str, Any]:
             text = response.read().decode()
     except OSError:
         return {}
+    return parse_counters(text)
+
+
+def parse_counters(text: str) -> dict[str, Any]:
+    """relay's samples of a ``/metrics`` text (``relay_counters``); histograms left out."""
     found: dict[str, Any] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if match is None:
             continue
-        name, _, label, value = match.groups()
+        name, label_name, label, value = match.groups()
+        if label_name == "le" or name.endswith(("_sum", "_count")):
+            continue  # the histogram's
         name = name.removesuffix("_total")
         if label is None:
             found[name] = float(value)

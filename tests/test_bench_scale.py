@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bench import scale, sweep
-from bench.clientwire import backoff_delay, cursors_after, masked, server_frame
+from bench import scale, stormwatch, sweep
+from bench.clientwire import backoff_delay, cursors_after, loopback_sources, masked, server_frame
 from bench.loopprobe import worst_lag
 from relay.worker.websocket import FrameReader, text_frame
 
@@ -159,3 +159,40 @@ def test_a_cut_that_interrupts_nothing_is_not_charged_a_later_silence() -> None:
     assert gap is not None
     assert gap["seconds"] == pytest.approx(0.01)
     assert gap["endsAfterCutSeconds"] < 0.02
+
+
+def test_each_load_generator_spreads_its_clients_over_addresses_of_its_own() -> None:
+    first = loopback_sources("127.0.0.10", 8)
+    second = loopback_sources("127.0.0.11", 8)
+    assert first[:3] == ["127.0.0.10", "127.0.1.10", "127.0.2.10"]
+    assert len(set(first)) == 8 and not set(first) & set(second)
+    assert loopback_sources("10.0.0.5", 8) == ["10.0.0.5"]  # not loopback: as given
+
+
+def test_the_storm_says_which_side_ran_out_of_cpu() -> None:
+    totals = {"wallSeconds": 100.0, "cpuSeconds": {
+        "worker": 80.0, "listener": 20.0, "master": 0.5, "postgres": 10.0,
+        "loadgen0": 15.0, "loadgen1": 15.0}}
+    budget = stormwatch.who_ran_out(totals, 40_000, 2)
+    assert budget["relayCpuMsPerHandshake"] == pytest.approx(2.5125, abs=0.001)
+    assert budget["relayCoresFor1500PerSecond"] == pytest.approx(3.77, abs=0.01)
+    assert budget["relayCoresUsed"] == pytest.approx(1.0, abs=0.01)
+    assert budget["loadgenCoresUsed"] == 0.3 and budget["postgresCoresUsed"] == 0.1
+    assert budget["loadgenCpuMsPerHandshake"] == pytest.approx(0.75)
+    assert stormwatch.who_ran_out(totals, 0, 2)["relayCpuMsPerHandshake"] is None
+
+
+def test_relay_counters_are_read_from_its_metrics_text() -> None:
+    text = "\n".join([
+        "# HELP relay_websocket_upgrades_total WebSocket handshakes answered 101",
+        "relay_websocket_upgrades_total 39709.0",
+        "relay_websocket_connected_total 39398.0",
+        'relay_closes_total{code="1013"} 310.0',
+        'relay_auth_failures_total{reason="evicted while pending"} 4.0',
+        'relay_commit_to_listener_seconds_bucket{le="0.001"} 3069.0',
+        "relay_commit_to_listener_seconds_count 35082.0"])
+    counters = stormwatch.parse_counters(text)
+    assert counters == {"relay_websocket_upgrades": 39709.0,
+                        "relay_websocket_connected": 39398.0,
+                        "relay_closes": {"1013": 310.0},
+                        "relay_auth_failures": {"evicted while pending": 4.0}}
