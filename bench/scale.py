@@ -1038,6 +1038,12 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             " / ".join(f"{budget.get(k, 0):.2f}" for k in
                        ("relayCoresUsed", "loadgenCoresUsed", "postgresCoresUsed"))
             if budget else None)
+        waits = dig(st, "cpu", "runQueueSeconds") or {}
+        add("storm: s runnable but waiting for a CPU: workers / listener / load generators",
+            " / ".join(f"{v:,.0f}" for v in (
+                waits.get("worker", 0), waits.get("listener", 0),
+                sum(v for k, v in waits.items() if k.startswith("loadgen"))))
+            if waits else None)
         add("storm: cores relay needs for 1,500/s", budget.get("relayCoresFor1500PerSecond"),
             "{:,.2f}", f"<= {budget.get('cores', '?')}")
         counters = st.get("relayCounters", {})

@@ -37,6 +37,13 @@ class CpuWatch:
         self.last_at = self.started
         self.seconds: list[dict[str, float]] = []  # per sample: role → share of one core
         self.cumulative: list[tuple[float, dict[str, float]]] = []  # (s, CPU s per role)
+        # Seconds each role was runnable but waited for a CPU (/proc/<pid>/schedstat): a
+        # role with little CPU and little wait was idle (waiting on the others), one with a
+        # long wait was starved of the cores.
+        self.first_wait = self._waited()
+
+    def _waited(self) -> dict[str, float]:
+        return {name: run_queue_seconds(procs) for name, procs in self.roles.items()}
 
     def _read(self) -> dict[str, float]:
         return {name: cpu_seconds(procs) for name, procs in self.roles.items()}
@@ -62,7 +69,22 @@ class CpuWatch:
     def totals(self) -> dict[str, Any]:
         """CPU seconds of each role since the start, and the wall time it took."""
         used = {name: round(self.last[name] - self.first[name], 2) for name in self.last}
-        return {"wallSeconds": round(self.last_at - self.started, 1), "cpuSeconds": used}
+        waited = self._waited()
+        return {"wallSeconds": round(self.last_at - self.started, 1), "cpuSeconds": used,
+                "runQueueSeconds": {name: round(waited[name] - self.first_wait[name], 2)
+                                    for name in waited}}
+
+
+def run_queue_seconds(processes: list[psutil.Process]) -> float:
+    """Seconds the processes' threads were runnable and waiting for a CPU, in all."""
+    total = 0
+    for process in processes:
+        try:
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
 
 
 def accept_queue(port: int) -> int | None:
