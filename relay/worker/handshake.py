@@ -44,6 +44,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 
 from relay.config import Settings
 from relay.origins import OriginPolicy
+from relay.worker.access_log import write_access_line
 from relay.worker.admission import PENDING_KEY, PendingEvicted, PendingTicket
 from relay.worker.socket_reader import SocketReader
 
@@ -363,7 +364,8 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         environ["QUERY_STRING"] = ""
         environ["RAW_URI"] = environ.get("PATH_INFO", "")
         try:
-            PyWSGIHandler.log_request(self)
+            if not write_access_line(self):
+                PyWSGIHandler.log_request(self)
         finally:
             environ.update(saved)
 
