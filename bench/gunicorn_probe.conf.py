@@ -25,13 +25,14 @@ def post_worker_init(worker):  # noqa: F811 - wraps production's hook of the sam
 
 def _profile(directory: Path) -> None:
     """BENCH_PROFILE=<directory>: cProfile the whole worker (every greenlet: one thread), its
-    stats written there to ``profile-<pid>.pstats`` every 5 s. cProfile slows the worker and
-    counts wall time: for where the time goes, never for a rate."""
+    stats written there to ``profile-<pid>.pstats`` every 5 s. cProfile slows the worker: for
+    where its CPU goes, never for a rate."""
     import cProfile
+    import time
 
     import gevent
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time: not the other processes' turns
     profiler.enable()
 
     def dump() -> None:
