@@ -2,21 +2,25 @@
 
 One Unix-domain stream socket per worker. Every frame is ``length:u32be kind:u8 body``,
 where ``length`` counts ``kind`` and ``body``. Bodies are JSON objects except ``UPDATE``,
-whose body is ``channel_len:u8 channel message`` so that the listener encodes a client
-``update`` message once and the worker forwards those exact bytes. docs/architecture.md
-describes each kind; this module is the only one that knows the layout.
+whose body is ``channel_len:u8 channel ws_frame``: the listener encodes a client ``update``
+message once, already as the WebSocket text frame that goes to each client, and the worker
+sends those exact bytes (wrapping it there cost every worker a copy per update).
+docs/architecture.md describes each kind; this module is the only one that knows the layout.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 MAX_FRAME_BYTES = 16 << 20
 _HEADER = struct.Struct("!IB")
 _UPDATE_HEADER = struct.Struct("!IBB")  # the header, then the channel's length
+_WS_TEXT = 0x81  # a WebSocket frame's first byte: FIN, text (RFC 6455 5.2); servers never mask
+_WS_LEN16 = struct.Struct("!BBH")
+_WS_LEN64 = struct.Struct("!BBQ")
 
 # worker → listener
 HELLO = ord("H")  # {"pid": int}
@@ -46,13 +50,27 @@ def encode(kind: int, body: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(data) + 1, kind) + data
 
 
+def ws_text_header(length: int) -> bytes:
+    """The header of an unmasked WebSocket text frame (FIN set) of ``length`` bytes."""
+    if length < 126:
+        return bytes((_WS_TEXT, length))
+    if length < 65536:
+        return _WS_LEN16.pack(_WS_TEXT, 126, length)
+    return _WS_LEN64.pack(_WS_TEXT, 127, length)
+
+
 def encode_update(channel: str, message: bytes) -> bytes:
+    """An ``UPDATE`` frame: ``message`` (the client ``update``) travels as the WebSocket text
+    frame each client gets."""
     name = channel.encode()
+    head = ws_text_header(len(message))
     # One pack for the header and the channel's length: once per routed notification.
-    return _UPDATE_HEADER.pack(len(name) + len(message) + 2, UPDATE, len(name)) + name + message
+    return b"".join((_UPDATE_HEADER.pack(len(name) + len(head) + len(message) + 2, UPDATE,
+                                         len(name)), name, head, message))
 
 
 def decode_update(body: bytes) -> tuple[str, bytes]:
+    """An ``UPDATE`` body: the channel, and the WebSocket frame to send to its clients."""
     if not body:
         raise BusProtocolError("empty update")
     size = body[0]
@@ -63,6 +81,12 @@ def decode_update(body: bytes) -> tuple[str, bytes]:
     except UnicodeDecodeError:
         raise BusProtocolError("channel is not UTF-8") from None
     return channel, body[1 + size :]
+
+
+def update_message(ws_frame: bytes) -> bytes:
+    """The client message inside an ``UPDATE``'s WebSocket frame (tools and tests read it)."""
+    size = ws_frame[1] & 0x7F
+    return ws_frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
 
 
 def decode_json(body: bytes) -> dict[str, Any]:
@@ -81,6 +105,52 @@ class FrameReader:
     def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
         self._max = max_frame
+        self._rest = b""  # ``dispatch``'s: the start of a frame not complete yet
+
+    def dispatch(self, data: bytes, on_update: Callable[[str, bytes], None],
+                 on_frame: Callable[[int, bytes], None]) -> None:
+        """Feed ``data`` and handle every complete frame in stream order: an ``UPDATE``
+        with ``on_update(channel, ws_frame)``, any other with ``on_frame(kind, body)``.
+
+        The worker's read loop (``feed`` for everything else): per update, one slice for
+        the channel and one for the frame, no generator and no copy of the body (a worker
+        reads one frame per delivery; bench sweep). Never mixed with ``feed`` on one reader.
+        """
+        buf = self._rest + data if self._rest else data
+        size = len(buf)
+        offset = 0
+        unpack_from, header, max_frame = _HEADER.unpack_from, _HEADER.size, self._max
+        try:
+            while size - offset >= header:
+                length, kind = unpack_from(buf, offset)
+                end = offset + 4 + length
+                if kind == UPDATE and 2 <= length <= max_frame:
+                    if end > size:
+                        break
+                    start = offset + 6
+                    frame_at = start + buf[offset + 5]
+                    if frame_at > end:
+                        raise BusProtocolError("truncated update")
+                    try:
+                        channel = buf[start:frame_at].decode()
+                    except UnicodeDecodeError:
+                        raise BusProtocolError("channel is not UTF-8") from None
+                    offset = end
+                    on_update(channel, buf[frame_at:end])
+                    continue
+                if length < 1 or length > max_frame:
+                    raise BusProtocolError(f"bad frame length {length}")
+                if kind not in KINDS:
+                    raise BusProtocolError(f"unknown frame kind {kind}")
+                if end > size:
+                    break
+                body = buf[offset + 5 : end]
+                offset = end
+                if kind == UPDATE:
+                    decode_update(body)  # too short to be one: raises
+                on_frame(kind, body)
+        finally:
+            self._rest = buf[offset:]
 
     def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
         self._buffer += data

@@ -137,8 +137,8 @@ class WorkerSide:
         while True:
             kind, body = self.read(timeout)
             if kind == bus.UPDATE:
-                channel, message = bus.decode_update(body)
-                return channel, json.loads(message)
+                channel, frame = bus.decode_update(body)
+                return channel, json.loads(bus.update_message(frame))
 
     def fresh_stats(self, predicate: Any = bool, timeout: float = 10.0) -> dict[str, Any]:
         """The listener's figures from a push after this call that satisfy ``predicate``."""

@@ -169,7 +169,26 @@ def test_bus_round_trip_split_anywhere() -> None:
     for cut in range(len(data) + 1):
         reader = bus.FrameReader()
         frames = list(reader.feed(data[:cut])) + list(reader.feed(data[cut:]))
-        assert frames == [(bus.HELLO, b'{"pid":1}'), (bus.UPDATE, b"\x0cuser_Usage_1{\"a\":1}")]
+        assert frames == [(bus.HELLO, b'{"pid":1}'),
+                          (bus.UPDATE, b"\x0cuser_Usage_1\x81\x07{\"a\":1}")]
+        seen: list[object] = []
+        reader = bus.FrameReader()
+        for part in (data[:cut], data[cut:]):
+            reader.dispatch(part, lambda *update, seen=seen: seen.append(update),
+                            lambda *frame, seen=seen: seen.append(frame))
+        assert seen == [(bus.HELLO, b'{"pid":1}'), ("user_Usage_1", b"\x81\x07{\"a\":1}")]
+
+
+@given(st.binary(max_size=300), st.integers(1, 300))
+@settings(deadline=None)
+def test_bus_dispatch_of_any_bytes_hands_on_frames_or_raises(wire: bytes, chunk: int) -> None:
+    reader = bus.FrameReader()
+    try:
+        for i in range(0, len(wire), chunk):
+            reader.dispatch(wire[i:i + chunk], lambda channel, frame: None,
+                            lambda kind, body: None)
+    except bus.BusProtocolError:
+        pass
 
 
 def test_bus_oversized_and_unknown_frames_are_refused_from_the_header() -> None:

@@ -82,8 +82,8 @@ def received(peer: WorkerPeer) -> list[tuple[str, int, Any]]:
     out = []
     for kind, body in bus.FrameReader().feed(b"".join(peer._queue)):
         assert kind == bus.UPDATE
-        channel, message = bus.decode_update(body)
-        update = json.loads(message)
+        channel, frame = bus.decode_update(body)
+        update = json.loads(bus.update_message(frame))
         assert update["channel"] == channel
         assert update["cursor"] == f"{EPOCH}:{update['seq']}:{update['data']['pos'] * 7:08x}"
         out.append((channel, update["seq"], update["data"]["pos"]))

@@ -1,9 +1,9 @@
 """The per-worker routes of attached connections, by channel and by user.
 
 The node adds a connection when the listener's ``ATTACHED`` answer for it is read, and
-hands every ``UPDATE`` to ``publish``, which wraps the message in a WebSocket frame once
-and gives the same bytes to each member of the channel. The hub knows a connection only as
-a ``Member``: its user, its channels and where its frames go.
+hands every ``UPDATE`` to ``publish``, which gives the same bytes (the WebSocket frame the
+listener built, once for every worker) to each member of the channel. The hub knows a
+connection only as a ``Member``: its user, its channels and where its frames go.
 
 It also keeps, for each routed channel, the cursor its members have reached: every member of
 a channel has been given every update routed to it since its ``ATTACHED``, which brought it
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
-
-from relay.worker.websocket import text_frame
 
 _CURSOR_KEY = b'"cursor":"'  # relay.protocol.encode_update writes it once, before "data"
 
@@ -67,19 +65,21 @@ class Hub(Generic[M]):
         _unroute(self.by_user, member.user_id, member)
         return routed
 
-    def publish(self, channel: str, message: bytes) -> None:
+    def publish(self, channel: str, frame: bytes) -> None:
+        """Give ``frame`` (a WebSocket text frame holding an ``update``) to the channel's
+        members."""
         route = self.by_channel.get(channel)
         self.published += 1
         if route is None:
             return
         if channel in self._cursors:
             # The cursor's place in the message: a JSON string value never holds `"cursor":"`
-            # unescaped, so the first one is the field.
-            start = message.find(_CURSOR_KEY)
+            # unescaped, so the first one is the field (the frame's header is 2-10 bytes
+            # before the message and cannot hold it either).
+            start = frame.find(_CURSOR_KEY)
             if start >= 0:
                 start += len(_CURSOR_KEY)
-                self._cursors[channel] = message[start:message.find(b'"', start)]
-        frame = text_frame(message)  # encoded once for every recipient
+                self._cursors[channel] = frame[start:frame.find(b'"', start)]
         if type(route) is tuple:
             for member in route:  # a snapshot: enqueue may change the routes, not this tuple
                 member.enqueue(frame)

@@ -51,7 +51,8 @@ A_contra = TypeVar("A_contra", bound=Attachment, contravariant=True)
 class LinkHandler(Protocol[A_contra]):
     """What the link reports, from its reader greenlet, in the order of the stream."""
 
-    def on_update(self, channel: str, message: bytes) -> None: ...
+    def on_update(self, channel: str, frame: bytes) -> None:
+        """An update for ``channel``: ``frame`` is the WebSocket frame its members get."""
 
     def on_attached(self, attachment: A_contra, reply: dict[str, Any], reattach: bool
                     ) -> None: ...
@@ -249,33 +250,34 @@ class ListenerLink(Generic[A]):
 
     def _read(self, sock: socket.socket) -> None:
         reader = bus.FrameReader()
+        on_update, on_frame = self._handler.on_update, self._on_frame
         while True:
             data = sock.recv(262144)
             if not data:
                 return
-            for kind, body in reader.feed(data):
-                if kind == bus.UPDATE:
-                    channel, message = bus.decode_update(body)
-                    self._handler.on_update(channel, message)
-                elif kind == bus.ATTACHED:
-                    self._on_attached(bus.decode_json(body))
-                elif kind == bus.RESYNC:
-                    message = bus.decode_json(body)
-                    default = message.get("cursor")
-                    self._handler.on_resync(str(message.get("reason", "resync")),
-                                            message.get("cursors") or {},
-                                            default if isinstance(default, str) else None)
-                elif kind == bus.STATS_REPLY:
-                    self._stats = bus.decode_json(body)
-                    self._stats_at = time.monotonic()
-                elif kind == bus.REVOKED:
-                    revoked = bus.decode_json(body).get("revoked")
-                    if isinstance(revoked, dict):
-                        self._handler.on_revoked({
-                            user: float(at) for user, at in revoked.items()
-                            if isinstance(at, (int, float)) and not isinstance(at, bool)})
-                else:
-                    raise bus.BusProtocolError(f"kind {kind} is not for a worker")
+            # Updates (nearly every frame) go straight to the handler, in stream order.
+            reader.dispatch(data, on_update, on_frame)
+
+    def _on_frame(self, kind: int, body: bytes) -> None:
+        if kind == bus.ATTACHED:
+            self._on_attached(bus.decode_json(body))
+        elif kind == bus.RESYNC:
+            message = bus.decode_json(body)
+            default = message.get("cursor")
+            self._handler.on_resync(str(message.get("reason", "resync")),
+                                    message.get("cursors") or {},
+                                    default if isinstance(default, str) else None)
+        elif kind == bus.STATS_REPLY:
+            self._stats = bus.decode_json(body)
+            self._stats_at = time.monotonic()
+        elif kind == bus.REVOKED:
+            revoked = bus.decode_json(body).get("revoked")
+            if isinstance(revoked, dict):
+                self._handler.on_revoked({
+                    user: float(at) for user, at in revoked.items()
+                    if isinstance(at, (int, float)) and not isinstance(at, bool)})
+        else:
+            raise bus.BusProtocolError(f"kind {kind} is not for a worker")
 
     def _on_attached(self, reply: dict[str, Any]) -> None:
         pending = self._pending.pop(reply.get("req"), None)  # type: ignore[arg-type]

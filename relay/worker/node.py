@@ -141,8 +141,8 @@ class Node:
 
     # ----- the listener link's handler (its reader greenlet, in stream order) -----
 
-    def on_update(self, channel: str, message: bytes) -> None:
-        self._hub.publish(channel, message)
+    def on_update(self, channel: str, frame: bytes) -> None:
+        self._hub.publish(channel, frame)
 
     def on_attached(self, conn: Client, reply: dict[str, Any], reattach: bool) -> None:
         cursors = reply.get("cursors")
