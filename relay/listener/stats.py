@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -17,6 +18,9 @@ from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    float("inf"))
+# The value after a payload's last "ts" key: what a slice, a strip and two splits found before
+# (a quarter of the listener's Python per notification, bench sweep), in one match.
+_TS_VALUE = re.compile(r'"ts"[ :]*([^,}]*)')
 # The counter groups of a worker's COUNTERS snapshot (relay.worker.node.Node.snapshot).
 COUNTER_GROUPS = ("counters", "closes", "authFailures")
 
@@ -37,12 +41,13 @@ class LatencyHistogram:
         if marker < 0:
             return
         try:
-            text = payload[marker + 4:].lstrip(" :").split(",", 1)[0].split("}", 1)[0]
-            latency = max(0.0, self._clock() - float(text))
+            latency = self._clock() - float(_TS_VALUE.match(payload, marker)[1])  # type: ignore[index]
         except ValueError:
             return
         if latency > 3600:
             return
+        if latency < 0.0:
+            latency = 0.0
         self.count += 1
         self.sum += latency
         # One bucket per observation (made cumulative in snapshot()): the loop over every
