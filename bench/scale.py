@@ -987,6 +987,16 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(burst.get("lastSeconds"), 2.0, "lower"))
         add("burst: lost", burst.get("lost"), target="0",
             verdict=_verdict(burst.get("lost"), 0, "lower"))
+        # Where the time goes, from the COMMIT's start: its end, the listener's scan of the
+        # outbox (its first page, its last row handed on), the first and last arrivals.
+        add("burst: s COMMIT took", burst.get("commitSeconds"), "{:,.3f}")
+        add("burst: s until the listener's first page", dig(burst, "catchUp", "firstPageSeconds"),
+            "{:,.3f}")
+        add("burst: s until the listener handed on the last",
+            dig(burst, "catchUp", "lastHandedOnSeconds"), "{:,.3f}")
+        add("burst: s until the first has it", burst.get("firstSeconds"), "{:,.3f}")
+        for role, seconds in sorted((burst.get("cpuSplit") or {}).items()):
+            add(f"burst: CPU s, {role}", seconds, "{:,.2f}")
     cut = p.get("cut", {})
     if cut:
         add("cut: s until updates flow again", cut.get("flowingAgainSeconds"), "{:,.2f}",

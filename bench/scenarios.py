@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -20,9 +21,15 @@ from bench.servers import (
     Database,
     LoadGenerators,
     NodeServer,
+    RelayServer,
     Server,
     cpu_seconds,
 )
+
+# The listener's line for a catch-up of more than one page (relay/listener/follower.py).
+_CATCH_UP = re.compile(r"outbox catch-up: (\d+) messages in (\d+) pages, first page read "
+                       r"([\d.]+) s after the scan began, the last handed on ([\d.]+) s "
+                       r"after it \(scan began at ([\d.]+)\)")
 
 
 @dataclass
@@ -145,11 +152,15 @@ def burst(gens: LoadGenerators, server: Server, database: Database,
     """One transaction notifying ``user_count`` users: 1…user_count, or a random sample of
     them among 1…``among``."""
     gens.all({"cmd": "reset"})
+    split0 = _cpu_split(server, database, gens)
     server_cpu0, busy0 = cpu_seconds(server.tree()), machine_busy()
     written = run_writer("burst", "--dsn", database.url, "--users", str(user_count),
                          "--among", str(among), "--publish", publish, timeout=120)
     wait_for_kinds(gens, ("b",), user_count, limit=limit)
     server_cpu = cpu_seconds(server.tree()) - server_cpu0
+    split = {role: seconds - split0.get(role, 0.0)
+             for role, seconds in _cpu_split(server, database, gens).items()}
+    split["writer"] = written["cpuSeconds"]
     stats = gens.all({"cmd": "stats"})
     received = sum(r["byKind"].get("b", 0) for r in stats)
     arrivals = array("d")
@@ -164,8 +175,36 @@ def burst(gens: LoadGenerators, server: Server, database: Database,
             "firstSeconds": first - written["beforeCommit"] if received else None,
             "lastSeconds": last - written["beforeCommit"] if received else None,
             "serverCpuSeconds": server_cpu, "machineBusy": busy_share(busy0),
+            "cpuSplit": split, "catchUp": _catch_up(server, written["beforeCommit"]),
             "arrivalSeconds": {f"p{q}": after[min(len(after) - 1, len(after) * q // 100)]
                                for q in (10, 50, 90, 99)} if after else {}}
+
+
+def _cpu_split(server: Server, database: Database, gens: LoadGenerators) -> dict[str, float]:
+    """CPU seconds so far of each part of the machine's work: relay's listener and workers
+    (the whole server tree for another server), PostgreSQL, the load generators."""
+    split = {"postgres": cpu_seconds(database.processes()), "loadgens": sum(gens.cpu())}
+    if isinstance(server, RelayServer):
+        roles = server.roles()
+        split["listener"] = cpu_seconds(roles["listener"])
+        split["workers"] = cpu_seconds(roles["worker"])
+    else:
+        split["server"] = cpu_seconds(server.tree())
+    return split
+
+
+def _catch_up(server: Server, before_commit: float) -> dict[str, Any] | None:
+    """The listener's last catch-up of more than one page, timed from the COMMIT's start
+    (a burst's messages after its sync frame), if its log says so."""
+    if not isinstance(server, RelayServer):
+        return None
+    found = _CATCH_UP.findall(server.log_tail(400))
+    if not found:
+        return None
+    messages, pages, first, last, began = found[-1]
+    start = float(began) - before_commit
+    return {"messages": int(messages), "pages": int(pages), "startSeconds": start,
+            "firstPageSeconds": start + float(first), "lastHandedOnSeconds": start + float(last)}
 
 
 def connect(gens: LoadGenerators, server: Server, config: Config, pool: int) -> dict[str, Any]:

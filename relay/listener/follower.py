@@ -18,6 +18,8 @@ database's history (same epoch, not cleaned up under us, not rewound)?
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import gevent
 
 from relay.listener.outbox import SCAN_PAGE, Head, Outbox, Row
+
+log = logging.getLogger("relay.listener")
 
 EPOCH_CHANGED = "epoch changed"
 EXPIRED = "history expired"
@@ -107,9 +111,11 @@ class OutboxFollower:
         reads the next one (the query yields), so that PostgreSQL's reading and the
         listener's encoding overlap on two cores (bench listener_cost --catch-up). Pages are
         still handed on whole and in order: the next one starts after the last has ended."""
+        started = time.time()
         self._outbox.settle()  # REPEATABLE READ / SERIALIZABLE commits get their numbers
         self.scans += 1
-        count = 0
+        count = pages = 0
+        first_read = 0.0
         after = self.last_pos
         handing: gevent.Greenlet | None = None  # handing on the previous page meanwhile
         try:
@@ -117,6 +123,8 @@ class OutboxFollower:
                 # A page at a time: memory stays bounded for a transaction of 50,000
                 # messages, and the workers' writers send one page while the next is read.
                 rows = self._outbox.read_from(after, SCAN_PAGE)
+                pages += 1
+                first_read = first_read or time.time()
                 if handing is not None:
                     left, handing = handing.get(), None  # re-raises what it raised
                     self._hand_on(left, False)
@@ -124,6 +132,12 @@ class OutboxFollower:
                 if len(rows) < SCAN_PAGE:
                     self._hand_on(rows, False)
                     self.scanned += count
+                    if pages > 1:
+                        # Where a big transaction's time goes (bench scale's burst reads it).
+                        log.info("outbox catch-up: %d messages in %d pages, first page read "
+                                 "%.3f s after the scan began, the last handed on %.3f s "
+                                 "after it (scan began at %.6f)", count, pages,
+                                 first_read - started, time.time() - started, started)
                     return count
                 after = rows[-1].pos
                 handing = gevent.spawn(self._hand_on, rows, True)
