@@ -15,7 +15,6 @@ import pytest
 
 from relay import bus
 from relay.config import Settings
-from relay.listener.outbox import Row
 from relay.listener.peers import WorkerPeer
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.routing import Router
@@ -131,28 +130,3 @@ def test_a_frame_of_another_kind_is_handled_in_its_place(routed: Any) -> None:
     assert revoked == [({"u": 12.5}, [1, 0])]
     assert received(peers[0]) == [("a", 1, 1), ("a", 2, 2)]
     assert router.delivery.figures()["notificationsDropped"] == {"foreign": 1}
-
-
-def test_a_channel_gap_met_while_a_page_is_handed_on_meanwhile_waits_for_the_scan(
-        routed: Any) -> None:
-    """While the follower hands on a page during the next page's query, a row whose channel
-    has a gap (its fill is a query of its own) is refused, nothing sent; handed on again from
-    the scan, it is filled and delivered in order."""
-    router, peers, scripted, _ = routed
-    delivery, follower = router.delivery, router.delivery.follower
-    assert follower is not None
-    router.on_notifications([frame(1, "a", 1)])
-    missed = (1, 2, 2, 14, json.dumps({"pos": 2}))  # a's seq 2, never handed on
-
-    def query(statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        assert "relay.read_channel" in statement and params == (["a"], [2], [1])
-        return [missed]
-
-    router._outbox._query = query  # type: ignore[method-assign]
-    row = Row(3, "a", 3, 21, json.dumps({"pos": 3}))
-    follower.meanwhile = True
-    assert delivery.deliver_row(row) is False
-    assert received(peers[0]) == [("a", 1, 1)]
-    follower.meanwhile = False
-    assert delivery.deliver_row(row) is True
-    assert received(peers[0]) == [("a", 1, 1), ("a", 2, 2), ("a", 3, 3)]

@@ -290,32 +290,27 @@ class Delivery:
             if peer.channels.get(channel):
                 peer.send(frame)
 
-    def deliver_row(self, row: Row) -> bool:
-        """A message of the outbox, in commit order (the follower's), to its subscribers;
-        ``False`` when it needs a query and the follower hands it on while the database
-        link's greenlet waits for one (it hands it on again from there)."""
+    def deliver_row(self, row: Row) -> None:
+        """A message of the outbox, in commit order (the follower's), to its subscribers."""
         durable = self._durable
         if durable is None:  # the outbox is on, but numbers are this listener's
             self.deliver(row.channel, row.payload)
-            return True
+            return
         channel = row.channel
         if not self._refcounts.is_open(channel):
             self._dropped["unsubscribed"] += 1
-            return True
+            return
         head = durable.head(channel)
         if head is not None and row.seq != head[0] + 1:
             if row.seq <= head[0]:
                 self._dropped["duplicate"] += 1
-                return True
-            if self._follower is not None and self._follower.meanwhile:
-                return False  # the fill below queries: not while another query runs
+                return
             # Commit order covers every seq, so this "never" happens; if it does, the
             # missing messages are read, not resynced.
             self._dropped["channel gap"] += 1
             if not self._fill(channel, head[0], row.seq):
-                return True
+                return
         self._send_update(durable, channel, row.payload, row.seq, row.tag)
-        return True
 
     def _fill(self, channel: str, head: int, seq: int) -> bool:
         """Deliver ``channel``'s messages after ``head`` and before ``seq`` from the outbox;

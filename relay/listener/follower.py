@@ -24,8 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gevent
-
 from relay.listener.outbox import SCAN_PAGE, Head, Outbox, Row
 
 log = logging.getLogger("relay.listener")
@@ -36,12 +34,9 @@ REWOUND = "history rewound"
 
 
 class OutboxFollower:
-    def __init__(self, outbox: Outbox, deliver: Callable[[Row], bool | None]) -> None:
-        """``deliver`` hands a row on; while ``meanwhile`` is set it must not query, and
-        returns ``False`` for a row it cannot hand on without one (it is handed again)."""
+    def __init__(self, outbox: Outbox, deliver: Callable[[Row], None]) -> None:
         self._outbox = outbox
         self._deliver = deliver
-        self.meanwhile = False  # a scan's page is handed on while the next one is read
         self.epoch = ""
         self.last_pos = 0
         self.last_tag: int | None = None  # the tag of the message at last_pos, if known
@@ -105,60 +100,32 @@ class OutboxFollower:
 
     def catch_up(self) -> int:
         """Hand on everything after our position, in commit order: ONE scan over the outbox
-        for all channels (``relay.read_from``, page by page). Returns how many messages.
-
-        Pipelined: a full page is handed on by a greenlet of its own while the database
-        reads the next one (the query yields), so that PostgreSQL's reading and the
-        listener's encoding overlap on two cores (bench listener_cost --catch-up). Pages are
-        still handed on whole and in order: the next one starts after the last has ended."""
+        for all channels (``relay.read_from``, page by page). Returns how many messages."""
         started = time.time()
         self._outbox.settle()  # REPEATABLE READ / SERIALIZABLE commits get their numbers
         self.scans += 1
         count = pages = 0
         first_read = 0.0
-        after = self.last_pos
-        handing: gevent.Greenlet | None = None  # handing on the previous page meanwhile
-        try:
-            while True:
-                # A page at a time: memory stays bounded for a transaction of 50,000
-                # messages, and the workers' writers send one page while the next is read.
-                rows = self._outbox.read_from(after, SCAN_PAGE)
-                pages += 1
-                first_read = first_read or time.time()
-                if handing is not None:
-                    left, handing = handing.get(), None  # re-raises what it raised
-                    self._hand_on(left, False)
-                count += len(rows)
-                if len(rows) < SCAN_PAGE:
-                    self._hand_on(rows, False)
-                    self.scanned += count
-                    if pages > 1:
-                        # Where a big transaction's time goes (bench scale's burst reads it).
-                        log.info("outbox catch-up: %d messages in %d pages, first page read "
-                                 "%.3f s after the scan began, the last handed on %.3f s "
-                                 "after it (scan began at %.6f)", count, pages,
-                                 first_read - started, time.time() - started, started)
-                    return count
-                after = rows[-1].pos
-                handing = gevent.spawn(self._hand_on, rows, True)
-        finally:
-            if handing is not None:  # the query failed: what was read is still handed on
-                handing.join()
-
-    def _hand_on(self, rows: list[Row], meanwhile: bool) -> list[Row]:
-        """Hand on ``rows`` in order; ``meanwhile`` (while the database link's greenlet waits
-        for a query): stop at a row that needs a query of its own (``deliver`` returns
-        ``False``: a gap in its channel) and return it and those after it."""
         deliver = self._deliver
-        self.meanwhile = meanwhile
-        try:
-            for index, row in enumerate(rows):
-                if deliver(row) is False:
-                    return rows[index:]
+        while True:
+            # A page at a time: memory stays bounded for a transaction of 50,000 messages, and
+            # the workers' writers send one page while the next is read (queries yield).
+            rows = self._outbox.read_from(self.last_pos, SCAN_PAGE)
+            pages += 1
+            first_read = first_read or time.time()
+            for row in rows:
                 self.last_pos, self.last_tag = row.pos, row.tag  # _advance, inline
-        finally:
-            self.meanwhile = False
-        return []
+                deliver(row)
+            count += len(rows)
+            if len(rows) < SCAN_PAGE:
+                self.scanned += count
+                if pages > 1:
+                    # Where a big transaction's time goes (bench scale's burst reads it).
+                    log.info("outbox catch-up: %d messages in %d pages, first page read %.3f s "
+                             "after the scan began, the last handed on %.3f s after it (scan "
+                             "began at %.6f)", count, pages, first_read - started,
+                             time.time() - started, started)
+                return count
 
     def heads_here(self, channels: list[str]) -> dict[str, Head]:
         """The newest message of each of ``channels`` at or before our position: where a
