@@ -51,6 +51,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from bench.exitwatch import ExitWatch, log_timeline
 from bench.figures import dig
 from bench.healthwatch import HealthWatch
 from bench.loopprobe import worst_lag
@@ -653,10 +654,15 @@ def drain_only(gens: LoadGenerators, server: RelayServer, cfg: ScaleConfig, work
                record: dict[str, Any]) -> None:
     """SIGTERM, as a deploy stops a machine: how the drain closed the clients, and when."""
     held = sum(c["held"] for c in gens.all({"cmd": "reset"}))
+    exits = ExitWatch(server.roles())
     term_at = time.time()
     record["held"] = held
     record["drainExitSeconds"] = server.terminate(timeout=cfg.drain_seconds + 30)
     exited_at = time.time()
+    # Where the seconds went: each process's exit, and the stop's log lines, after SIGTERM.
+    record["exits"] = exits.stop(term_at)
+    record["stopLog"] = [row for name in ("stderr.log", "stdout.log")
+                         for row in log_timeline(server.workdir / name, term_at)]
     record["drainLoop"] = worst_lag(workdir / "probe-1", term_at, exited_at)
     stats = gens.all({"cmd": "stats"})
     first = min((r["closeFirst"] for r in stats if r["closeFirst"]), default=term_at)
@@ -1020,6 +1026,12 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if drained.get("drainLoop") else None, "{:,.0f}")
         add("drain: longest full GC in a worker ms",
             dig(drained, "drainLoop", "worstFullCollectionMs"), "{:,.0f}")
+        for role, exits in (drained.get("exits") or {}).items():
+            seconds = [s for s in exits.values() if s is not None]
+            if seconds:
+                add(f"drain: {role} exited, s after SIGTERM",
+                    f"{min(seconds):.2f}" if len(seconds) == 1
+                    else f"{min(seconds):.2f}–{max(seconds):.2f}")
     if st:
         add("storm: s down (SIGTERM → new relay ready)", st.get("downSeconds"), "{:,.1f}")
         for port in ("main", "internal"):
