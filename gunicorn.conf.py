@@ -47,8 +47,8 @@ worker_connections = _settings.handshake_concurrency
 # heartbeats every second) is killed and replaced; its clients reconnect and resume.
 timeout = math.ceil(_settings.worker_timeout)
 # RELAY_DRAIN_SECONDS (10 s) + 10: on SIGTERM or HUP a worker closes its clients with 1012
-# spread over the drain, then waits up to 3 s for their close handshakes; gunicorn kills it
-# after graceful_timeout. fly.toml's kill_timeout must be longer still.
+# spread over the drain, then awaits their close handshakes until 2.5 s after it; gunicorn
+# kills it after graceful_timeout. fly.toml's kill_timeout must be longer still.
 graceful_timeout = math.ceil(_settings.drain_seconds) + 10
 # Never recycle workers after N requests: each recycle would drop every WebSocket it holds.
 max_requests = 0

@@ -216,12 +216,53 @@ def pong_without_greenlet(directory: str) -> dict[str, Any]:
     return out
 
 
+class DeafConnection:
+    """A client that never answers its close, on a worker so starved that each close takes
+    ``cost`` seconds of CPU (a busy loop: the drain's greenlet does not yield meanwhile)."""
+
+    user_id = "deaf"
+
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+        self.closed_with: list[int] = []
+
+    def close(self, code: Any, detail: str = "") -> None:
+        if self.closed_with:  # as Connection.close: once
+            return
+        self.closed_with.append(code.code)
+        until = time.perf_counter() + self.cost
+        while time.perf_counter() < until:
+            pass
+
+
+def drain_behind_schedule(directory: str) -> dict[str, Any]:
+    """The closes fall behind the drain window (0.5 s for 100 clients; they take 2 s): the
+    drain still ends at its window + DRAIN_ANSWER_SECONDS after its start, not 3 s after its
+    last close, when nobody answers."""
+    from relay.worker.node import DRAIN_ANSWER_SECONDS
+
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_DRAIN_SECONDS": "0.5"})
+    node = Node(settings)
+    conns = [DeafConnection(0.02) for _ in range(100)]
+    for conn in conns:
+        node.register(conn)  # type: ignore[arg-type]
+    started = time.monotonic()
+    node.drain()
+    return {"closed": sorted({code for conn in conns for code in conn.closed_with}),
+            "closes": sum(len(conn.closed_with) for conn in conns),
+            "budget": 0.5 + DRAIN_ANSWER_SECONDS,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
                  "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
                  "finished_connection_freed": finished_connection_freed,
-                 "pong_without_greenlet": pong_without_greenlet}
+                 "pong_without_greenlet": pong_without_greenlet,
+                 "drain_behind_schedule": drain_behind_schedule}
     argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
                 else directory)
     print(json.dumps(scenarios[name](argument)))

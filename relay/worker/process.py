@@ -3,7 +3,7 @@
 Use it as ``worker_class = "relay.worker.process.RelayWorker"`` (gunicorn.conf.py does). gunicorn's
 gevent worker waits for its pool to empty on SIGTERM, which WebSockets never do by
 themselves (trap 8): this worker starts the node's drain, which closes every client with
-1012 over ``RELAY_DRAIN_SECONDS`` and gives their close handshakes up to 3 s more. Once the
+1012 over ``RELAY_DRAIN_SECONDS`` and awaits their close handshakes until 2.5 s after it. Once the
 drain is over the worker ends whatever its pools still serve (handshakes, keep-alive
 requests) and exits: it neither waits for gunicorn's ``graceful_timeout`` nor for
 connections whose clients never answered their close (the exit closes their sockets).
