@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -146,6 +147,16 @@ class SupervisorProcess:
         """The master is stopping: a supervisor that dies from now on stays dead."""
         self.stopping = True
 
+    def terminate(self) -> None:
+        """Ask the current supervisor to stop (SIGTERM), without waiting for it: the master's
+        last worker is gone, so the listener has nobody left to serve."""
+        self.stop_restarting()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.terminate()
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 10.0) -> None:
         """Clean halt (``on_exit``): no more restarts, and the current one is stopped."""
         self.stop_restarting()
@@ -159,7 +170,8 @@ def watch_from_arbiter(arbiter: Any, supervisor: SupervisorProcess) -> None:
     ``manage_workers`` runs on every pass of the main loop, after signals and on reload:
     the check follows it. ``reap_workers`` (SIGCHLD, reload, stop) is preceded by a targeted
     ``waitpid`` on the supervisor, as gunicorn does for its dirty arbiter, so the exit
-    status is known. ``stop`` (TERM, INT, QUIT, a failed main loop) ends the restarts
+    status is known; once the master stops and has no worker left, it also tells the
+    supervisor to stop. ``stop`` (TERM, INT, QUIT, a failed main loop) ends the restarts
     before anything else. The wrappers are attributes of the arbiter object, which a HUP
     keeps (it re-executes the config, not ``on_starting``).
     """
@@ -173,6 +185,10 @@ def watch_from_arbiter(arbiter: Any, supervisor: SupervisorProcess) -> None:
     def reap_supervisor_and_workers() -> None:
         supervisor.reap()
         reap_workers()
+        if supervisor.stopping and not arbiter.WORKERS:
+            # The master stops and its last worker is gone: the listener can go now, while
+            # gunicorn's stop loop sleeps its last 0.1 s and halts (on_exit waits for it).
+            supervisor.terminate()
 
     def stop_restarting(graceful: bool = True) -> None:
         supervisor.stop_restarting()
@@ -190,6 +206,12 @@ def run_supervisor(parent_pid: int, instance_started_at: float | None = None) ->
         nonlocal stopping
         stopping = True
 
+    # A signal also writes to this pipe, which ends the wait below at once: a sleep finished
+    # its 0.1 s first (every stop of the master waited for it).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
     if instance_started_at is None:
@@ -210,7 +232,11 @@ def run_supervisor(parent_pid: int, instance_started_at: float | None = None) ->
                 log.warning("gunicorn master %s is gone; stopping", parent_pid)
                 stopping = True
                 break
-            time.sleep(0.1)
+            if select.select([wake_read], [], [], 0.1)[0]:
+                try:
+                    os.read(wake_read, 512)
+                except BlockingIOError:
+                    pass
         if listener.poll() is None:
             listener.terminate()
             try:
