@@ -222,14 +222,19 @@ class DeafConnection:
 
     user_id = "deaf"
 
-    def __init__(self, cost: float) -> None:
+    def __init__(self, cost: float, next_ping: float = 0.0,
+                 order: list[float] | None = None) -> None:
         self.cost = cost
+        self.next_ping = next_ping
         self.closed_with: list[int] = []
+        self._order = order
 
     def close(self, code: Any, detail: str = "") -> None:
         if self.closed_with:  # as Connection.close: once
             return
         self.closed_with.append(code.code)
+        if self._order is not None:
+            self._order.append(self.next_ping)
         until = time.perf_counter() + self.cost
         while time.perf_counter() < until:
             pass
@@ -256,13 +261,30 @@ def drain_behind_schedule(directory: str) -> dict[str, Any]:
             "seconds": round(time.monotonic() - started, 2)}
 
 
+def drain_order(directory: str) -> dict[str, Any]:
+    """The drain closes first those whose ping is due first (none pinged during the drain
+    when its window is shorter than the ping interval)."""
+    import random
+
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_DRAIN_SECONDS": "0.2"})
+    node = Node(settings)
+    order: list[float] = []
+    now = time.monotonic()
+    for _ in range(200):
+        node.register(DeafConnection(0.0, now + random.uniform(0, 20), order))  # type: ignore[arg-type]
+    node.drain()
+    return {"closed": len(order), "by_next_ping": order == sorted(order)}
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
                  "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
                  "finished_connection_freed": finished_connection_freed,
                  "pong_without_greenlet": pong_without_greenlet,
-                 "drain_behind_schedule": drain_behind_schedule}
+                 "drain_behind_schedule": drain_behind_schedule, "drain_order": drain_order}
     argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
                 else directory)
     print(json.dumps(scenarios[name](argument)))

@@ -43,9 +43,15 @@ _DRAIN_STEP = 0.02
 DRAIN_ANSWER_SECONDS = 2.5
 
 
+def _next_ping(conn: Client) -> float:
+    return conn.next_ping
+
+
 class Client(Member, Protocol):
     """A connection as the node sees it (``relay.worker.connection.Connection``): a member
     of the hub that also keeps its own time and hears the listener's answers."""
+
+    next_ping: float  # monotonic time of its next heartbeat
 
     def tick(self, now: float, wall: float) -> None: ...
 
@@ -243,7 +249,10 @@ class Node:
         if self.draining:
             return
         self.draining = True
-        conns = list(self.connections)
+        # Those due for a ping soonest are closed first: with a window shorter than the ping
+        # interval none is pinged during the drain (its ping and pong were, at 100,000
+        # clients, some 50,000 exchanges on both sides of a drain that falls behind).
+        conns = sorted(self.connections, key=_next_ping)
         window = self.settings.drain_seconds
         log.info("draining %d connections over %.1fs", len(conns), window)
         started = time.monotonic()
