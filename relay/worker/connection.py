@@ -113,10 +113,10 @@ class Connection:
         self.close_detail = detail or code.reason
         self.node.closed_with(code)
         self._writer.send_last(close_frame(code.code, reason or detail or code.reason))
-        # A timer of the loop, not a greenlet (spawn_later): a drain closes thousands of
-        # clients a second per worker. Its callback runs in the hub: abort never blocks.
-        self._abort_timer = gevent.get_hub().loop.timer(CLOSE_HANDSHAKE_TIMEOUT)
-        self._abort_timer.start(self._writer.abort)
+        if not self.node.draining:  # a drain's deadline ends what is left (node.drain)
+            # A loop timer, not a greenlet; its callback runs in the hub: abort never blocks.
+            self._abort_timer = gevent.get_hub().loop.timer(CLOSE_HANDSHAKE_TIMEOUT)
+            self._abort_timer.start(self._writer.abort)
 
     # ----- life cycle -----
 
@@ -387,14 +387,14 @@ class Connection:
             pass
         code = self.closing.code if self.closing else closecodes.ABNORMAL_CLOSURE
         # The access line of a WebSocket is written at its 101; this one carries how long it
-        # lived, for the operator who wants session lengths.
-        seconds = round(time.monotonic() - self.opened_at, 3)
-        # During a drain one line per client was a fifth of the worker's CPU (py-spy, 20,000
-        # closes a worker): the drain logs their sum instead (node.drain).
-        log.log(logging.DEBUG if self.node.draining else logging.INFO,
-                "closed user=%s peer=%s code=%s reason=%s after %.1fs", self.user_id or "-",
-                self.peer, code, self.close_detail or "connection lost", seconds,
-                extra={"user": self.user_id or None, "event": "closed", "code": code,
-                       "seconds": seconds})
+        # lived. During a drain one line per client was a fifth of the worker's CPU (py-spy,
+        # 20,000 closes a worker): the drain logs their sum instead (node.drain).
+        level = logging.DEBUG if self.node.draining else logging.INFO
+        if log.isEnabledFor(level):
+            seconds = round(time.monotonic() - self.opened_at, 3)
+            log.log(level, "closed user=%s peer=%s code=%s reason=%s after %.1fs", self.user_id
+                    or "-", self.peer, code, self.close_detail or "connection lost", seconds,
+                    extra={"user": self.user_id or None, "event": "closed", "code": code,
+                           "seconds": seconds})
         if self._finished is not None:
             self._finished.set()
