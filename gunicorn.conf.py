@@ -124,6 +124,15 @@ def post_worker_init(worker):
     route_gevent_errors()
 
 
+def worker_exit(server, worker):
+    """In a worker, after gunicorn's own exit steps: one that drained ends at once, without
+    the interpreter's teardown (relay.worker.process.exit_now says why)."""
+    if getattr(worker, "drained", False):
+        from relay.worker.process import exit_now
+
+        exit_now()
+
+
 def on_exit(server):
     """Clean halt: no more supervisor restarts, stop the current one (a kill -9'd master is
     handled by PDEATHSIG), and remove the listener's socket."""

@@ -35,6 +35,7 @@ def test_sigterm_drains_clients_with_1012_spread_over_the_window(
     clients = [relay.connect(f"drain{i}") for i in range(8)]
     assert relay.proc is not None
     children = relay.tree()  # workers, supervisor, listener
+    workers = relay.worker_pids()
     arrivals: dict[int, tuple[int, float]] = {}
     started = time.monotonic()
     threads = [threading.Thread(target=_watch, args=(c, started, arrivals, i), daemon=True)
@@ -55,6 +56,12 @@ def test_sigterm_drains_clients_with_1012_spread_over_the_window(
     assert exited < GRACEFUL_TIMEOUT, f"exit after {exited:.1f}s"
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, alive
+    # A drained worker ends with os._exit (worker/process.exit_now): its last lines are
+    # flushed first, and its status is 0 (gunicorn logs any other).
+    logs = relay.logs()
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in logs, pid
+    assert "exited with code" not in logs
 
 
 def test_connections_accepted_during_the_drain_do_not_hold_the_worker(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
 import time
 import weakref
 from typing import Any
@@ -49,6 +51,7 @@ class RelayWorker(GeventPyWSGIWorker):
     _quitting = False
     _term_at: float | None = None
     _drain: gevent.Greenlet | None = None
+    drained = False  # the drain ran to its end and run() returned normally
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._start_drain()
@@ -107,3 +110,23 @@ class RelayWorker(GeventPyWSGIWorker):
         log.info("worker exiting %.1fs after the signal (%d connections never answered their "
                  "close)", time.monotonic() - started,
                  sum(len(node.connections) for node in nodes()))
+        self.drained = True  # gunicorn.conf.py's worker_exit: exit_now()
+
+
+def exit_now() -> None:
+    """End a worker that drained, once gunicorn's own exit steps are done (its ``Worker
+    exiting`` line, its heartbeat file): its logs flushed, then ``os._exit(0)``.
+
+    The interpreter's teardown would free every object one by one (the modules, the ~45,000
+    frozen at boot, gevent's hub, what the connections left) for nothing: relay registers no
+    exit handler, the kernel closes the sockets, and the listener releases what the worker
+    held when its link closes, as it does for a worker that dies. That teardown took 0.04-0.14 s
+    at 20,000 clients a worker on a quiet machine, the last step before the master can reap.
+    """
+    logging.shutdown()  # what atexit would do for the log handlers: flush and close
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
