@@ -29,6 +29,7 @@ class ExitWatch:
         self.roles = {p.pid: role for role, processes in roles.items() for p in processes}
         self._processes = [p for processes in roles.values() for p in processes]
         self.exited: dict[int, float] = {}
+        self.cpu: dict[int, tuple[float, float]] = {}  # pid → (CPU s at the start, last seen)
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -41,6 +42,10 @@ class ExitWatch:
                     continue
                 try:
                     running = process.status() != psutil.STATUS_ZOMBIE
+                    if running:
+                        times = process.cpu_times()
+                        used = times.user + times.system
+                        self.cpu[process.pid] = (self.cpu.get(process.pid, (used,))[0], used)
                 except psutil.Error:
                     running = False
                 if not running:
@@ -49,13 +54,16 @@ class ExitWatch:
 
     def stop(self, origin: float) -> dict[str, Any]:
         """Stop watching; per role, the seconds after ``origin`` at which each process exited
-        (``None``: still running when the watch stopped)."""
+        (``None``: still running when the watch stopped), and under ``cpu`` the CPU seconds
+        each used meanwhile (up to its last sample, at most 20 ms before its exit)."""
         self._stop.set()
         self._thread.join(5)
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"cpu": {}}
         for pid, role in self.roles.items():
             at = self.exited.get(pid)
             out.setdefault(role, {})[str(pid)] = None if at is None else round(at - origin, 3)
+            first, last = self.cpu.get(pid, (0.0, 0.0))
+            out["cpu"].setdefault(role, {})[str(pid)] = round(last - first, 2)
         return out
 
 

@@ -1027,6 +1027,11 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("drain: longest full GC in a worker ms",
             dig(drained, "drainLoop", "worstFullCollectionMs"), "{:,.0f}")
         for role, exits in (drained.get("exits") or {}).items():
+            if role == "cpu":
+                for name, used in exits.items():
+                    add(f"drain: {name} CPU s from SIGTERM to its exit",
+                        " + ".join(f"{s:.2f}" for s in used.values()))
+                continue
             seconds = [s for s in exits.values() if s is not None]
             if seconds:
                 add(f"drain: {role} exited, s after SIGTERM",
