@@ -278,13 +278,55 @@ def drain_order(directory: str) -> dict[str, Any]:
     return {"closed": len(order), "by_next_ping": order == sorted(order)}
 
 
+class AnsweringConnection:
+    """A client that answers its close at once: the connection is finished (detached)
+    inside ``close``."""
+
+    user_id = "answers"
+    next_ping = 0.0
+    channels = ("user_Usage_answers",)
+
+    def __init__(self, node: Node, inside: list[bool]) -> None:
+        self.node = node
+        self.inside = inside
+        self.closed = False
+
+    def close(self, code: Any, detail: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.inside.append(True)
+        self.node.detach(self)  # type: ignore[arg-type]
+        self.inside.pop()
+
+
+def drain_releases(directory: str) -> dict[str, Any]:
+    """While draining, finished connections are told to the listener a step at a time
+    (together), not one by one as each client answers; every one of them is told."""
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_DRAIN_SECONDS": "0.2"})
+    node = Node(settings)
+    inside: list[bool] = []
+    released: list[tuple[int, bool]] = []  # (connection, told while inside its close)
+    node._link.release = lambda conn, attached: released.append(  # type: ignore[method-assign]
+        (id(conn), bool(inside)))
+    conns = [AnsweringConnection(node, inside) for _ in range(50)]
+    for conn in conns:
+        node.register(conn)  # type: ignore[arg-type]
+    node.drain()
+    return {"released": len({conn for conn, _ in released}), "told": len(released),
+            "inside_a_close": sum(during for _, during in released)}
+
+
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
                  "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
                  "finished_connection_freed": finished_connection_freed,
                  "pong_without_greenlet": pong_without_greenlet,
-                 "drain_behind_schedule": drain_behind_schedule, "drain_order": drain_order}
+                 "drain_behind_schedule": drain_behind_schedule, "drain_order": drain_order,
+                 "drain_releases": drain_releases}
     argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
                 else directory)
     print(json.dumps(scenarios[name](argument)))

@@ -82,3 +82,11 @@ def test_the_drain_closes_first_those_whose_ping_is_due_first(tmp_path: Path) ->
     # during the drain: at 100,000 clients half of them were, 50,000 pings and pongs on a
     # machine whose drain fell behind.
     assert run("drain_order", tmp_path) == {"closed": 200, "by_next_ping": True}
+
+
+def test_a_drain_tells_the_listener_of_its_finished_connections_together(tmp_path: Path
+                                                                        ) -> None:
+    # One by one, each client's answer woke the listener for its DETACH (3,000 clients, 1
+    # worker: 73-83 us of the listener's CPU and 173-193 us of the worker's per client;
+    # together, 67-80 and 157-180). Every one is still told, once.
+    assert run("drain_releases", tmp_path) == {"released": 50, "told": 50, "inside_a_close": 0}

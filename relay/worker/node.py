@@ -94,6 +94,7 @@ class Node:
         self.closes: Counter[int | str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.draining = False
+        self._drained: list[tuple[Client, bool]] = []  # detached, not yet told (drain)
         # Attached to a listener that is gone, with the cursors they reached.
         self._orphans: list[tuple[Client, dict[str, str | None]]] = []
         self._revoked: dict[str, float] = {}  # relay_revoke(): user → epoch seconds
@@ -123,7 +124,18 @@ class Node:
         """``conn`` is finished: no more routes, and the listener stops counting it."""
         self.connections.discard(conn)
         attached = self._hub.remove(conn)
+        if self.draining:
+            # Told to the listener a step at a time (_release_drained), together: one by one
+            # as the clients answered, each woke the listener for its own (80 us of its CPU
+            # per client, 3,000 clients over a 10 s drain).
+            self._drained.append((conn, attached))
+            return
         self._link.release(conn, attached)
+
+    def _release_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for conn, attached in drained:
+            self._link.release(conn, attached)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -265,6 +277,7 @@ class Node:
             for conn in conns[closed:due]:
                 conn.close(closecodes.SERVICE_RESTART, "server restarting")
             closed = max(closed, due)
+            self._release_drained()
             if closed < len(conns):
                 gevent.sleep(_DRAIN_STEP)
         # Connections accepted after the snapshot (gunicorn stops listening up to a second
@@ -275,7 +288,9 @@ class Node:
         # (the worker's exit closes their sockets: each has had its close frame).
         deadline = started + window + DRAIN_ANSWER_SECONDS
         while self.connections and time.monotonic() < deadline:
+            self._release_drained()
             gevent.sleep(0.05)
+        self._release_drained()
         # One line for the drain, not one per client (connection.py logs those at debug).
         log.info("drain finished in %.1fs: %d clients closed with 1012, %d did not answer "
                  "their close in time", time.monotonic() - started, closed,
