@@ -37,20 +37,23 @@ class ExitWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set() and len(self.exited) < len(self._processes):
-            for process in self._processes:
-                if process.pid in self.exited:
-                    continue
-                try:
-                    running = process.status() != psutil.STATUS_ZOMBIE
-                    if running:
-                        times = process.cpu_times()
-                        used = times.user + times.system
-                        self.cpu[process.pid] = (self.cpu.get(process.pid, (used,))[0], used)
-                except psutil.Error:
-                    running = False
-                if not running:
-                    self.exited[process.pid] = time.time()
+            self._poll()
             self._stop.wait(self._every)
+
+    def _poll(self) -> None:
+        for process in self._processes:
+            if process.pid in self.exited:
+                continue
+            try:
+                running = process.status() != psutil.STATUS_ZOMBIE
+                if running:
+                    times = process.cpu_times()
+                    used = times.user + times.system
+                    self.cpu[process.pid] = (self.cpu.get(process.pid, (used,))[0], used)
+            except psutil.Error:
+                running = False
+            if not running:
+                self.exited[process.pid] = time.time()
 
     def stop(self, origin: float) -> dict[str, Any]:
         """Stop watching; per role, the seconds after ``origin`` at which each process exited
@@ -58,6 +61,7 @@ class ExitWatch:
         each used meanwhile (up to its last sample, at most 20 ms before its exit)."""
         self._stop.set()
         self._thread.join(5)
+        self._poll()  # the master, reaped by the caller's wait just now, between two polls
         out: dict[str, Any] = {"cpu": {}}
         for pid, role in self.roles.items():
             at = self.exited.get(pid)
