@@ -26,6 +26,7 @@ class _Node:
         self.settings = settings
         self.counters: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
+        self.draining = False  # as Node's: a close arms its abort timer unless draining
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
