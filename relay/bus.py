@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 MAX_FRAME_BYTES = 16 << 20
+# The version of this wire, said in every worker's HELLO. A HUP reloads the workers' code but
+# not the listener's: after an upgrade in place the two may differ, and a frame's meaning
+# changed between versions (2: UPDATE carries the WebSocket frame). A HELLO without it is 1.
+VERSION = 2
 _HEADER = struct.Struct("!IB")
 _UPDATE_HEADER = struct.Struct("!IBB")  # the header, then the channel's length
 _WS_TEXT = 0x81  # a WebSocket frame's first byte: FIN, text (RFC 6455 5.2); servers never mask
@@ -23,7 +27,7 @@ _WS_LEN16 = struct.Struct("!BBH")
 _WS_LEN64 = struct.Struct("!BBQ")
 
 # worker → listener
-HELLO = ord("H")  # {"pid": int}
+HELLO = ord("H")  # {"pid": int, "bus": VERSION}
 # {"req": int, "user": str, "channels": [str], "resume": {channel: cursor}, "iat": number}
 ATTACH = ord("A")
 DETACH = ord("D")  # {"user": str, "channels": [str]}

@@ -86,7 +86,7 @@ class WorkerSide:
         self.stats: dict[str, Any] = {}  # the latest STATS_REPLY the listener pushed
         self.stats_seen = 0
         self._req = 0
-        self.send(bus.encode(bus.HELLO, {"pid": os.getpid()}))
+        self.send(bus.encode(bus.HELLO, {"pid": os.getpid(), "bus": bus.VERSION}))
 
     def send(self, frame: bytes) -> None:
         self.sock.sendall(frame)

@@ -30,6 +30,8 @@ from relay.listener.stats import WorkerTotals
 
 log = logging.getLogger("relay.listener")
 
+EXIT_OUTDATED = 75  # a newer worker said hello: the supervisor starts the new code
+
 
 class Wants(Protocol):
     """Where the workers' connections' channels go (``Subscriptions``)."""
@@ -111,6 +113,7 @@ class Workers:
         message = bus.decode_json(body)
         if kind == bus.HELLO:
             peer.hello(int(message.get("pid", 0)))
+            self._check_version(peer, message.get("bus", 1))
             log.info("worker %s connected", peer.pid)
             if self._revoked:  # before anything it attaches is answered
                 peer.send(bus.encode(bus.REVOKED, {"revoked": self._revoked}))
@@ -126,6 +129,23 @@ class Workers:
             peer.send(bus.encode(bus.STATS_REPLY, {**self._stats(), "req": message.get("req")}))
         else:
             raise bus.BusProtocolError(f"kind {kind} is not for the listener")
+
+    def _check_version(self, peer: WorkerPeer, version: object) -> None:
+        """Workers and listener of one release speak one wire. A newer worker means relay was
+        upgraded in place and reloaded with HUP, which restarts the workers only: this
+        listener exits, and the supervisor starts one of the new code (clients resume from
+        the outbox, or resync with the history in memory). An older one is refused."""
+        if version == bus.VERSION:
+            return
+        if isinstance(version, int) and version > bus.VERSION:
+            log.error("worker %s speaks wire version %s, this listener %s: relay's code was "
+                      "upgraded under it (a HUP reloads the workers only); the listener "
+                      "restarts to load it", peer.pid, version, bus.VERSION)
+            logging.shutdown()
+            os._exit(EXIT_OUTDATED)
+        raise bus.BusProtocolError(
+            f"wire version {version!r}, this listener's is {bus.VERSION}: a worker of another "
+            "release (restart relay so that its workers and listener are one release)")
 
     def _attach(self, peer: WorkerPeer, request: dict[str, Any]) -> None:
         user = str_field(request.get("user"))

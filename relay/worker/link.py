@@ -186,7 +186,7 @@ class ListenerLink(Generic[A]):
         while True:
             sock = self._connect()
             try:
-                sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid()}))
+                sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid(), "bus": bus.VERSION}))
             except OSError as exc:
                 # A listener being killed can still accept (its backlog) and then reset: the
                 # link must try again, not die with its greenlet — a worker whose link died
