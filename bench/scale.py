@@ -986,6 +986,15 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "{:,.2f}")
         add("steady: worst worker loop stall ms", dig(steady, "workerLoop", "worstMs"),
             "{:,.0f}")
+        # Where the time goes before the clients (bench/scenarios.py steady's stages).
+        for key, label in (("writerLateMs", "writer's start late against its schedule"),
+                           ("writerRoundTripMs", "writer's statement (publish + COMMIT)"),
+                           ("builtToNumberedMs", "ts -> numbered under the commit lock")):
+            low, high = dig(steady, "stages", key, "p50"), dig(steady, "stages", key, "p99")
+            add(f"steady: {label} p50 / p99 ms",
+                None if low is None or high is None else f"{low:,.1f} / {high:,.1f}")
+        for role, micros in (steady.get("cpuPerMessageUs") or {}).items():
+            add(f"steady: CPU µs per committed message, {role}", micros, "{:,.1f}")
     burst = p.get("burst", {})
     if burst:
         add("burst: users", burst.get("users"))

@@ -88,6 +88,7 @@ def open_connections(gens: LoadGenerators, count: int, config: Config) -> dict[s
 def steady(gens: LoadGenerators, server: Server, database: Database, config: Config,
            user_count: int) -> dict[str, Any]:
     gens.all({"cmd": "reset"})
+    split0 = _cpu_split(server, database, gens)
     server_cpu0, pg_cpu0, gen_cpu0 = (cpu_seconds(server.tree()),
                                       cpu_seconds(database.processes()), gens.cpu())
     started, busy0 = time.monotonic(), machine_busy()
@@ -100,8 +101,13 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
     wait_for_kinds(gens, ("w", "s"), written["committed"])
     seconds = time.monotonic() - started
     server_cpu = cpu_seconds(server.tree()) - server_cpu0
-    pg_cpu = cpu_seconds(database.processes()) - pg_cpu0
+    # The writer's backends came and went during the phase: the writer measured them.
+    pg_cpu = cpu_seconds(database.processes()) - pg_cpu0 + (written["backendCpuSeconds"] or 0.0)
     gen_cpu = client_cpu(gen_cpu0, gens.cpu(), seconds)
+    split = {role: spent - split0.get(role, 0.0)
+             for role, spent in _cpu_split(server, database, gens).items()}
+    split["writerBackends"] = written["backendCpuSeconds"]
+    split["writer"] = written["cpuSeconds"]
     stats = gens.all({"cmd": "stats"})
     latencies = array("f")
     for reply in stats:
@@ -138,12 +144,51 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
         "serverCpuPer10k": server_cpu / delivered * 10_000 if delivered else None,
         "postgresCpuPer10k": pg_cpu / delivered * 10_000 if delivered else None,
         "clientCpu": gen_cpu, "machineBusy": busy_share(busy0),
+        # CPU seconds of each side (listener, workers, PostgreSQL's standing processes, the
+        # writer's backends, the load generators, the writer) and per committed message.
+        "cpuSplit": split,
+        "cpuPerMessageUs": {role: round(spent / written["committed"] * 1e6, 1)
+                            for role, spent in split.items()
+                            if spent is not None and written["committed"]},
+        # Where a message's time goes before the clients: how late the writer started each
+        # transaction against its schedule (not in the latency: ts is taken as the row is
+        # built), the statement's round trip (publish + COMMIT, the commit lock's queue
+        # included), and, with the outbox, ts -> numbered under the commit lock.
+        "stages": {"writerLateMs": written["lateMs"], "writerRoundTripMs": written["roundTripMs"],
+                   "builtToNumberedMs": _numbered_after(database) if config.publish == "publish"
+                   else None},
         "clientLagMs": {"p99": max((r["lagMs"].get("p99", 0.0) for r in stats), default=0.0),
                         "max": max((r["lagMs"].get("max", 0.0) for r in stats), default=0.0)},
         # Worst latency of each 0.1 s, from the first measured commit: where spikes happen.
         "worstByTenth": [[round(t / 10 - written["measuredStart"], 1), round(worst[t], 2)]
                          for t in sorted(worst)],
     }
+
+
+def _numbered_after(database: Database) -> dict[str, float] | None:
+    """ts (clock_timestamp() as the payload was built) -> created_at (clock_timestamp() under
+    the commit lock, as the message was numbered), over the steady phase's measured rows."""
+    import psycopg2
+
+    conn = psycopg2.connect(database.url, application_name="bench")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('relay.outbox') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute("""
+                SELECT percentile_disc(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY d), max(d),
+                       count(*)
+                FROM (SELECT (extract(epoch FROM created_at) - (payload->>'ts')::float8)
+                             * 1000 AS d
+                      FROM relay.outbox WHERE payload->>'k' = 's') t""")
+            (p50, p90, p99), worst, count = cur.fetchone()
+    finally:
+        conn.close()
+    if not count:
+        return None
+    return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3),
+            "max": round(worst, 3), "count": count}
 
 
 def burst(gens: LoadGenerators, server: Server, database: Database,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import threading
 import time
@@ -65,6 +66,11 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
     committed = [0] * threads
     measured = [0] * threads
     worst_lag = [0.0] * threads
+    backend_cpu: list[float | None] = [None] * threads
+    # Per measured transaction: how late it started against its schedule, and how long its
+    # statement (relay_publish x per_tx and the COMMIT, numbering included) took.
+    late: list[list[float]] = [[] for _ in range(threads)]
+    round_trip: list[list[float]] = [[] for _ in range(threads)]
     errors: list[str] = []
 
     def run(index: int) -> None:
@@ -73,6 +79,9 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
         pick = random.Random(seed * 1000 + index)
         try:
             with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                backend = cur.fetchone()[0]
+                cpu0 = backend_cpu_seconds(backend)
                 for tx in range(index, total_tx, threads):
                     if time.monotonic() > end:
                         break  # the database cannot keep up: what was committed is the result
@@ -88,10 +97,16 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
                         targets = [str(pick.randint(1, users)) for _ in numbers]
                     else:
                         targets = [str(n % users + 1) for n in numbers]
+                    sent = time.monotonic()
                     cur.execute(statement, (phase, targets, numbers))
                     committed[index] += per_tx
                     if phase == "s":
                         measured[index] += per_tx
+                        late[index].append(max(0.0, sent - due))
+                        round_trip[index].append(time.monotonic() - sent)
+                cpu1 = backend_cpu_seconds(backend)
+                if cpu0 is not None and cpu1 is not None:
+                    backend_cpu[index] = cpu1 - cpu0
         except Exception as exc:  # noqa: BLE001 - reported in the result line
             errors.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -109,7 +124,32 @@ def steady(dsn: str, rate: float, users: int, duration: float, warmup: float, pe
             "rate": sum(committed) / elapsed if elapsed > 0 else 0.0,
             "start": start_wall, "measuredStart": measured_start_wall,
             "worstLagS": max(worst_lag),
+            "lateMs": _percentiles_ms([x for per in late for x in per]),
+            "roundTripMs": _percentiles_ms([x for per in round_trip for x in per]),
+            # The CPU of the writer's PostgreSQL backends (they end with it, so a caller that
+            # samples the server's processes before and after never sees them); None when the
+            # database runs on another machine.
+            "backendCpuSeconds": (sum(x for x in backend_cpu if x is not None)
+                                  if all(x is not None for x in backend_cpu) else None),
             "errors": errors}
+
+
+def backend_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a local PostgreSQL backend, or None (not on this machine)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1000, 3)
+            for q in (50, 90, 99)} | {"max": round(ordered[-1] * 1000, 3)}
 
 
 def burst(dsn: str, users: int, publish: str = "notify", among: int = 0,
