@@ -13,7 +13,11 @@ processes, each on its own loopback source address, and the embedded PostgreSQL.
             listener's LISTEN session) and of the listener process per notification, for
             ``--db-notifications`` notifications to random connected users; the listener's
             CPU while idle; the channels it LISTENs;
-* steady  — ``--scale-rate`` (10,000) notifications/s to random users among C: lost, p99;
+* steady  — ``--scale-rate`` (10,000) notifications/s to random users among C: lost, p99,
+            where the time and each side's CPU go; then, when its p99 missed 25 ms, the same
+            at ``--steady-sweep`` rates (descending; default half, 30%, 20%, 10% and 5% of it,
+            ``--steady-sweep-seconds`` each) until one meets it: the largest rate this
+            machine sustains with p99 <= 25 ms, and each side's CPU per message there;
 * burst   — one transaction publishing to ``--scale-burst`` (50,000) distinct random users:
             time until the last one has it;
 * cut     — ``pg_terminate_backend`` of the listener's backend while a probe writer commits
@@ -102,6 +106,8 @@ class ScaleConfig:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     relay_env: tuple[tuple[str, str], ...] = ()  # more of relay's settings (--relay-env)
+    sweep: tuple[float, ...] = ()  # steady rates tried, descending, when the first missed
+    sweep_seconds: float = 8.0
     quick: bool = False
 
 
@@ -120,6 +126,11 @@ def add_arguments(parser: Any) -> None:
                        help="their rate per second")
     group.add_argument("--drain-seconds", type=float, default=10.0,
                        help="RELAY_DRAIN_SECONDS of the relay the storm stops")
+    group.add_argument("--steady-sweep", metavar="R,R,…",
+                       help="steady rates tried, descending, until p99 <= 25 ms (default: "
+                            "50%%, 30%%, 20%%, 10%%, 5%% of --scale-rate); 0: none")
+    group.add_argument("--steady-sweep-seconds", type=float, default=8.0,
+                       help="measured seconds of each sweep rate")
     group.add_argument("--relay-env", action="append", default=[], metavar="NAME=VALUE",
                        help="one more RELAY_ setting for the relay under test (repeatable)")
 
@@ -153,7 +164,16 @@ def config_from(args: Any, quick: bool) -> ScaleConfig:
         burst_users=min(connections, pick(args.scale_burst, 50_000, connections // 2)),
         cut_limit=60.0 if quick else 180.0, drain_seconds=args.drain_seconds,
         storm_limit=120.0 if quick else 240.0, storm_hold=25.0,
-        relay_env=tuple(_setting(item) for item in args.relay_env), quick=quick)
+        relay_env=tuple(_setting(item) for item in args.relay_env),
+        sweep=_sweep(args.steady_sweep, pick(args.scale_rate, 10_000.0, 2_000.0)),
+        sweep_seconds=args.steady_sweep_seconds, quick=quick)
+
+
+def _sweep(asked: str | None, rate: float) -> tuple[float, ...]:
+    if asked is None:
+        return tuple(rate * share for share in (0.5, 0.3, 0.2, 0.1, 0.05))
+    rates = [float(r) for r in asked.split(",") if r.strip()]
+    return tuple(sorted((r for r in rates if r > 0), reverse=True))
 
 
 def _setting(item: str) -> tuple[str, str]:
@@ -250,6 +270,9 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
                 record.update(steady(gens, server, database, steady_config,
                                          cfg.connections))
             record.update(net_of_idle(record, phases.get("heartbeat", {})))
+            if not _meets(record):
+                phases["steadySweep"] = steady_sweep(gens, server, database, steady_config,
+                                                     cfg, phases)
         if "burst" in cfg.phases:
             settle(gens, database, phases, "beforeBurst")
             say(f"[scale] burst: one transaction to {cfg.burst_users:,} users")
@@ -288,6 +311,37 @@ def run_scale(cfg: ScaleConfig, database: Database, workdir: Path) -> dict[str, 
         for started in servers:
             started.stop()
     return out
+
+
+STEADY_P99_MS = 25.0  # issue 12's target
+
+
+def _meets(record: dict[str, Any]) -> bool:
+    p99 = dig(record, "latencyMs", "p99")
+    return p99 is not None and p99 <= STEADY_P99_MS
+
+
+def steady_sweep(gens: LoadGenerators, server: RelayServer, database: Database,
+                 steady_config: Config, cfg: ScaleConfig,
+                 phases: dict[str, Any]) -> dict[str, Any]:
+    """The steady phase again at lower rates, highest first, until one keeps p99 <= 25 ms:
+    the rate this machine sustains beside its clients, and what each side costs there."""
+    steps: list[dict[str, Any]] = []
+    largest = None
+    for rate in cfg.sweep:
+        settle(gens, database, phases, f"beforeSweep{rate:.0f}")
+        say(f"[scale] steady sweep: {rate:,.0f}/s")
+        holder: dict[str, Any] = {}
+        with phase(holder, "step") as record:
+            record.update(steady(gens, server, database, dataclasses.replace(
+                steady_config, rate=rate, duration=cfg.sweep_seconds), cfg.connections))
+        steps.append({"rate": rate, **{key: record.get(key) for key in (
+            "committedPerSecond", "deliveredPerSecond", "latencyMs", "lost", "seqGaps",
+            "cpuPerMessageUs", "stages", "machineBusy", "writerWorstLagS")}})
+        if _meets(record):
+            largest = record.get("committedPerSecond")
+            break
+    return {"steps": steps, "largestRateMet": largest, "perTx": cfg.per_tx}
 
 
 class phase:  # noqa: N801 - used as a context manager, reads as a statement
@@ -989,12 +1043,25 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         # Where the time goes before the clients (bench/scenarios.py steady's stages).
         for key, label in (("writerLateMs", "writer's start late against its schedule"),
                            ("writerRoundTripMs", "writer's statement (publish + COMMIT)"),
-                           ("builtToNumberedMs", "ts -> numbered under the commit lock")):
+                           ("builtToNumberedMs", "ts -> numbered under the commit lock"),
+                           ("builtToListenerAtMostMs", "ts -> the listener's dispatch, at most")):
             low, high = dig(steady, "stages", key, "p50"), dig(steady, "stages", key, "p99")
             add(f"steady: {label} p50 / p99 ms",
                 None if low is None or high is None else f"{low:,.1f} / {high:,.1f}")
         for role, micros in (steady.get("cpuPerMessageUs") or {}).items():
             add(f"steady: CPU µs per committed message, {role}", micros, "{:,.1f}")
+    sweep = p.get("steadySweep", {})
+    for step in sweep.get("steps", []):
+        p50, p99 = dig(step, "latencyMs", "p50") or 0, dig(step, "latencyMs", "p99") or 0
+        add(f"steady sweep {step['rate']:,.0f}/s asked: committed/s, p50 / p99 ms",
+            f"{step.get('committedPerSecond') or 0:,.0f}, {p50:,.1f} / {p99:,.1f}")
+        cpu = step.get("cpuPerMessageUs") or {}
+        add(f"steady sweep {step['rate']:,.0f}/s: CPU µs/message (all sides)",
+            ", ".join(f"{role} {micros:,.0f}" for role, micros in cpu.items()) or None)
+    if sweep:
+        add(f"steady: largest rate with p99 <= 25 ms ({sweep.get('perTx')} per transaction)",
+            sweep.get("largestRateMet"), target="10,000",
+            verdict=_verdict(sweep.get("largestRateMet"), 10_000, "higher"))
     burst = p.get("burst", {})
     if burst:
         add("burst: users", burst.get("users"))

@@ -89,6 +89,7 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
            user_count: int) -> dict[str, Any]:
     gens.all({"cmd": "reset"})
     split0 = _cpu_split(server, database, gens)
+    listener0 = _listener_latency(server)
     server_cpu0, pg_cpu0, gen_cpu0 = (cpu_seconds(server.tree()),
                                       cpu_seconds(database.processes()), gens.cpu())
     started, busy0 = time.monotonic(), machine_busy()
@@ -109,6 +110,8 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
     split["writerBackends"] = written["backendCpuSeconds"]
     split["writer"] = written["cpuSeconds"]
     stats = gens.all({"cmd": "stats"})
+    time.sleep(1.2)  # /metrics answers from the listener's once-a-second snapshot
+    to_listener = _bucket_quantiles(listener0, _listener_latency(server))
     latencies = array("f")
     for reply in stats:
         latencies.frombytes(base64.b64decode(reply["latencies"]))
@@ -155,8 +158,12 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
         # built), the statement's round trip (publish + COMMIT, the commit lock's queue
         # included), and, with the outbox, ts -> numbered under the commit lock.
         "stages": {"writerLateMs": written["lateMs"], "writerRoundTripMs": written["roundTripMs"],
-                   "builtToNumberedMs": _numbered_after(database) if config.publish == "publish"
-                   else None},
+                   "builtToNumberedMs": _numbered_after(database, written["start"])
+                   if config.publish == "publish"
+                   else None,
+                   # ts -> the listener's dispatch (its /metrics histogram over the phase, every
+                   # message: warm-up included): the upper bound of the bucket holding p50/p99.
+                   "builtToListenerAtMostMs": to_listener},
         "clientLagMs": {"p99": max((r["lagMs"].get("p99", 0.0) for r in stats), default=0.0),
                         "max": max((r["lagMs"].get("max", 0.0) for r in stats), default=0.0)},
         # Worst latency of each 0.1 s, from the first measured commit: where spikes happen.
@@ -165,9 +172,45 @@ def steady(gens: LoadGenerators, server: Server, database: Database, config: Con
     }
 
 
-def _numbered_after(database: Database) -> dict[str, float] | None:
+def _listener_latency(server: Server) -> list[tuple[float, float]] | None:
+    """relay's commit -> listener histogram (cumulative counts per upper bound, seconds) from
+    /metrics on its internal port, or None for another server."""
+    import urllib.request
+
+    port = getattr(server, "internal_port", None)
+    if not isinstance(server, RelayServer) or port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    found = re.findall(r'relay_commit_to_listener_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
+    return [(float(bound), float(count)) for bound, count in found]
+
+
+def _bucket_quantiles(before: list[tuple[float, float]] | None,
+                      after: list[tuple[float, float]] | None) -> dict[str, Any] | None:
+    if not after:
+        return None
+    earlier = dict(before or [])
+    counts = [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+
+    def at(q: float) -> float | None:  # None: over the last finite bound
+        bound = next(bound for bound, count in counts if count >= q * total)
+        return None if bound == float("inf") else bound * 1000
+
+    return {"p50": at(0.5), "p99": at(0.99), "count": int(total),
+            "overLastBound": int(total - counts[-2][1]) if len(counts) > 1 else 0}
+
+
+def _numbered_after(database: Database, since: float) -> dict[str, float] | None:
     """ts (clock_timestamp() as the payload was built) -> created_at (clock_timestamp() under
-    the commit lock, as the message was numbered), over the steady phase's measured rows."""
+    the commit lock, as the message was numbered), over the measured rows of the steady phase
+    that started at ``since`` (Unix time)."""
     import psycopg2
 
     conn = psycopg2.connect(database.url, application_name="bench")
@@ -181,12 +224,15 @@ def _numbered_after(database: Database) -> dict[str, float] | None:
                        count(*)
                 FROM (SELECT (extract(epoch FROM created_at) - (payload->>'ts')::float8)
                              * 1000 AS d
-                      FROM relay.outbox WHERE payload->>'k' = 's') t""")
-            (p50, p90, p99), worst, count = cur.fetchone()
+                      FROM relay.outbox
+                      WHERE created_at >= to_timestamp(%s) AND payload->>'k' = 's') t""",
+                        (since,))
+            quantiles, worst, count = cur.fetchone()
     finally:
         conn.close()
     if not count:
         return None
+    p50, p90, p99 = quantiles
     return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3),
             "max": round(worst, 3), "count": count}
 
