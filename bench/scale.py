@@ -1048,8 +1048,16 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             low, high = dig(steady, "stages", key, "p50"), dig(steady, "stages", key, "p99")
             add(f"steady: {label} p50 / p99 ms",
                 None if low is None or high is None else f"{low:,.1f} / {high:,.1f}")
-        for role, micros in (steady.get("cpuPerMessageUs") or {}).items():
+        per_message = steady.get("cpuPerMessageUs") or {}
+        for role, micros in per_message.items():
             add(f"steady: CPU µs per committed message, {role}", micros, "{:,.1f}")
+        if per_message:
+            # Why the asked rate does or does not fit: every side's CPU at the rate reached,
+            # times the rate asked, against the machine's cores.
+            total = sum(per_message.values())
+            asked = dig(scale, "config", "rate") or 0
+            add(f"steady: cores all sides need for {asked:,.0f}/s at that cost",
+                total * asked / 1e6, "{:,.2f}", f"{os.cpu_count() or 1} here")
     sweep = p.get("steadySweep", {})
     for step in sweep.get("steps", []):
         p50, p99 = dig(step, "latencyMs", "p50") or 0, dig(step, "latencyMs", "p99") or 0

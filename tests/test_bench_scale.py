@@ -196,3 +196,37 @@ def test_relay_counters_are_read_from_its_metrics_text() -> None:
                         "relay_websocket_connected": 39398.0,
                         "relay_closes": {"1013": 310.0},
                         "relay_auth_failures": {"evicted while pending": 4.0}}
+
+
+def test_the_steady_stage_from_relays_histogram_is_the_phases_own() -> None:
+    from bench.scenarios import _bucket_quantiles
+
+    inf = float("inf")
+    before = [(0.001, 10.0), (0.025, 20.0), (0.5, 20.0), (inf, 20.0)]
+    # During the phase: 90 more under 1 ms, 8 more under 25 ms, 2 more over 500 ms.
+    after = [(0.001, 100.0), (0.025, 118.0), (0.5, 118.0), (inf, 120.0)]
+    assert _bucket_quantiles(before, after) == {
+        "p50": 1.0, "p99": None, "count": 100, "overLastBound": 2}
+    assert _bucket_quantiles(None, [(0.001, 0.0), (inf, 0.0)]) is None  # nothing observed
+
+
+def test_the_steady_sweep_goes_down_from_the_asked_rate_and_reports_the_largest_met() -> None:
+    assert scale._sweep(None, 10_000) == (5_000, 3_000, 2_000, 1_000, 500)
+    assert scale._sweep("1000,4000,0", 10_000) == (4_000, 1_000)
+    results = {"config": {"rate": 10_000}, "phases": {
+        "steady": {"latencyMs": {"p99": 2_000.0}, "cpuPerMessageUs": {"listener": 60.0,
+                                                                       "workers": 100.0}},
+        "steadySweep": {"perTx": 5, "largestRateMet": 1_000.0, "steps": [
+            {"rate": 2_000.0, "committedPerSecond": 1_999.0,
+             "latencyMs": {"p50": 13.0, "p99": 68.8}},
+            {"rate": 1_000.0, "committedPerSecond": 1_000.0,
+             "latencyMs": {"p50": 3.2, "p99": 18.1}}]}}}
+    table = {label: (value, target, verdict) for label, value, target, verdict
+             in scale.rows(results)}
+    assert table["steady sweep 2,000/s asked: committed/s, p50 / p99 ms"][0] == "1,999, 13.0 / 68.8"
+    assert table["steady: largest rate with p99 <= 25 ms (5 per transaction)"] == (
+        "1,000", "10,000", "NOT met")
+    # Why: every side's CPU per message at the rate reached, times the rate asked.
+    assert table["steady: cores all sides need for 10,000/s at that cost"][0] == "1.60"
+    assert scale._meets({"latencyMs": {"p99": 25.0}})
+    assert not scale._meets({"latencyMs": {"p99": 25.1}}) and not scale._meets({})
