@@ -112,6 +112,9 @@ class ScriptedOutbox:
         self.reads.append(after)
         return [row for row in self.rows if row.pos > after][:limit]
 
+    def read_page(self, after: int, limit: int = 1000) -> list[Row]:
+        return self.read_from(after, limit)  # a Row is the tuple the database gives
+
     def row(self, pos: int) -> Row | None:
         return next((row for row in self.rows if row.pos == pos), None)
 

@@ -15,7 +15,7 @@ import pytest
 
 from relay import bus
 from relay.config import Settings
-from relay.listener.peers import WorkerPeer
+from relay.listener.peers import WorkerPeer, WorkerPeers
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.routing import Router
 
@@ -55,9 +55,11 @@ def routed() -> Iterator[tuple[Router, list[WorkerPeer], Scripted, list[Any]]]:
                                   "RELAY_USER_CHANNELS": "off"})
     refcounts = ChannelRefcounts(600)
     sockets = [socket.socketpair() for _ in range(2)]
-    peers = [WorkerPeer(a, n) for n, (a, _) in enumerate(sockets)]
+    everyone = WorkerPeers()
+    peers = [WorkerPeer(a, n, everyone.routes) for n, (a, _) in enumerate(sockets)]
+    everyone.update(peers)
     revoked: list[Any] = []
-    router = Router(settings, refcounts, set(peers),
+    router = Router(settings, refcounts, everyone,
                     lambda r: revoked.append((r, [len(p._queue) for p in peers])), lambda: None)
     scripted = Scripted()
     router._outbox._query = scripted.query  # type: ignore[method-assign]

@@ -22,8 +22,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from relay import bus
@@ -32,7 +31,7 @@ from relay.listener.durable import DurableHistory
 from relay.listener.follower import EPOCH_CHANGED, EXPIRED, OutboxFollower
 from relay.listener.history import History
 from relay.listener.outbox import Outbox, Row
-from relay.listener.peers import WorkerPeer
+from relay.listener.peers import WorkerPeers
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.stats import LatencyHistogram
 from relay.protocol import encode_update
@@ -42,15 +41,18 @@ log = logging.getLogger("relay.listener")
 # Resync reasons of the durable history for everybody at once (docs/protocol.md).
 HISTORY_CHANGED = "history changed"
 UNNUMBERED = "unnumbered message"
+# hex(tag | _TAG_BIT)[3:] is f"{tag:08x}" for 0 <= tag < 2**32, in a sixth of its time.
+_TAG_BIT = 1 << 32
 
 
 class Delivery:
     def __init__(self, settings: Settings, refcounts: ChannelRefcounts,
-                 peers: AbstractSet[WorkerPeer], outbox: Outbox,
+                 peers: WorkerPeers, outbox: Outbox,
                  push_stats: Callable[[], None]) -> None:
         self.settings = settings
         self._refcounts = refcounts
         self._peers = peers  # the workers' server's; read here, never changed
+        self._routes = peers.routes  # channel → the workers holding it
         self._outbox = outbox
         self._push_stats = push_stats
         self._epoch = secrets.token_hex(3)
@@ -167,7 +169,7 @@ class Delivery:
         elif self._follower is None or (reconnected and not durable):
             # Following starts at the database's present. In memory mode a reconnect resyncs
             # everybody anyway: no catch-up, which could not cover per-user channels.
-            self._follower = OutboxFollower(self._outbox, self.deliver_row)
+            self._follower = OutboxFollower(self._outbox, self.deliver_row, self.deliver_page)
             self._follower.start(hello, switch_at)
         if not durable:
             if self._durable is not None:
@@ -292,25 +294,33 @@ class Delivery:
 
     def deliver_row(self, row: Row) -> None:
         """A message of the outbox, in commit order (the follower's), to its subscribers."""
+        self.deliver_page((row,))
+
+    def deliver_page(self, rows: Sequence[tuple[int, str, int, int, str]]) -> None:
+        """Messages of the outbox (``pos, channel, seq, tag, payload``), in commit order (the
+        follower's catch-up, a page at a time), to their subscribers: a burst's 50,000 rows
+        go through this loop."""
         durable = self._durable
         if durable is None:  # the outbox is on, but numbers are this listener's
-            self.deliver(row.channel, row.payload)
+            for row in rows:
+                self.deliver(row[1], row[4])
             return
-        channel = row.channel
-        if not self._refcounts.is_open(channel):
-            self._dropped["unsubscribed"] += 1
-            return
-        head = durable.head(channel)
-        if head is not None and row.seq != head[0] + 1:
-            if row.seq <= head[0]:
-                self._dropped["duplicate"] += 1
-                return
-            # Commit order covers every seq, so this "never" happens; if it does, the
-            # missing messages are read, not resynced.
-            self._dropped["channel gap"] += 1
-            if not self._fill(channel, head[0], row.seq):
-                return
-        self._send_update(durable, channel, row.payload, row.seq, row.tag)
+        is_open, head_of, send = self._refcounts.is_open, durable.head, self._send_update
+        for _pos, channel, seq, tag, payload in rows:
+            if not is_open(channel):
+                self._dropped["unsubscribed"] += 1
+                continue
+            head = head_of(channel)
+            if head is not None and seq != head[0] + 1:
+                if seq <= head[0]:
+                    self._dropped["duplicate"] += 1
+                    continue
+                # Commit order covers every seq, so this "never" happens; if it does, the
+                # missing messages are read, not resynced.
+                self._dropped["channel gap"] += 1
+                if not self._fill(channel, head[0], seq):
+                    continue
+            send(durable, channel, payload, seq, tag)
 
     def _fill(self, channel: str, head: int, seq: int) -> bool:
         """Deliver ``channel``'s messages after ``head`` and before ``seq`` from the outbox;
@@ -329,14 +339,15 @@ class Delivery:
                      tag: int) -> None:
         self._notifications += 1
         self._latency.observe(payload)
-        message = encode_update(channel, payload, durable.epoch, seq, f"{tag:08x}")
+        message = encode_update(channel, payload, durable.epoch, seq,
+                                hex(tag | _TAG_BIT)[3:] if 0 <= tag < _TAG_BIT else f"{tag:08x}")
         durable.record(channel, seq, tag, message)
-        frame = bus.encode_update(channel, message)
-        for peer in self._peers:  # _fan_out, inline: once per routed message
-            subscribers = peer.channels.get(channel)
-            if subscribers:
+        route = self._routes.get(channel)
+        if route is not None:  # _fan_out, inline: once per routed message
+            frame = bus.encode_update(channel, message)
+            for peer in route:
                 peer.send(frame)
-                self._deliveries += subscribers
+                self._deliveries += peer.channels[channel]
 
     def deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):
@@ -351,12 +362,12 @@ class Delivery:
 
     def _fan_out(self, channel: str, message: bytes) -> None:
         """One frame for the channel, to each worker that has subscribers on it."""
-        frame = bus.encode_update(channel, message)
-        for peer in self._peers:
-            subscribers = peer.channels.get(channel)
-            if subscribers:
+        route = self._routes.get(channel)
+        if route is not None:
+            frame = bus.encode_update(channel, message)
+            for peer in route:
                 peer.send(frame)
-                self._deliveries += subscribers
+                self._deliveries += peer.channels[channel]
 
     def figures(self) -> dict[str, Any]:
         """Its part of the instance's figures (``Listener.stats``)."""

@@ -12,8 +12,10 @@ position is dropped).
 
 Driven by the listener's ``Delivery`` and ``Router`` from the database link's greenlet (the
 only one that may query), with an ``Outbox`` for the reads; what it hands on goes to a
-``deliver`` callback. ``check`` is the reconnect's question: is our position still in the
-database's history (same epoch, not cleaned up under us, not rewound)?
+``deliver`` callback, and a scan's pages to ``deliver_page`` as they come (rows as plain
+tuples: no ``Row`` made for each of a burst's 50,000). ``check`` is the reconnect's
+question: is our position still in the database's history (same epoch, not cleaned up under
+us, not rewound)?
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from relay.listener.outbox import SCAN_PAGE, Head, Outbox, Row
+from relay.listener.outbox import SCAN_PAGE, Head, Outbox, Row, RowTuple
 
 log = logging.getLogger("relay.listener")
 
@@ -34,9 +36,11 @@ REWOUND = "history rewound"
 
 
 class OutboxFollower:
-    def __init__(self, outbox: Outbox, deliver: Callable[[Row], None]) -> None:
+    def __init__(self, outbox: Outbox, deliver: Callable[[Row], None],
+                 deliver_page: Callable[[Sequence[RowTuple]], None] | None = None) -> None:
         self._outbox = outbox
         self._deliver = deliver
+        self._deliver_page = deliver_page or self._deliver_each
         self.epoch = ""
         self.last_pos = 0
         self.last_tag: int | None = None  # the tag of the message at last_pos, if known
@@ -106,16 +110,19 @@ class OutboxFollower:
         self.scans += 1
         count = pages = 0
         first_read = 0.0
-        deliver = self._deliver
+        deliver_page = self._deliver_page
         while True:
             # A page at a time: memory stays bounded for a transaction of 50,000 messages, and
             # the workers' writers send one page while the next is read (queries yield).
-            rows = self._outbox.read_from(self.last_pos, SCAN_PAGE)
+            rows = self._outbox.read_page(self.last_pos, SCAN_PAGE)
             pages += 1
             first_read = first_read or time.time()
-            for row in rows:
-                self.last_pos, self.last_tag = row.pos, row.tag  # _advance, inline
-                deliver(row)
+            if rows:
+                deliver_page(rows)
+                # Nothing reads the position while a page is handed on (the database link's
+                # greenlet alone does, and a gap's fill in the page is its own query); a page
+                # that fails half-way is read again, its first half dropped as duplicates.
+                self.last_pos, self.last_tag = rows[-1][0], rows[-1][3]
             count += len(rows)
             if len(rows) < SCAN_PAGE:
                 self.scanned += count
@@ -161,6 +168,10 @@ class OutboxFollower:
             if rows and rows[0].seq == seq and rows[0].pos <= self.last_pos:
                 heads[channel] = Head(seq, rows[0].tag, rows[0].pos)
         return heads
+
+    def _deliver_each(self, rows: Sequence[RowTuple]) -> None:
+        for row in rows:
+            self._deliver(Row._make(row))
 
     def _advance(self, row: Row) -> None:
         self.last_pos, self.last_tag = row.pos, row.tag

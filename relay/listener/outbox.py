@@ -22,6 +22,7 @@ SCAN_PAGE = 1000
 HEADS_BATCH = 10_000
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+RowTuple = tuple[int, str, int, int, str]  # a Row's fields, as the database returns them
 
 
 class Row(NamedTuple):
@@ -54,9 +55,12 @@ class Outbox:
 
     def read_from(self, after: int, limit: int = SCAN_PAGE) -> list[Row]:
         """Up to ``limit`` messages after position ``after``, in commit order."""
-        return list(map(Row._make, self._query(
-            "SELECT pos, channel, seq, tag, payload FROM relay.read_from(%s, %s)",
-            (after, limit))))
+        return list(map(Row._make, self.read_page(after, limit)))
+
+    def read_page(self, after: int, limit: int = SCAN_PAGE) -> list[RowTuple]:
+        """``read_from``'s rows as the database returns them: plain tuples (a catch-up's)."""
+        return self._query("SELECT pos, channel, seq, tag, payload FROM relay.read_from(%s, %s)",
+                           (after, limit))  # type: ignore[return-value]
 
     def row(self, pos: int) -> Row | None:
         """The message at ``pos``, if the outbox still has it."""

@@ -1,8 +1,11 @@
 """One connected worker as the listener sees it: its socket, its outbound queue, and what
-its connections have attached.
+its connections have attached; and ``WorkerPeers``, the set of them with each channel's route.
 
 The listener's ``Workers`` accepts the worker and reads its frames (``str_field`` and
-``str_list`` read their fields); everything written to the worker goes through ``send``,
+``str_list`` read their fields). A peer keeps its channels' routes (``WorkerPeers.routes``:
+channel → the workers holding it) as its connections attach and detach, so that the
+listener's ``Delivery`` finds a message's workers in one lookup, not one per worker (every
+instance sees every message). Everything written to the worker goes through ``send``,
 drained by one writer greenlet (trap 3) that joins what is queued into one ``sendall`` and,
 while busy, lets a millisecond's worth gather first. A worker that stops reading is dropped
 rather than queued for without bound: it reconnects, and its clients resync.
@@ -30,10 +33,23 @@ _QUEUE_LIMIT = 64 << 20
 _COALESCE_SECONDS = 0.001
 
 
+Routes = dict[str, tuple["WorkerPeer", ...]]
+
+
+class WorkerPeers(set["WorkerPeer"]):
+    """The connected workers (``Workers`` alone adds and removes them), and ``routes``: for
+    each channel held on any of them, those that hold it (kept by the peers themselves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: Routes = {}
+
+
 class WorkerPeer:
-    def __init__(self, sock: socket.socket, number: int) -> None:
+    def __init__(self, sock: socket.socket, number: int, routes: Routes) -> None:
         self.sock = sock
         self.number = number
+        self._routes = routes  # its WorkerPeers' routes: this peer is in those of its channels
         self.pid = 0  # told by its HELLO
         self.counters: dict[str, Any] = {}  # its latest COUNTERS snapshot
         self.users: Counter[str] = Counter()  # user → connections on this worker
@@ -54,8 +70,12 @@ class WorkerPeer:
     def attach(self, user: str, channels: Iterable[str]) -> None:
         """One connection of ``user`` on this worker now holds ``channels``."""
         self.users[user] += 1
+        counts, routes = self.channels, self._routes
         for channel in channels:
-            self.channels[channel] += 1
+            held = counts[channel]
+            counts[channel] = held + 1
+            if not held and not self.closed:
+                routes[channel] = routes.get(channel, ()) + (self,)
 
     def detach(self, user: str, channels: Iterable[str]) -> list[str] | None:
         """One connection of ``user`` is gone: the channels it held here (``None`` if this
@@ -65,8 +85,18 @@ class WorkerPeer:
         release(self.users, user)
         held = [channel for channel in channels if self.channels.get(channel, 0) > 0]
         for channel in held:
-            release(self.channels, channel)
+            if release(self.channels, channel):
+                self._unroute(channel)
         return held
+
+    def _unroute(self, channel: str) -> None:
+        route = self._routes.get(channel)
+        if route is None or self not in route:
+            return
+        if len(route) == 1:
+            del self._routes[channel]
+        else:
+            self._routes[channel] = tuple(peer for peer in route if peer is not self)
 
     # ----- writing to it -----
 
@@ -114,6 +144,8 @@ class WorkerPeer:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            for channel in self.channels:  # nothing is routed to it any more
+                self._unroute(channel)
             self._wakeup.set()
             try:
                 self.sock.close()

@@ -32,7 +32,7 @@ from relay.listener.database import DatabaseLink
 from relay.listener.delivery import Delivery
 from relay.listener.handler import Notification
 from relay.listener.outbox import Outbox
-from relay.listener.peers import WorkerPeer
+from relay.listener.peers import WorkerPeers
 from relay.listener.queries import DatabaseInfo
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.stats import QueueGauge
@@ -51,7 +51,7 @@ _PRESSURE_POLL_SECONDS = 0.1
 
 class Router:
     def __init__(self, settings: Settings, refcounts: ChannelRefcounts,
-                 peers: AbstractSet[WorkerPeer], revoke: Callable[[dict[str, float]], None],
+                 peers: WorkerPeers, revoke: Callable[[dict[str, float]], None],
                  push_stats: Callable[[], None]) -> None:
         self.settings = settings
         self._refcounts = refcounts

@@ -34,7 +34,7 @@ import psycopg2.extras
 from relay import bus, listener_socket
 from relay.config import Settings
 from relay.listener.cleanup import OutboxCleaner
-from relay.listener.peers import WorkerPeer
+from relay.listener.peers import WorkerPeers
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.routing import Router
 from relay.listener.workers import Workers
@@ -51,7 +51,7 @@ class Listener:
         self.settings = settings
         self.started_at = time.time()
         self.instance_started_at = instance_started_at or self.started_at
-        self._peers: set[WorkerPeer] = set()
+        self._peers = WorkerPeers()
         self._refcounts = ChannelRefcounts(settings.linger_seconds)
         self._router = Router(settings, self._refcounts, self._peers,
                               revoke=lambda revoked: self._workers.revoke(revoked),

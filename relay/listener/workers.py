@@ -24,7 +24,7 @@ import gevent
 from relay import bus, closecodes, listener_socket
 from relay.channels import valid_channel
 from relay.config import Settings
-from relay.listener.peers import WorkerPeer, str_field, str_list
+from relay.listener.peers import WorkerPeer, WorkerPeers, str_field, str_list
 from relay.listener.refcounts import release
 from relay.listener.stats import WorkerTotals
 
@@ -49,7 +49,7 @@ class Wants(Protocol):
 
 
 class Workers:
-    def __init__(self, settings: Settings, peers: set[WorkerPeer], wants: Wants,
+    def __init__(self, settings: Settings, peers: WorkerPeers, wants: Wants,
                  stats: Callable[[], dict[str, Any]], push_stats: Callable[[], None]) -> None:
         self.settings = settings
         self._peers = peers  # the connected workers: this object alone adds and removes
@@ -87,7 +87,7 @@ class Workers:
                 sock.close()
                 continue
             self._peer_numbers += 1
-            peer = WorkerPeer(sock, self._peer_numbers)
+            peer = WorkerPeer(sock, self._peer_numbers, self._peers.routes)
             self._peers.add(peer)
             gevent.spawn(peer.writer)
             gevent.spawn(self._read_peer, peer)
