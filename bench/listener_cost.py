@@ -58,7 +58,7 @@ class Worker:
         self.resyncs: list[int] = []  # sizes of the RESYNC frames
         self.stats: dict[str, Any] = {}
         self._req = 0
-        self.sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid()}))
+        self.sock.sendall(bus.encode(bus.HELLO, {"pid": os.getpid(), "bus": bus.VERSION}))
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
