@@ -30,11 +30,11 @@ def test_a_channel_is_routed_to_the_workers_that_hold_it_until_their_last_connec
     one.attach("u1", ["a", "c"])
     one.attach("u2", ["c"])  # a second connection holding c on the same worker
     two.attach("u3", ["b", "c"])
-    assert everyone.routes == {"a": (one,), "c": (one, two), "b": (two,)}
+    assert everyone.routes == {"a": one, "c": (one, two), "b": two}
     assert one.detach("u1", ["a", "c"]) == ["a", "c"]
-    assert everyone.routes == {"c": (one, two), "b": (two,)}  # u2 still holds c on one
+    assert everyone.routes == {"c": (one, two), "b": two}  # u2 still holds c on one
     assert one.detach("u2", ["c"]) == ["c"]
-    assert everyone.routes == {"c": (two,), "b": (two,)}
+    assert everyone.routes == {"c": two, "b": two}
     assert one.detach("u2", ["c"]) is None  # nothing held: nothing changes
     two.detach("u3", ["b", "c"])
     assert everyone.routes == {}
@@ -46,7 +46,7 @@ def test_a_closed_worker_is_routed_nothing_even_by_a_late_attach(
     one.attach("u1", ["a", "c"])
     two.attach("u2", ["c"])
     one.close()
-    assert everyone.routes == {"c": (two,)}
+    assert everyone.routes == {"c": two}
     one.attach("u3", ["d"])  # read from its socket before the close was noticed
     assert "d" not in everyone.routes
     assert one.channels["a"] == 1  # what it held is still counted, for the listener's release

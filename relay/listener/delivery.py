@@ -345,9 +345,13 @@ class Delivery:
         route = self._routes.get(channel)
         if route is not None:  # _fan_out, inline: once per routed message
             frame = bus.encode_update(channel, message)
-            for peer in route:
-                peer.send(frame)
-                self._deliveries += peer.channels[channel]
+            if type(route) is tuple:
+                for peer in route:
+                    peer.send(frame)
+                    self._deliveries += peer.channels[channel]
+            else:
+                route.send(frame)  # type: ignore[union-attr]  # one worker, not a tuple
+                self._deliveries += route.channels[channel]  # type: ignore[union-attr]
 
     def deliver(self, channel: str, payload: str) -> None:
         if not self._refcounts.is_open(channel):
@@ -363,11 +367,12 @@ class Delivery:
     def _fan_out(self, channel: str, message: bytes) -> None:
         """One frame for the channel, to each worker that has subscribers on it."""
         route = self._routes.get(channel)
-        if route is not None:
-            frame = bus.encode_update(channel, message)
-            for peer in route:
-                peer.send(frame)
-                self._deliveries += peer.channels[channel]
+        if route is None:
+            return
+        frame = bus.encode_update(channel, message)
+        for peer in route if type(route) is tuple else (route,):  # type: ignore[union-attr]
+            peer.send(frame)
+            self._deliveries += peer.channels[channel]
 
     def figures(self) -> dict[str, Any]:
         """Its part of the instance's figures (``Listener.stats``)."""
