@@ -11,8 +11,10 @@ its own (trap 2). The access-log line of a WebSocket is written when its 101 is 
 Every request (``/health`` too) gets ``RELAY_HANDSHAKE_TIMEOUT`` to arrive whole (408 once
 its request line is in, a silent close before), and its header lines together at most
 ``MAX_HEADER_BYTES`` and ``MAX_HEADER_LINES`` (431 beyond): gevent alone would buffer 100
-lines of 64 KiB each, 6 MB per connection, before any check. A request that announces a body
-gets 413: no endpoint takes one, and gevent would read it after the answer with no timeout.
+lines of 64 KiB each, 6 MB per connection, before any check. The lines are parsed by
+``relay.worker.request_headers`` (the standard library's parser only for unusual ones). A
+request that announces a body gets 413: no endpoint takes one, and gevent would read it
+after the answer with no timeout.
 
 A connection is *pending* (``relay.worker.admission``) from its accept (behind Fly's proxy,
 from its WebSocket request, where ``Fly-Client-IP`` names the client) until its token
@@ -36,6 +38,7 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import gevent
@@ -46,15 +49,15 @@ from relay.config import Settings
 from relay.origins import OriginPolicy
 from relay.worker.access_log import write_access_line
 from relay.worker.admission import PENDING_KEY, PendingEvicted, PendingTicket
+from relay.worker.request_headers import (
+    RequestHeaders,
+    RequestRefused,
+    environ_headers,
+    read_headers,
+)
 from relay.worker.socket_reader import SocketReader
 
 HANDSHAKE_TIMEOUT = 10.0
-# All header lines of a request together; a browser's WebSocket handshake is under 2 KB, and
-# nginx's default (4 buffers of 8 KB) is in the same range.
-MAX_HEADER_BYTES = 32 * 1024
-# A browser sends about 15. Under http.client's own limit of 100, whose error is not a
-# ValueError and so would reach the log as a traceback.
-MAX_HEADER_LINES = 64
 _QUERY_STRING = re.compile(r"\?\S*")  # to the next space: all of it, even inside a repr()
 # What a served WebSocket keeps of its environ: the query and the peer (the connection), the
 # request line, client and user agent (gunicorn's access-log atoms).
@@ -94,27 +97,6 @@ def origin_allowed(origin: str | None, allowed: OriginPolicy) -> bool:
     return allowed.allows(origin)
 
 
-class RequestRefused(ValueError):
-    """A request refused before it reaches the app: answered ``status`` and closed.
-
-    A ``ValueError``, as gevent expects of a client's mistake (no traceback in the log).
-    """
-
-    status = "400 Bad Request"
-
-    def answer(self) -> tuple[str, bytes]:
-        """What ``handle_one_request`` returns: gevent sends it and closes the connection."""
-        return (self.status.split()[0],
-                f"HTTP/1.1 {self.status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-                .encode())
-
-
-class HeadersTooLarge(RequestRefused):
-    """The request's header lines are over the budget."""
-
-    status = "431 Request Header Fields Too Large"
-
-
 class HeadersTimedOut(RequestRefused):
     """The request's header lines did not all arrive within the timeout."""
 
@@ -125,29 +107,6 @@ class BodyRefused(RequestRefused):
     """The request announced a body, which no relay endpoint takes."""
 
     status = "413 Content Too Large"
-
-
-class _HeaderBudget:
-    """The request's file as ``http.client.parse_headers`` reads it: line by line, refused
-    as soon as the lines add up to more than the budget, before they are all buffered."""
-
-    __slots__ = ("_rfile", "_bytes", "_lines")
-
-    def __init__(self, rfile: Any) -> None:
-        self._rfile = rfile
-        self._bytes = MAX_HEADER_BYTES
-        self._lines = MAX_HEADER_LINES + 1  # and the empty line that ends them
-
-    def readline(self, limit: int = -1) -> bytes:
-        self._lines -= 1
-        if self._lines < 0:
-            raise HeadersTooLarge(f"more than {MAX_HEADER_LINES} header lines")
-        wanted = self._bytes + 1 if limit < 0 else min(limit, self._bytes + 1)
-        line: bytes = self._rfile.readline(wanted)
-        self._bytes -= len(line)
-        if self._bytes < 0:
-            raise HeadersTooLarge(f"header lines over {MAX_HEADER_BYTES} bytes")
-        return line
 
 
 _TURNED_AWAY = (f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: text/plain; "
@@ -251,7 +210,13 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
         return parsed
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (gevent's name)
-        return super().MessageClass(_HeaderBudget(fp), *args)
+        return read_headers(fp)
+
+    def _headers(self) -> Iterator[tuple[str, str]]:
+        # The environ's HTTP_ entries: from the parsed pairs, not from lines written back.
+        if isinstance(self.headers, RequestHeaders):
+            return environ_headers(self.headers)
+        return super()._headers()
 
     def _handle_client_error(self, ex: Exception) -> Any:
         if isinstance(ex, RequestRefused):
