@@ -73,6 +73,7 @@ from bench.stormwatch import (
     CpuWatch,
     accept_queue,
     listen_overflows,
+    net_per_handshake,
     relay_counters,
     who_ran_out,
 )
@@ -799,6 +800,7 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         say(f"[scale] {sum(s['held'] for s in status):,} back after "
                 f"{done_at - ready_at:.1f} s; holding {cfg.storm_hold:g} s for the pings")
         time.sleep(cfg.storm_hold)
+        idle = cpu.idle_since_last()
     finally:
         stop_writer(writer)
         record["health"] = watch.stop(term_at, ready_at)
@@ -854,6 +856,10 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         "timeline": timeline,
         "cpu": {**cpu_totals, "perSecond": cpu.seconds},
         "budget": who_ran_out(cpu_totals, reattached, os.cpu_count() or 1),
+        # Each role's share of a core during the hold (all back, no handshakes), and its CPU
+        # per handshake beyond that share.
+        "idleCores": idle,
+        "netCpuMsPerHandshake": net_per_handshake(cpu_totals, idle, reattached),
         # The same while most clients wanted in (until 90% were back): the tail's seconds
         # carry the held connections' heartbeats and few handshakes.
         "budget90": _budget90(cpu, timeline, held),
@@ -1145,6 +1151,10 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         budget = st.get("budget90") or st.get("budget", {})
         add("storm: relay's CPU ms per completed handshake (until 90% back)",
             budget.get("relayCpuMsPerHandshake"), "{:,.2f}")
+        net = st.get("netCpuMsPerHandshake")
+        if net:
+            add("storm: CPU ms per handshake beyond idle: workers / listener / PostgreSQL",
+                " / ".join(f"{net.get(k, 0):.2f}" for k in ("worker", "listener", "postgres")))
         add("storm: cores used by relay / load generators / PostgreSQL",
             " / ".join(f"{budget.get(k, 0):.2f}" for k in
                        ("relayCoresUsed", "loadgenCoresUsed", "postgresCoresUsed"))

@@ -59,6 +59,13 @@ class CpuWatch:
         self.cumulative.append((now - self.started, current))
         return shares
 
+    def idle_since_last(self) -> dict[str, float]:
+        """Each role's share of one core since the last ``sample``, not recorded as one: read
+        after the storm's hold, what the held connections cost with no handshake going."""
+        wall = max(time.monotonic() - self.last_at, 1e-6)
+        current = self._read()
+        return {name: round((current[name] - self.last[name]) / wall, 4) for name in current}
+
     def until(self, sample: int) -> dict[str, Any]:
         """Like ``totals``, up to the ``sample``-th sample (from 0)."""
         at, current = self.cumulative[sample]
@@ -73,6 +80,17 @@ class CpuWatch:
         return {"wallSeconds": round(self.last_at - self.started, 1), "cpuSeconds": used,
                 "runQueueSeconds": {name: round(waited[name] - self.first_wait[name], 2)
                                     for name in waited}}
+
+
+def net_per_handshake(totals: dict[str, Any], idle: dict[str, float],
+                      handshakes: int) -> dict[str, float]:
+    """Each role's CPU ms per handshake beyond what it spends with no handshake going: its
+    CPU over the storm less its idle share (the hold's: the held connections' pings, the
+    probe's deliveries) over the same wall time. The storm's tail, the last clients held
+    back by their own backoff, otherwise counts the held ones' heartbeats per handshake."""
+    wall = totals["wallSeconds"]
+    return {name: round(max(0.0, used - idle.get(name, 0.0) * wall) / handshakes * 1000, 3)
+            for name, used in totals["cpuSeconds"].items()} if handshakes else {}
 
 
 def run_queue_seconds(processes: list[psutil.Process]) -> float:
