@@ -58,7 +58,7 @@ from typing import Any
 from bench.exitwatch import ExitWatch, log_timeline
 from bench.figures import dig
 from bench.healthwatch import HealthWatch
-from bench.loopprobe import worst_lag
+from bench.loopprobe import census, worst_lag
 from bench.measure import busy_share, client_cpu, machine_busy, merge_counts, percentiles, say
 from bench.scenarios import Config, burst, run_writer, split, steady, users, wait_for_kinds
 from bench.servers import (
@@ -868,6 +868,8 @@ def storm(gens: LoadGenerators, servers: list[RelayServer], database: Database,
         "peakInFlight": max((t[2] for t in timeline), default=0),
         "awaySeconds": percentiles(sorted(away)),
         "workerLoop": worst_lag(workdir / "probe-2", ready_at, time.time()),
+        # What the collector tracks in the workers once all are back (the hold's census).
+        "gcCensus": census(workdir / "probe-2", done_at, time.time()),
         "pingLateMs": percentiles(sorted(ping_late)),
         "probeLatencyMs": percentiles(sorted((a - t) * 1000 for t, a in probes)),
         "after": {
@@ -1186,6 +1188,9 @@ def rows(scale: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "workerLoop") else None
         add("storm: worst worker loop stall ms", stall, "{:,.0f}", "<= 500",
             _verdict(stall, 500.0, "lower"))
+        objects = (st.get("gcCensus") or {}).get("objectsPerConnection")
+        if objects:
+            add("storm: objects the collector tracks per held connection", objects)
         add("storm: longest full GC in a worker ms",
             dig(st, "workerLoop", "worstFullCollectionMs"), "{:,.0f}")
         add("storm: longest wait of a ready greenlet ms",
