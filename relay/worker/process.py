@@ -11,7 +11,6 @@ connections whose clients never answered their close (the exit closes their sock
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ import gevent
 from gevent.pywsgi import LoggingLogAdapter
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
+from relay.worker.collector import Collector
 from relay.worker.handshake import RelayHandler
 from relay.worker.node import nodes
 
@@ -94,11 +94,10 @@ class RelayWorker(GeventPyWSGIWorker):
         logging.logThreads = False
         logging._srcfile = None
         # Everything loaded so far (the app, Flask, gevent, the modules: ~45,000 objects)
-        # lives as long as the worker: out of the collector's sight, every full collection
-        # walks only what connections add (at 17,000 connections a worker those collections
-        # held the loop for 0.7-2 s on a busy machine, bench scale).
-        gc.collect()
-        gc.freeze()
+        # lives as long as the worker, and so does most of what survives a full collection
+        # (the held connections): out of the collector's sight, each full collection walks
+        # only what came since the last one (relay.worker.collector).
+        Collector().install()
         super().run()  # returns once the servers are closed and their pools are empty
         self._start_drain()  # stopped without SIGTERM (e.g. its parent went away)
         assert self._drain is not None
