@@ -9,7 +9,8 @@ history), and this script playing one worker over the listener's socket (``relay
 2. ``--missed`` messages on a tenth of the users' channels while no listener runs: their
    clients will resume behind (read from the outbox), the others at the head.
 3. A second listener (its history empty, as after a deploy): every user attaches again with
-   its cursors, at ``--rate`` attaches a second (paced every 10 ms, as a storm's arrive),
+   its cursors, at ``--rate`` attaches a second (sent every ``--tick-ms``: a storm's arrive
+   one or two at a time from each worker),
    and the listener's CPU and its PostgreSQL backend's CPU are read per attach, with how many
    answers replayed what, and how many resynced (none should).
 
@@ -99,7 +100,8 @@ def _publish(url: str, channels: list[str]) -> None:
     conn.close()
 
 
-def measure(url: str, users: int, rate: float, missed: int, workdir: Path) -> dict[str, Any]:
+def measure(url: str, users: int, rate: float, missed: int, workdir: Path,
+            tick: float = 0.001) -> dict[str, Any]:
     _publish(url, [f"user_Usage_u{i}" for i in range(users)])
     proc, worker = _listener(url, workdir, "first")
     try:
@@ -117,7 +119,7 @@ def measure(url: str, users: int, rate: float, missed: int, workdir: Path) -> di
         backend = _backend_pid(url)
         cpu_l, cpu_b = _cpu(proc.pid), _cpu(backend)
         started = time.monotonic()
-        per_tick = max(1, round(rate / 100))
+        per_tick = max(1, round(rate * tick))
         for first in range(0, users, per_tick):
             batch = range(first, min(users, first + per_tick))
             worker.sock.sendall(b"".join(worker.attach(i + 1, i, cursors[i]) for i in batch))
@@ -130,7 +132,7 @@ def measure(url: str, users: int, rate: float, missed: int, workdir: Path) -> di
         proc.wait(10)
     answers = list(worker.answers.values())
     replayed = sum(len(a.get("replay") or []) for a in answers)
-    return {"users": users, "rate": rate, "missedPerBehindUser": missed,
+    return {"users": users, "rate": rate, "perSend": per_tick, "missedPerBehindUser": missed,
             "usersBehind": len(behind), "seconds": round(seconds, 2),
             "listenerUsPerAttach": round(listener_s / users * 1e6, 1),
             "backendUsPerAttach": round(backend_s / users * 1e6, 1),
@@ -145,13 +147,16 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1500.0, help="attaches a second")
     parser.add_argument("--missed", type=int, default=2,
                         help="messages each tenth user missed while no listener ran")
+    parser.add_argument("--tick-ms", type=float, default=1.0,
+                        help="send the attaches due every this many ms")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="attach-cost-"))
     server = EmbeddedPostgres(workdir / "pg")
     server.start()
     try:
         install_schema(server.url)
-        result = measure(server.url, args.users, args.rate, args.missed, workdir)
+        result = measure(server.url, args.users, args.rate, args.missed, workdir,
+                         args.tick_ms / 1000)
     finally:
         server.stop("immediate")
     print(json.dumps(result))
