@@ -5,14 +5,19 @@ somebody wants it, then lingers), opens them in ``Delivery``'s history, and answ
 attach once its channels are heard: with its replay from the history, or a resync. Until
 then the attach waits; the ``Router`` answers the waiting ones when the database link has
 LISTENed them (``on_synced``) or, with the durable history, from the link's greenlet, which
-may ask the database (``on_idle``). The ``Workers`` tell it what attaches and what goes.
+may ask the database (``on_idle``); attaches that arrive close together are answered
+together, with one ``relay.heads`` and one read for all of them (``AnswerPacer``). The
+``Workers`` tell it what attaches and what goes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
+
+import gevent
 
 from relay import bus
 from relay.config import Settings
@@ -25,6 +30,10 @@ from relay.listener.refcounts import ChannelRefcounts
 _WS_HEADER_BYTES = 10  # the most a server text frame adds to a message
 # Channel reads (relay.read_channel) per statement when many clients resume at once.
 _READS_PER_STATEMENT = 500
+# With the durable history, attaches arriving within this long of an answer wait for the
+# next one: a reconnect storm's (one or two per read of a worker's socket) are answered with
+# one relay.heads and one read for many, not a database round trip each.
+GATHER_SECONDS = 0.005
 
 
 class Listening(Protocol):
@@ -39,6 +48,37 @@ class Listening(Protocol):
     def wake(self) -> None: ...
 
 
+class AnswerPacer:
+    """When the link answers the waiting attaches: at once after a quiet spell (a lone
+    client waits for nothing), else at most every ``interval`` (a storm's are gathered)."""
+
+    def __init__(self, wake: Callable[[], None], interval: float = GATHER_SECONDS) -> None:
+        self._wake = wake
+        self.interval = interval
+        self._answered_at = -interval
+        self._timer: Any = None  # a loop timer while a wake is due
+
+    def want(self) -> None:
+        """An attach is waiting: wake the link now, or at the end of the interval."""
+        if self._timer is not None:
+            return  # already due
+        wait = self._answered_at + self.interval - time.monotonic()
+        if wait <= 0:
+            self._wake()
+            return
+        self._timer = gevent.get_hub().loop.timer(wait)
+        self._timer.start(self._due)
+
+    def _due(self) -> None:
+        self._timer.close()
+        self._timer = None
+        self._wake()
+
+    def answering(self) -> None:
+        """The link answers every waiting attach now."""
+        self._answered_at = time.monotonic()
+
+
 class Subscriptions:
     def __init__(self, settings: Settings, refcounts: ChannelRefcounts, delivery: Delivery,
                  outbox: Outbox, link: Listening, per_user: Callable[[], bool]) -> None:
@@ -49,6 +89,7 @@ class Subscriptions:
         self._db = link
         self._per_user = per_user  # per-user LISTEN is on (the Router's decision)
         self._pending: list[tuple[WorkerPeer, dict[str, Any]]] = []  # attaches awaiting LISTEN
+        self._pacer = AnswerPacer(link.wake)  # the durable history's
 
     def attach(self, peer: WorkerPeer, request: dict[str, Any], channels: list[str]) -> None:
         """A connection counted on ``peer`` wants ``channels``: answer it, or let it wait."""
@@ -61,7 +102,7 @@ class Subscriptions:
             # Answered from the link's greenlet, which may ask the database (heads, reads),
             # every waiting attach at once.
             self._pending.append((peer, request))
-            self._db.wake()
+            self._pacer.want()
         elif self._ready(channels):
             self._answer_attach(peer, request)
         else:
@@ -134,6 +175,7 @@ class Subscriptions:
         self._pending = []
         if not waiting:
             return
+        self._pacer.answering()
         self._delivery.learn(durable.unknown(
             channel for _, request in waiting for channel in str_list(request.get("channels"))))
         max_messages = self.settings.queue_max_messages // 2
