@@ -102,5 +102,55 @@ def frozen_cycle_freed_after_thaw(directory: str) -> dict[str, Any]:
             "thaws": collector.thaws}
 
 
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def handshake_leaves_no_cycles(directory: str) -> dict[str, Any]:
+    """WebSocket handshakes through relay's handler and app (a client that upgrades, then
+    goes away): what they leave behind is freed by reference counting, none of it waits for
+    the cyclic collector."""
+    import socket
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from relay.worker.app import create_app
+    from relay.worker.handshake import RelayHandler
+    from relay.worker.process import RelayServer
+
+    app = create_app(_node(directory).settings, start=False)
+    node = app.extensions["relay"].node
+    server = RelayServer(("127.0.0.1", 0), app, handler_class=RelayHandler,
+                         log=Logger(Config()))
+    server.start()
+
+    def handshake() -> bool:
+        with socket.create_connection(server.address) as sock:
+            sock.sendall(_UPGRADE)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+                answer += chunk
+        return answer.startswith(b"HTTP/1.1 101 ")
+
+    def settle() -> None:
+        for _ in range(200):
+            if not node.connections:
+                break
+            gevent.sleep(0.02)
+        gevent.sleep(0.1)
+
+    for _ in range(10):  # warm up: first-use caches, the loggers
+        handshake()
+    settle()
+    gc.collect()
+    gc.disable()
+    upgraded = sum(handshake() for _ in range(100))
+    settle()
+    found = gc.collect()
+    return {"upgraded": upgraded, "open": len(node.connections), "cyclic_garbage": found}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]](sys.argv[2])))

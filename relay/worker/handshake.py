@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -131,6 +132,16 @@ def on_internal_port(server: Any, relay: RelayApp) -> bool:
 def fly_client_ip(environ: dict[str, Any]) -> str:
     """The client's address behind Fly's proxy: its ``Fly-Client-IP``, else the peer's."""
     return environ.get("HTTP_FLY_CLIENT_IP", "").strip() or environ.get("REMOTE_ADDR", "")
+
+
+class _Upgraded:
+    """What stands for gevent-websocket's ``WebSocket`` on a connection relay serves: the
+    handler reads ``closed``; nothing reads or writes through it."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
 
 
 class RelayHandler(WebSocketHandler, PyWSGIHandler):
@@ -288,7 +299,22 @@ class RelayHandler(WebSocketHandler, PyWSGIHandler):
             # The connection releases it once its token verifies; this handler, at the latest
             # when it ends (releasing twice is harmless).
             environ[PENDING_KEY] = self._ticket
-        return self.upgrade_connection()
+        if relay is None:
+            return self.upgrade_connection()  # Flask's /ws route reads gevent-websocket's
+        self._switch_protocols(key)
+        return None
+
+    def _switch_protocols(self, key: str) -> None:
+        """The 101, as gevent-websocket's ``upgrade_connection`` writes it once the checks
+        above have passed (no subprotocol, no extension), without its ``WebSocket``: relay's
+        connection reads and writes the socket itself, and that object's finaliser built a
+        class per handshake (left to the cyclic collector)."""
+        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode("latin-1")).digest())
+        self.websocket = _Upgraded()
+        self.environ["wsgi.websocket"] = self.websocket  # the 101 as gevent-websocket's
+        self.start_response("101 Switching Protocols", [
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept.decode("latin-1"))])
 
     def run_websocket(self) -> None:
         # Unlike gevent-websocket's version, never call its WebSocket.close(): relay's
