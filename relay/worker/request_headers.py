@@ -87,18 +87,20 @@ class RequestHeaders:
     (the part of ``http.client.HTTPMessage`` they use): names case-insensitive, ``get``
     the first of a repeated one, in the order received."""
 
-    __slots__ = ("pairs", "status")
+    __slots__ = ("pairs", "status", "_first")
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         self.pairs = pairs
         self.status = ""  # gevent reads it: a parse error's text (never one here)
+        self._first: dict[str, str] | None = None  # lower-case name -> its first value
 
     def get(self, name: str, default: Any = None) -> Any:
-        name = name.lower()
-        for key, value in self.pairs:
-            if key.lower() == name:
-                return value
-        return default
+        first = self._first
+        if first is None:  # built on the first look-up: a handshake makes about four
+            first = self._first = {}
+            for key, value in reversed(self.pairs):
+                first[key.lower()] = value
+        return first.get(name.lower(), default)
 
     getheader = get
 
@@ -111,6 +113,7 @@ class RequestHeaders:
     def __delitem__(self, name: str) -> None:
         name = name.lower()  # every one of that name; none is no error (as email's)
         self.pairs = [(key, value) for key, value in self.pairs if key.lower() != name]
+        self._first = None
 
     def items(self) -> list[tuple[str, str]]:
         return list(self.pairs)
