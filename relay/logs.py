@@ -20,11 +20,25 @@ from relay.config import Settings
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+# json.dumps with ensure_ascii=False builds an encoder per call; a worker writes two lines per
+# WebSocket handshake (its access line, `connected`), thousands a second in a storm.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
+    _second = -1
+    _prefix = ""  # the timestamp of _second, to the seconds
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process or os.getpid(),
@@ -35,7 +49,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
