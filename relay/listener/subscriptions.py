@@ -94,8 +94,14 @@ class Subscriptions:
     def attach(self, peer: WorkerPeer, request: dict[str, Any], channels: list[str]) -> None:
         """A connection counted on ``peer`` wants ``channels``: answer it, or let it wait."""
         history, durable = self._delivery.history, self._delivery.durable
-        for channel in self._refcounts.add(channels):
-            history.open(channel)
+        opened = self._refcounts.add(channels)
+        if durable is None:
+            for channel in opened:
+                history.open(channel)
+        # With the durable history the in-memory one is not read, and is built afresh from
+        # the wanted channels if the durable one goes (Delivery._memory_epoch): opening each
+        # channel there too cost every attach two stream views and the listener a dict entry
+        # per channel.
         if durable is not None:
             for channel in channels:
                 durable.open(channel)  # a no-op when open (a lingering one, say)
