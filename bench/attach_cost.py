@@ -101,7 +101,7 @@ def _publish(url: str, channels: list[str]) -> None:
 
 
 def measure(url: str, users: int, rate: float, missed: int, workdir: Path,
-            tick: float = 0.001) -> dict[str, Any]:
+            tick: float = 0.001, spy: str = "") -> dict[str, Any]:
     _publish(url, [f"user_Usage_u{i}" for i in range(users)])
     proc, worker = _listener(url, workdir, "first")
     try:
@@ -117,6 +117,12 @@ def measure(url: str, users: int, rate: float, missed: int, workdir: Path,
     proc, worker = _listener(url, workdir, "second")
     try:
         backend = _backend_pid(url)
+        spying = None
+        if spy:  # py-spy's samples of the listener through the resumes (not for the figures)
+            spying = subprocess.Popen(["py-spy", "record", "--nonblocking", "-r", "500", "-f",
+                                       "raw", "-o", spy, "-p", str(proc.pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         cpu_l, cpu_b = _cpu(proc.pid), _cpu(backend)
         started = time.monotonic()
         per_tick = max(1, round(rate * tick))
@@ -127,6 +133,9 @@ def measure(url: str, users: int, rate: float, missed: int, workdir: Path,
         _wait(lambda: len(worker.answers) == users, 600, "the resumed attaches")
         seconds = time.monotonic() - started
         listener_s, backend_s = _cpu(proc.pid) - cpu_l, _cpu(backend) - cpu_b
+        if spying is not None:
+            spying.send_signal(2)
+            spying.wait(30)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -149,6 +158,8 @@ def main() -> int:
                         help="messages each tenth user missed while no listener ran")
     parser.add_argument("--tick-ms", type=float, default=1.0,
                         help="send the attaches due every this many ms")
+    parser.add_argument("--spy", default="", metavar="FILE",
+                        help="py-spy's raw samples of the second listener, to FILE")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="attach-cost-"))
     server = EmbeddedPostgres(workdir / "pg")
@@ -156,7 +167,7 @@ def main() -> int:
     try:
         install_schema(server.url)
         result = measure(server.url, args.users, args.rate, args.missed, workdir,
-                         args.tick_ms / 1000)
+                         args.tick_ms / 1000, args.spy)
     finally:
         server.stop("immediate")
     print(json.dumps(result))
