@@ -1,7 +1,7 @@
-"""The worker's garbage-collector schedule (relay.worker.collector) with real connections,
-run in a gevent-patched subprocess of its own (the collector's state is the process's) by
-tests/test_collector.py: ``python -m tests.collector_scenarios NAME TMP_DIR`` prints one
-JSON line of what happened."""
+"""The garbage-collector schedule (relay.collector) of a worker, with real connections, and
+of the listener, each run in a gevent-patched subprocess of its own (the collector's state
+is the process's) by tests/test_collector.py: ``python -m tests.collector_scenarios NAME
+TMP_DIR`` prints one JSON line of what happened."""
 
 from gevent import monkey
 
@@ -15,8 +15,8 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
+from relay.collector import Collector  # noqa: E402
 from relay.config import Settings  # noqa: E402
-from relay.worker.collector import Collector  # noqa: E402
 from relay.worker.node import Node  # noqa: E402
 from tests.gevent_scenarios import _pinged_connection  # noqa: E402
 
@@ -150,6 +150,33 @@ def handshake_leaves_no_cycles(directory: str) -> dict[str, Any]:
     settle()
     found = gc.collect()
     return {"upgraded": upgraded, "open": len(node.connections), "cyclic_garbage": found}
+
+
+def listener_heap_frozen(directory: str) -> dict[str, Any]:
+    """The listener process (``run_listener``, its loop replaced by this scenario) with
+    10,000 users' channels counted and a tracked object per channel held (what its histories
+    keep): a full collection leaves them frozen, and the counts still free every channel."""
+    from relay.listener import server
+
+    result: dict[str, Any] = {}
+
+    def serve(listener: server.Listener) -> None:
+        channels = [f"user_Usage_u{i}" for i in range(10_000)]
+        listener._refcounts.add(channels)
+        held = [[channel, i] for i, channel in enumerate(channels)]
+        gc.collect()
+        result["walked_by_a_full_collection"] = len(gc.get_objects())
+        result["frozen"] = gc.get_freeze_count() >= len(held)
+        closed = listener._refcounts.remove(channels)
+        result["closed"] = len(closed)
+        result["open"] = listener._refcounts.open_count
+
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "WEBSOCKET_JWT_SECRET": "s" * 32,
+        "RELAY_SOCKET_PATH": f"{directory}/listener.sock", "RELAY_LINGER_SECONDS": "0"})
+    server.Listener.serve_forever = serve  # type: ignore[method-assign]
+    server.run_listener(settings)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """A worker's full garbage collections walk only what came since the last one, and freezing
-what survives them keeps nothing alive: relay.worker.collector with real connections over
+what survives them keeps nothing alive: relay.collector with real connections over
 socket pairs, each scenario in a gevent-patched subprocess of its own
 (tests/collector_scenarios.py)."""
 
@@ -53,3 +53,14 @@ def test_a_handshake_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> 
     # (140 objects of cyclic garbage per 100 handshakes).
     assert run("handshake_leaves_no_cycles", tmp_path) == {
         "upgraded": 100, "open": 0, "cyclic_garbage": 0}
+
+
+def test_the_listeners_full_collections_skip_what_it_holds(tmp_path: Path) -> None:
+    # The listener process freezes too: 10,000 channels' tracked objects held through a full
+    # collection are out of the next one's walk (they were all walked before), and the
+    # channel counts still close every channel once its users are gone.
+    result = run("listener_heap_frozen", tmp_path)
+    assert result["walked_by_a_full_collection"] < 5_000
+    assert result["frozen"] is True
+    assert result["closed"] == 10_000
+    assert result["open"] == 0

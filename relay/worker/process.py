@@ -22,7 +22,7 @@ import gevent
 from gevent.pywsgi import LoggingLogAdapter
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
-from relay.worker.collector import Collector
+from relay.collector import Collector
 from relay.worker.handshake import RelayHandler
 from relay.worker.node import nodes
 
@@ -96,7 +96,7 @@ class RelayWorker(GeventPyWSGIWorker):
         # Everything loaded so far (the app, Flask, gevent, the modules: ~45,000 objects)
         # lives as long as the worker, and so does most of what survives a full collection
         # (the held connections): out of the collector's sight, each full collection walks
-        # only what came since the last one (relay.worker.collector).
+        # only what came since the last one (relay.collector).
         Collector().install()
         super().run()  # returns once the servers are closed and their pools are empty
         self._start_drain()  # stopped without SIGTERM (e.g. its parent went away)

@@ -1,4 +1,4 @@
-"""The cyclic garbage collector in a worker: what its full collections walk.
+"""The cyclic garbage collector in a worker or the listener: what its full collections walk.
 
 A full (generation 2) collection walks every object the collector tracks and holds the
 worker's loop while it does: no ping, no delivery, no handshake. A held connection is ~15
@@ -6,16 +6,20 @@ tracked objects (the connection, its session, writer and reader, its socket and 
 so at 17,000 connections a worker's full collection walked ~300,000 objects: 60 ms of CPU,
 and 0.5-1.4 s of wall time on a machine starved by a reconnect storm (bench scale, run 6).
 
-``Collector.install`` (the worker's ``run``, once its app is loaded) freezes what exists at
-boot, and then, after every full collection, what survived it (``gc.freeze``): the next full
-collection walks only what came since, so its pause follows the worker's growth since the
-last one, not the worker's size. Freezing takes objects out of the cyclic collector's sight,
-not out of reference counting: a closed connection is still freed at once by its reference
-count (nothing of it forms a cycle; tests/test_worker_resilience.py checks it). What a
-frozen object could still keep is a reference cycle of its own that became garbage after it
-was frozen: every ``THAW_SECONDS`` the worker gives everything back to the collector
-(``gc.unfreeze``), so the next full collection walks it all once and frees such cycles, and
-freezing resumes after it.
+The listener is the same case: at 100,000 held users its channel counts, histories and
+cursors made a full collection 75 ms in a steady stream (every ~30-60 s at 500 messages/s),
+every notification of that moment late by as much (bench: docs/performance.md, steady).
+
+``Collector.install`` (the worker's ``run``, once its app is loaded; ``run_listener``)
+freezes what exists at boot, and then, after every full collection, what survived it
+(``gc.freeze``): the next full collection walks only what came since, so its pause follows
+the process's growth since the last one, not its size. Freezing takes objects out of the
+cyclic collector's sight, not out of reference counting: a closed connection is still freed
+at once by its reference count (nothing of it forms a cycle; tests/test_worker_resilience.py
+checks it). What a frozen object could still keep is a reference cycle of its own that
+became garbage after it was frozen: every ``THAW_SECONDS`` the process gives everything back
+to the collector (``gc.unfreeze``), so the next full collection walks it all once and frees
+such cycles, and freezing resumes after it.
 """
 
 from __future__ import annotations
