@@ -70,12 +70,16 @@ class Worker:
             for kind, body in reader.feed(data):
                 if kind == bus.UPDATE:
                     self.updates += 1
+                    self.on_update(body)
                 elif kind == bus.ATTACHED:
                     self.answers += 1
                 elif kind == bus.RESYNC:
                     self.resyncs.append(len(body))
                 elif kind == bus.STATS_REPLY:
                     self.stats = json.loads(body)
+
+    def on_update(self, body: bytes | memoryview) -> None:
+        """Each UPDATE as it arrives (a subclass's hook: nothing here)."""
 
     def attach(self, users: range, prefix: str) -> None:
         frames = []

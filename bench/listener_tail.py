@@ -30,7 +30,6 @@ from typing import Any
 import psycopg2
 
 from bench.listener_cost import ROOT, Worker, _cpu, _wait
-from relay import bus
 from relay.dev.postgres import EmbeddedPostgres
 from relay.schema import install_schema
 
@@ -61,23 +60,11 @@ class TimingWorker(Worker):
         self.latencies: list[tuple[float, float]] = []  # (arrival, seconds late)
         super().__init__(path)
 
-    def _read(self) -> None:
-        reader = bus.FrameReader()
-        while True:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                return
-            now = time.time()
-            for kind, body in reader.feed(data):
-                if kind == bus.UPDATE:
-                    self.updates += 1
-                    found = _TS.search(bytes(body))
-                    if found:
-                        self.latencies.append((now, now - float(found[1])))
-                elif kind == bus.ATTACHED:
-                    self.answers += 1
-                elif kind == bus.STATS_REPLY:
-                    self.stats = json.loads(body)
+    def on_update(self, body: bytes | memoryview) -> None:
+        now = time.time()
+        found = _TS.search(bytes(body))
+        if found:
+            self.latencies.append((now, now - float(found[1])))
 
 
 def run(url: str, users: int, rate: int, seconds: float, workdir: Path,
