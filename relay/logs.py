@@ -26,15 +26,16 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
-    _second = -1
-    _prefix = ""  # the timestamp of _second, to the seconds
+    # (second, its timestamp to the seconds), replaced whole: a thread that logs meanwhile
+    # (the master has a few) never pairs one second with another's text.
+    _last: tuple[int, str] = (-1, "")
 
     def _timestamp(self, record: logging.LogRecord) -> str:
         second = int(record.created)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{int(record.msecs):03d}Z"
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{last[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
