@@ -8,6 +8,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -85,6 +86,35 @@ def read_bug(path: str) -> dict[str, Any]:
     gevent.sleep(0.5)
     return {"connected": link.connected.is_set(), "reads": len(reads),
             "hellos": listener.frames.count(bus.HELLO)}
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.warnings.append(record.getMessage())
+
+
+def late_listener(path: str) -> dict[str, Any]:
+    """The listener binds its socket 1.5 s after the worker's link starts (as at every
+    start: the listener connects to the database first): no warning. A second link to a path
+    nobody binds warns once its grace (0.5 s here) is over, and only once."""
+    records = _Records()
+    logging.getLogger("relay.link").addHandler(records)
+    link = ListenerLink(path, Handler())
+    link.start()
+    absent = ListenerLink(path + ".absent", Handler(), unreachable_warning_after=0.5)
+    absent.start()
+    gevent.sleep(1.5)
+    listener = Listener(path)
+    connected = link.connected.wait(5)
+    gevent.sleep(1.0)
+    return {"connected": connected, "hellos": listener.frames.count(bus.HELLO),
+            "warnings": [w.split(" at ")[0] + (" (absent)" if ".absent" in w else "")
+                         for w in records.warnings]}
 
 
 class TickingConnection:
@@ -322,11 +352,12 @@ def drain_releases(directory: str) -> dict[str, Any]:
 if __name__ == "__main__":
     name, directory = sys.argv[1], sys.argv[2]
     scenarios = {"hello_reset": hello_reset, "read_bug": read_bug,
+                 "late_listener": late_listener,
                  "housekeeping_bug": housekeeping_bug, "late_pong": late_pong,
                  "finished_connection_freed": finished_connection_freed,
                  "pong_without_greenlet": pong_without_greenlet,
                  "drain_behind_schedule": drain_behind_schedule, "drain_order": drain_order,
                  "drain_releases": drain_releases}
-    argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug")
+    argument = (f"{directory}/listener.sock" if name in ("hello_reset", "read_bug", "late_listener")
                 else directory)
     print(json.dumps(scenarios[name](argument)))

@@ -37,6 +37,12 @@ def test_a_bug_while_reading_the_stream_reconnects(tmp_path: Path) -> None:
     assert run("read_bug", tmp_path) == {"connected": True, "reads": 2, "hellos": 2}
 
 
+def test_a_listener_that_binds_its_socket_late_is_not_warned_about_one_still_absent_is(
+        tmp_path: Path) -> None:
+    assert run("late_listener", tmp_path) == {
+        "connected": True, "hellos": 1, "warnings": ["listener not reachable (absent)"]}
+
+
 def test_a_failing_tick_closes_that_connection_and_housekeeping_goes_on(tmp_path: Path
                                                                        ) -> None:
     assert run("housekeeping_bug", tmp_path) == {"healthy_ticks": True,

@@ -92,8 +92,15 @@ class _Pending(Generic[A]):
 
 
 class ListenerLink(Generic[A]):
-    def __init__(self, socket_path: str, handler: LinkHandler[A]) -> None:
+    """``unreachable_warning_after``: seconds of failed connects before a warning. A worker
+    usually starts before its listener has bound the socket (the listener connects to the
+    database first), and after a listener's restart the supervisor needs a moment: neither
+    is worth an operator's attention, a socket still absent after a few seconds is."""
+
+    def __init__(self, socket_path: str, handler: LinkHandler[A],
+                 unreachable_warning_after: float = 5.0) -> None:
         self.socket_path = socket_path
+        self.unreachable_warning_after = unreachable_warning_after
         self._handler = handler
         self.connected = gevent.event.Event()
         self._sock: socket.socket | None = None
@@ -225,15 +232,17 @@ class ListenerLink(Generic[A]):
     def _connect(self) -> socket.socket:
         delay = 0.05
         warned = False
+        since = time.monotonic()
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.socket_path)
             except OSError as exc:
                 sock.close()
-                if not warned and delay >= 0.4:
-                    log.warning("listener not reachable at %s (%s); retrying",
-                                self.socket_path, exc.strerror)
+                waited = time.monotonic() - since
+                if not warned and waited >= self.unreachable_warning_after:
+                    log.warning("listener not reachable at %s for %.0f s (%s); retrying",
+                                self.socket_path, waited, exc.strerror)
                     warned = True
             else:
                 if listener_socket.is_own_user(sock):
