@@ -25,7 +25,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,10 +32,8 @@ from typing import Any
 
 import psycopg2
 
-from bench.listener_cost import _backend_pid, _cpu, _wait
+from bench.listener_cost import _backend_pid, _cpu, _wait, scratch_database
 from relay import bus
-from relay.dev.postgres import EmbeddedPostgres
-from relay.schema import install_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,15 +158,9 @@ def main() -> int:
     parser.add_argument("--spy", default="", metavar="FILE",
                         help="py-spy's raw samples of the second listener, to FILE")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="attach-cost-"))
-    server = EmbeddedPostgres(workdir / "pg")
-    server.start()
-    try:
-        install_schema(server.url)
-        result = measure(server.url, args.users, args.rate, args.missed, workdir,
+    with scratch_database("attach-cost-") as (url, workdir):
+        result = measure(url, args.users, args.rate, args.missed, workdir,
                          args.tick_ms / 1000, args.spy)
-    finally:
-        server.stop("immediate")
     print(json.dumps(result))
     return 0
 

@@ -25,6 +25,7 @@ Not a test: figures for docs/performance.md and the reports, printed as one tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,20 @@ class Worker:
                 frames = []
         if frames:
             self.sock.sendall(b"".join(frames))
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A fresh embedded PostgreSQL with relay's schema, in a new temporary directory: its
+    URL and the directory (for the bench's own files); stopped at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedPostgres(workdir / "pg")
+    server.start()
+    try:
+        install_schema(server.url)
+        yield server.url, workdir
+    finally:
+        server.stop("immediate")
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -239,13 +255,9 @@ def main() -> int:
                         help="with the durable history, also N messages in one transaction "
                              "read from the outbox after a reconnect (the follower's scan)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="listener-cost-"))
-    server = EmbeddedPostgres(workdir / "pg")
-    server.start()
     rows = []
-    try:
-        install_schema(server.url)
-        with psycopg2.connect(server.url) as conn, conn.cursor() as cur:
+    with scratch_database("listener-cost-") as (url, workdir):
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SELECT version()")
             version = cur.fetchone()[0].split(" on ")[0]
         conn.close()
@@ -253,11 +265,9 @@ def main() -> int:
             for users in (int(u) for u in args.users.split(",")):
                 if mode == "listen" and users > args.listen_max_users:
                     continue
-                rows.append(measure(server.url, mode, users, args.notifications, workdir,
+                rows.append(measure(url, mode, users, args.notifications, workdir,
                                     args.catch_up))
                 print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.stop("immediate")
     print(f"\n{version}, {args.notifications} notifications per phase, payload ~220 bytes")
     header = ("mode", "users", "listened", "attach s", "RSS/user B", "route: listener µs",
               "route: backend µs", "drop: listener µs", "drop: backend µs", "reconnect s",

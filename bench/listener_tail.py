@@ -22,16 +22,13 @@ import random
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
-from bench.listener_cost import ROOT, Worker, _cpu, _wait
-from relay.dev.postgres import EmbeddedPostgres
-from relay.schema import install_schema
+from bench.listener_cost import ROOT, Worker, _cpu, _wait, scratch_database
 
 _TS = re.compile(rb'"ts": ?([0-9.]+)')
 # Run as the listener with ``--gc``: every full collection (and any other over 2 ms) logged.
@@ -135,15 +132,9 @@ def main() -> int:
                         help="log the listener's full collections (at = seconds into the phase; "
                              "negative: during the attaches)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="listener-tail-"))
-    server = EmbeddedPostgres(workdir / "pg")
-    server.start()
-    try:
-        install_schema(server.url)
-        result = run(server.url, args.users, args.rate, args.seconds, workdir,
+    with scratch_database("listener-tail-") as (url, workdir):
+        result = run(url, args.users, args.rate, args.seconds, workdir,
                      workdir / "gc.log" if args.gc else None)
-    finally:
-        server.stop("immediate")
     print(json.dumps(result, indent=1))
     return 0
 
