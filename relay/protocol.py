@@ -47,7 +47,15 @@ class InvalidMessage(ValueError):
 def encode_update(channel: str, payload: str, cursor_stream: str, seq: int,
                   tag: str = "") -> bytes:
     """The ``update`` message for one notification; its cursor is ``"<stream>:<seq>"``, or
-    ``"<epoch>:<seq>:<tag>"`` for a message of the database's durable history (``tag``).
+    ``"<epoch>:<seq>:<tag>"`` for a message of the database's durable history (``tag``)."""
+    return encode_update_stamped(channel, payload, cursor_stream, seq, tag)[0]
+
+
+def encode_update_stamped(channel: str, payload: str, cursor_stream: str, seq: int,
+                          tag: str = "") -> tuple[bytes, object]:
+    """``encode_update``, and the payload's top-level ``"ts"`` (the bundled trigger's commit
+    time; ``None`` without one), read from the same parse: a second look at the payload for
+    the latency histogram was a tenth of the listener's CPU (bench sweep).
 
     The payload is validated as JSON and spliced in, not re-serialised. orjson takes the
     common case (a quarter of the standard library's time; bench burst); a payload it refuses
@@ -58,7 +66,11 @@ def encode_update(channel: str, payload: str, cursor_stream: str, seq: int,
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return _encode_update_stdlib(channel, payload, cursor_stream, seq, tag)
-    table = data.get("table") if isinstance(data, dict) else None
+    if type(data) is dict:
+        table = data.get("table")
+        stamp = data.get("ts")
+    else:
+        table = stamp = None
     head = orjson.dumps({
         "type": UPDATE,
         "table": table if isinstance(table, str) and table else table_of(channel),
@@ -66,7 +78,7 @@ def encode_update(channel: str, payload: str, cursor_stream: str, seq: int,
         "seq": seq,
         "cursor": f"{cursor_stream}:{seq}:{tag}" if tag else f"{cursor_stream}:{seq}",
     })
-    return b"".join((head[:-1], b',"data":', payload.strip().encode(), b"}"))
+    return b"".join((head[:-1], b',"data":', payload.strip().encode(), b"}")), stamp
 
 
 def _reject_constant(name: str) -> Any:
@@ -74,14 +86,17 @@ def _reject_constant(name: str) -> Any:
 
 
 def _encode_update_stdlib(channel: str, payload: str, cursor_stream: str, seq: int,
-                          tag: str) -> bytes:
+                          tag: str) -> tuple[bytes, object]:
     table = None
+    stamp = None
     data_text: str
     try:
         data = json.loads(payload, parse_constant=_reject_constant)
         data_text = payload.strip()
-        if isinstance(data, dict) and isinstance(data.get("table"), str):
-            table = data["table"]
+        if isinstance(data, dict):
+            stamp = data.get("ts")
+            if isinstance(data.get("table"), str):
+                table = data["table"]
     except (ValueError, RecursionError):
         data_text = json.dumps(payload, ensure_ascii=False)
     head = json.dumps(
@@ -95,7 +110,7 @@ def _encode_update_stdlib(channel: str, payload: str, cursor_stream: str, seq: i
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return f'{head[:-1]},"data":{data_text}}}'.encode()
+    return f'{head[:-1]},"data":{data_text}}}'.encode(), stamp
 
 
 def encode_connected(user_id: str, channels: tuple[str, ...], epoch: object,

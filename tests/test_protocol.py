@@ -34,6 +34,20 @@ def test_update_data_is_the_raw_string_when_the_payload_is_not_strict_json(paylo
     assert message["data"] == payload
 
 
+@pytest.mark.parametrize(("payload", "stamp"), [
+    ('{"table": "t", "ts": 1790000000.25}', 1790000000.25),  # orjson's parse
+    ('{"ts": 12, "n": 1e999}', 12),  # the standard library's (orjson refuses 1e999)
+    ('{"row": {"ts": 3}}', None),  # a row's column, not the commit time
+    ("[1, 2]", None),
+    ("plain text", None),
+])
+def test_update_stamped_gives_the_same_bytes_and_the_top_level_ts(payload: str,
+                                                                  stamp: object) -> None:
+    message, found = protocol.encode_update_stamped("user_Usage_7", payload, "s", 1)
+    assert message == encode_update("user_Usage_7", payload, "s", 1)
+    assert found == stamp and type(found) is type(stamp)
+
+
 def test_update_keeps_non_ascii_as_utf8() -> None:
     message = encode_update("user_Usage_7", '{"name": "Zoë"}', "s", 2)
     assert '"Zoë"'.encode() in message

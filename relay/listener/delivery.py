@@ -34,7 +34,7 @@ from relay.listener.outbox import Outbox, Row
 from relay.listener.peers import WorkerPeers
 from relay.listener.refcounts import ChannelRefcounts
 from relay.listener.stats import LatencyHistogram
-from relay.protocol import encode_update
+from relay.protocol import encode_update_stamped
 
 log = logging.getLogger("relay.listener")
 
@@ -338,9 +338,10 @@ class Delivery:
     def _send_update(self, durable: DurableHistory, channel: str, payload: str, seq: int,
                      tag: int) -> None:
         self._notifications += 1
-        self._latency.observe(payload)
-        message = encode_update(channel, payload, durable.epoch, seq,
-                                hex(tag | _TAG_BIT)[3:] if 0 <= tag < _TAG_BIT else f"{tag:08x}")
+        message, stamp = encode_update_stamped(
+            channel, payload, durable.epoch, seq,
+            hex(tag | _TAG_BIT)[3:] if 0 <= tag < _TAG_BIT else f"{tag:08x}")
+        self._latency.observe(stamp)
         durable.record(channel, seq, tag, message)
         route = self._routes.get(channel)
         if route is not None:  # _fan_out, inline: once per routed message
@@ -358,9 +359,9 @@ class Delivery:
             self._dropped["unsubscribed"] += 1  # nobody here wants it: O(1), then nothing
             return
         self._notifications += 1
-        self._latency.observe(payload)
         stream, seq = self._history.next_seq(channel)
-        message = encode_update(channel, payload, stream, seq)
+        message, stamp = encode_update_stamped(channel, payload, stream, seq)
+        self._latency.observe(stamp)
         self._history.record(channel, seq, message)
         self._fan_out(channel, message)
 
