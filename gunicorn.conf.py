@@ -118,10 +118,12 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """In each worker: a greenlet's unhandled error is logged as one line, not raw stderr."""
-    from relay.logs import route_gevent_errors
+    """In each worker: a greenlet's unhandled error is logged as one line, not raw stderr;
+    log records without what no line prints."""
+    from relay.logs import lean_records, route_gevent_errors
 
     route_gevent_errors()
+    lean_records()
 
 
 def worker_exit(server, worker):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import gevent
 import pytest
@@ -144,3 +147,46 @@ def test_a_greenlet_error_is_one_log_record_without_the_greenlet_arguments(
     line = JsonFormatter().format(record)
     assert "\n" not in line and "secret-token-argument" not in line
     assert json.loads(line)["level"] == "error"
+
+
+_LEAN_SCRIPT = r"""
+import logging, sys, time
+from relay import logs
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record)
+
+records = []
+root = logging.getLogger()
+root.handlers[:] = [Keep()]
+root.setLevel("INFO")
+time.time = lambda: 1790000000.25  # one timestamp for both lines
+
+def line(formatter):
+    records.clear()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("relay.connection").info(
+            "user %s connected", "42", exc_info=True, extra={"user": "42", "event": "connected"})
+    return records[0], formatter.format(records[0])
+
+formatters = (logs.JsonFormatter(), logging.Formatter(logs.TEXT_FORMAT))
+before = [line(f) for f in formatters]
+logs.lean_records()
+after = [line(f) for f in formatters]
+for (_, old), (record, new) in zip(before, after):
+    assert old == new, (old, new)
+assert after[0][0].lineno == 0 and after[0][0].threadName is None, vars(after[0][0])
+assert before[0][0].lineno > 0
+print("same lines")
+"""
+
+
+def test_lean_records_change_no_line_in_either_format() -> None:
+    """Records without the caller's place and the thread's name (``lean_records``, in every
+    worker and in the listener) give the same JSON and text lines, traceback included."""
+    done = subprocess.run([sys.executable, "-c", _LEAN_SCRIPT], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "same lines", done.stderr
