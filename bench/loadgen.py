@@ -18,7 +18,7 @@ line on stdout. Commands:
 
 The client is written for low CPU per message: no WebSocket library; handshakes in greenlets,
 then each held connection is read by a libev watcher's callback (no greenlet), a frame parser
-over a ``bytearray`` and an orjson parse of each ``update`` only.
+over a ``bytearray`` and ``json.loads`` of each ``update`` only.
 Every update's ``data`` carries ``u`` (the user it was meant for), ``n`` (a unique number),
 ``k`` (``w`` warm-up, ``s`` steady, ``b`` burst, ``p`` probe, ``d`` database cost) and ``ts``
 (PostgreSQL's clock when the writer built it), from which the commit→client latency is taken.
@@ -49,7 +49,6 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.fileobject  # noqa: E402
 import gevent.pool  # noqa: E402
-import orjson  # noqa: E402
 
 from bench.clientwire import (  # noqa: E402
     backoff_delay,
@@ -260,7 +259,7 @@ class LoadGenerator:
                     raise HandshakeFailed(f"closed with {code}")
                 if opcode == 0x1 and b'"connected"' in payload:
                     sock.settimeout(None)
-                    return sock, bytes(frames), _loads(payload)
+                    return sock, bytes(frames), json.loads(payload)
         except OSError as exc:
             _reset(sock)
             raise HandshakeFailed(f"{_reason(exc)} {stage}") from exc
@@ -320,7 +319,7 @@ class LoadGenerator:
                     held.heard = now
                     self._send(held, _PONG)
                 else:
-                    self._other(_loads(payload), held, now)
+                    self._other(json.loads(payload), held, now)
             elif opcode == 0x9:  # a protocol-level ping (the node-ws peer sends them)
                 self._send(held, bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
             elif opcode == 0x8:
@@ -429,7 +428,7 @@ class LoadGenerator:
     def _update(self, payload: bytes, held: HeldConnection, now: float) -> None:
         got = self.received
         user = held.user
-        message = _loads(payload)
+        message = json.loads(payload)
         data = message["data"]
         got.updates += 1
         kind = data.get("k", "?")
@@ -576,16 +575,6 @@ class LoadGenerator:
         if name == "close":
             return self.close()
         raise ValueError(f"unknown command {name!r}")
-
-
-def _loads(payload: bytes) -> Any:
-    """A server message: orjson's parse, a quarter of json's (the client's CPU per update is
-    not what is measured, and it shares the machine with the server), json's for what orjson
-    refuses."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return json.loads(payload)
 
 
 def _reset(sock: socket.socket) -> None:
