@@ -16,7 +16,11 @@ other:
 * backend CPU — microseconds of the server process's CPU per transaction of each kind, the
   kinds run by a procedure in the server (no client in the figure) and interleaved (its
   ``/proc/<pid>/schedstat`` before and after, so PostgreSQL must run on this machine): what
-  relay's SQL costs the database, steadier than the wall clock on a loaded machine;
+  relay's SQL costs the database, steadier than the wall clock on a loaded machine; and a fourth
+  kind, five ``relay_publish`` in one transaction, for what each further message costs;
+* commit ceiling — transactions that write a row and publish one message, committed per
+  second by ``--ceiling-writers`` connections as fast as they can, ``relay_publish`` (numbered
+  under relay's commit lock) against ``pg_notify``, alternated (the worst of two runs each);
 * WAL — bytes per transaction of each kind, one writer, in a quiet moment: what the outbox adds
   per message;
 * outbox bytes per row — relay.outbox's growth (heap, TOAST, both indexes) per message;
@@ -216,6 +220,9 @@ def wal_and_size(bench: Bench, per_kind: int) -> dict[str, Any]:
 
 # The three kinds again, run by the server itself (a procedure that commits each one), for
 # backend_cpu: no client round trip or protocol in the figure, only what PostgreSQL executes.
+# And publish5, five relay_publish in one transaction: what each further message of a
+# transaction costs (python -m relay size, --notifications-per-commit).
+CPU_KINDS = (*KINDS, "publish5")
 _LOOP = """
 CREATE OR REPLACE PROCEDURE bench_loop(kind text, n integer) LANGUAGE plpgsql AS $$
 DECLARE
@@ -227,6 +234,12 @@ BEGIN
         INSERT INTO bench_app (user_id, note) VALUES (u, 'x');
         IF kind = 'publish' THEN
             PERFORM relay_publish('user_Subscription_' || u, p);
+        ELSIF kind = 'publish5' THEN  -- five messages, to five users, in one transaction
+            PERFORM relay_publish('user_Subscription_' || u, p);
+            FOR j IN 1..4 LOOP
+                PERFORM relay_publish(
+                    'user_Subscription_' || (1 + (random() * 999)::integer)::text, p);
+            END LOOP;
         ELSIF kind = 'notify' THEN
             PERFORM pg_notify('user_Subscription_' || u, p::text);
         END IF;
@@ -250,10 +263,10 @@ def backend_cpu(dsn: str, count: int, rounds: int = 5) -> dict[str, Any] | None:
             cur.execute("SET synchronous_commit = off")
             cur.execute("SELECT pg_backend_pid()")
             path = f"/proc/{cur.fetchone()[0]}/schedstat"
-            for kind in KINDS:
+            for kind in CPU_KINDS:
                 cur.execute("CALL bench_loop(%s, 200)", (kind,))  # plans, pages
             for _ in range(rounds):
-                for kind in KINDS:
+                for kind in CPU_KINDS:
                     try:
                         with open(path) as stat:
                             before = int(stat.read().split()[0])
@@ -265,8 +278,30 @@ def backend_cpu(dsn: str, count: int, rounds: int = 5) -> dict[str, Any] | None:
                     best[kind] = round(min(best.get(kind, spent), spent), 1)
     finally:
         conn.close()
+    # A further message of a transaction, beyond what its own pg_notify would cost.
+    further = (best["publish5"] - best["publish"]) / 4 - (best["notify"] - best["base"])
     return {"transactions": count, "rounds": rounds, "usPerTransaction": best,
-            "addedUs": round(best["publish"] - best["notify"], 1)}
+            "addedUs": round(best["publish"] - best["notify"], 1),
+            "addedUsPerFurtherMessage": round(further, 1)}
+
+
+def commit_ceiling(dsn: str, writers: int, seconds: float) -> dict[str, Any]:
+    """Commits/s of transactions that write a row and publish one message, ``writers``
+    connections as fast as they can: ``relay_publish`` (numbered under relay's commit lock,
+    held until the commit is flushed) against ``pg_notify`` (PostgreSQL's own lock that
+    serialises notifying commits, held as long), alternated twice on this database as it is
+    configured (bench/writer.py's ceiling with --write)."""
+    from bench.writer import ceiling
+
+    runs: dict[str, list[dict[str, Any]]] = {"publish": [], "notify": []}
+    for kind in ("notify", "publish", "publish", "notify"):
+        runs[kind].append(ceiling(dsn, writers, seconds, plain=False, publish=kind, write=True))
+    out: dict[str, Any] = {"writers": writers, "seconds": seconds}
+    for kind, done in runs.items():
+        rates = [r["commitsPerSecond"] for r in done]
+        out[kind] = {"commitsPerSecond": round(min(rates), 1), "runs": [round(x, 1) for x in rates],
+                     "errors": [e for r in done for e in r["errors"]][:5]}
+    return out
 
 
 def first_transactions(bench: Bench, count: int) -> dict[str, Any]:
@@ -357,7 +392,8 @@ def cleanup_cost(dsn: str, batch: int) -> dict[str, Any]:
 
 
 def measure(dsn: str, rounds: int, writers: int, seconds: float, wal_transactions: int,
-            first: int, users: int = 1000) -> dict[str, Any]:
+            first: int, users: int = 1000, ceiling_writers: int = 8,
+            ceiling_seconds: float = 5.0) -> dict[str, Any]:
     setup(dsn)
     bench = Bench(dsn, users)
     drain = Drain(dsn)
@@ -377,11 +413,14 @@ def measure(dsn: str, rounds: int, writers: int, seconds: float, wal_transaction
         cpu = backend_cpu(dsn, 2000)
         wal = wal_and_size(bench, wal_transactions)
         cleanup = cleanup_cost(dsn, 2000)
+        # last: its writers publish to 100,000 users, which would change what cleanup meets
+        ceiling = commit_ceiling(dsn, ceiling_writers, ceiling_seconds) if ceiling_writers \
+            else None
     finally:
         drain.stop()
     return {"fsync": fsync, "synchronousCommit": synchronous_commit, "users": users,
             "single": single, "concurrent": many, "firstTransaction": firsts,
-            "backendCpu": cpu, **wal,
+            "backendCpu": cpu, "commitCeiling": ceiling, **wal,
             "cleanup": cleanup, "failedWrites": len(bench.failed),
             "failures": bench.failed[:10], "notificationsRead": drain.received}
 
@@ -397,9 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wal-transactions", type=int, default=2000,
                         help="transactions per kind in the WAL phase")
     parser.add_argument("--first", type=int, default=20, help="new connections per kind")
+    parser.add_argument("--ceiling-writers", type=int, default=8,
+                        help="commit ceiling: connections committing at once (0: skip)")
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0,
+                        help="commit ceiling: seconds per run (four runs)")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.dsn, args.rounds, args.writers, args.seconds,
-                             args.wal_transactions, args.first)))
+                             args.wal_transactions, args.first,
+                             ceiling_writers=args.ceiling_writers,
+                             ceiling_seconds=args.ceiling_seconds)))
     return 0
 
 

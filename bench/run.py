@@ -402,6 +402,15 @@ def notify_lines(notify: dict[str, Any] | None) -> list[str]:
             f"{n['commitsPerSecond']:,.0f} commits/s (p99 {n['latencyMs']['p99'] or 0:.1f} ms); "
             f"without NOTIFY {p['commitsPerSecond']:,.0f}/s (p99 "
             f"{p['latencyMs']['p99'] or 0:.1f} ms)")
+        nw, pw, rw = pair.get("notifyWrite"), pair.get("plainWrite"), pair.get("publishWrite")
+        if nw and pw:
+            lines.append(
+                f"notify ({label}), each transaction also writing a row: "
+                f"{nw['commitsPerSecond']:,.0f} commits/s (p99 {nw['latencyMs']['p99'] or 0:.1f} "
+                f"ms); the row alone {pw['commitsPerSecond']:,.0f}/s (p99 "
+                f"{pw['latencyMs']['p99'] or 0:.1f} ms)"
+                + (f"; a row and relay_publish {rw['commitsPerSecond']:,.0f}/s (p99 "
+                   f"{rw['latencyMs']['p99'] or 0:.1f} ms)" if rw else ""))
     return lines
 
 
@@ -432,7 +441,15 @@ def outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
         used = cpu["usPerTransaction"]
         lines.append(f"outbox: backend CPU per transaction us: base {used['base']:.0f}, pg_notify "
                      f"{used['notify']:.0f}, relay_publish {used['publish']:.0f} "
-                     f"(added {cpu['addedUs']:+.0f})")
+                     f"(added {cpu['addedUs']:+.0f}), five relay_publish "
+                     f"{used.get('publish5', 0):.0f} (added per further message "
+                     f"{cpu.get('addedUsPerFurtherMessage', 0):+.0f})")
+    ceiling = outbox.get("commitCeiling")
+    if ceiling:
+        lines.append(f"outbox: {ceiling['writers']} writers, a row and one message per "
+                     "transaction: "
+                     f"relay_publish {ceiling['publish']['commitsPerSecond']:,.0f} commits/s, "
+                     f"pg_notify {ceiling['notify']['commitsPerSecond']:,.0f}/s")
     cleanup = outbox.get("cleanup") or {}
     batch = (cleanup.get("batchMs") or {}).get("p50")
     lines.append(

@@ -326,15 +326,36 @@ def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
     measured as it is configured."""
     import psycopg2
 
-    def run(dsn: str, plain: bool) -> dict[str, Any]:
+    def run(dsn: str, plain: bool, write: bool = False,
+            publish: bool = False) -> dict[str, Any]:
         return run_writer("ceiling", "--dsn", dsn, "--writers", str(config.notify_writers),
                           "--seconds", str(config.notify_seconds),
-                          *(["--plain"] if plain else []),
+                          *(["--plain"] if plain else []), *(["--write"] if write else []),
+                          *(["--publish", "publish"] if publish else []),
                           timeout=config.notify_seconds + 60)
 
+    def variants(dsn: str, publish: bool = False) -> dict[str, Any]:
+        # A NOTIFY alone writes no WAL, so its COMMIT waits for no flush; an app's notifying
+        # transaction writes a row (its trigger fires on it) and waits for the flush, holding
+        # the lock that serialises notifying commits: its ceiling is the one that counts.
+        out = {"notify": run(dsn, False), "plain": run(dsn, True),
+               "notifyWrite": run(dsn, False, True), "plainWrite": run(dsn, True, True)}
+        if publish:
+            out["publishWrite"] = run(dsn, False, True, publish=True)
+        return out
+
     if config.notify_dsn:
-        return {"external": {"notify": run(config.notify_dsn, False),
-                             "plain": run(config.notify_dsn, True)}}
+        # relay_publish's ceiling too, where relay's SQL is installed (python -m relay db
+        # install): the figure that matters with the durable outbox, on the real database.
+        probe = psycopg2.connect(config.notify_dsn)
+        try:
+            with probe.cursor() as cur:
+                cur.execute("SELECT to_regprocedure('public.relay_publish(text,json)') "
+                            "IS NOT NULL")
+                installed = bool(cur.fetchone()[0])
+        finally:
+            probe.close()
+        return {"external": variants(config.notify_dsn, publish=installed)}
     out: dict[str, Any] = {}
     conn = psycopg2.connect(database.url)
     conn.autocommit = True
@@ -345,7 +366,7 @@ def notify_ceiling(database: Database, config: Config) -> dict[str, Any]:
                 cur.execute("SELECT pg_reload_conf()")
             time.sleep(0.5)  # the reload reaches every backend at its next command
             key = f"fsync{fsync.capitalize()}"
-            out[key] = {"notify": run(database.url, False), "plain": run(database.url, True)}
+            out[key] = variants(database.url)
     finally:
         with conn.cursor() as cur:
             cur.execute("ALTER SYSTEM RESET fsync")

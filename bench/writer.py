@@ -178,17 +178,47 @@ CEILING_PAYLOAD = json.dumps({"table": "subscription", "operation": "UPDATE", "r
     "updated_at": "2026-11-30T10:00:00.000000+00:00"}, "ts": 1790000000.123456})
 
 
+# --write: the row each transaction writes, as the app's write that fires its trigger.
+CEILING_TABLE = "relay_bench_ceiling_rows"
+
+
+def _ceiling_statement(plain: bool, relay: bool, write: bool) -> str:
+    """One transaction's statement; its parameters: (user,) with a write, then the payload
+    unless ``plain``; without a write (user, payload) for relay_publish, (payload,) for
+    pg_notify, () plain."""
+    if not write:
+        if plain:
+            return "SELECT txid_current()"
+        if relay:
+            return "SELECT relay_publish('user_Subscription_' || %s, %s::json)"
+        return f"SELECT pg_notify('{CEILING_CHANNEL}', %s)"
+    row = f"INSERT INTO {CEILING_TABLE} (user_id) VALUES (%s)"
+    if plain:
+        return row
+    notify = ("relay_publish('user_Subscription_' || w.u, %s::json)" if relay
+              else f"pg_notify('{CEILING_CHANNEL}', %s)")
+    return f"WITH w AS ({row} RETURNING user_id AS u) SELECT {notify} FROM w"
+
+
 def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
-            publish: str = "notify") -> dict[str, Any]:
+            publish: str = "notify", write: bool = False) -> dict[str, Any]:
+    """``write``: each transaction also INSERTs a row, as an app's write that notifies does.
+    A transaction that wrote nothing but a NOTIFY has no WAL of its own to flush, so its
+    COMMIT does not wait for the disk; one that wrote a row waits for its flush, and a
+    notifying one waits holding the lock that serialises notifying commits."""
     import select
 
     relay = publish == "publish"
-    statement = ("SELECT txid_current()" if plain
-                 else "SELECT relay_publish('user_Subscription_' || %s, %s::json)" if relay
-                 else f"SELECT pg_notify('{CEILING_CHANNEL}', %s)")
+    statement = _ceiling_statement(plain, relay, write)
     listener = psycopg2.connect(dsn, application_name="bench-ceiling-listener")
     listener.autocommit = True
+    created = False
     with listener.cursor() as cur:
+        if write:
+            cur.execute("SELECT to_regclass(%s) IS NULL", (CEILING_TABLE,))
+            created = bool(cur.fetchone()[0])
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {CEILING_TABLE} "
+                        "(id bigserial PRIMARY KEY, user_id text NOT NULL)")
         if relay:
             cur.execute("LISTEN relay")
             cur.execute("SELECT relay.hello(2)")  # a durable listener: the outbox is on
@@ -210,7 +240,7 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
     latencies: list[list[float]] = [[] for _ in range(writers)]
     errors: list[str] = []
 
-    def write(index: int) -> None:
+    def commit_loop(index: int) -> None:
         conn = psycopg2.connect(dsn, application_name="bench-ceiling")
         conn.autocommit = True  # one statement, one transaction
         pick = random.Random(index)
@@ -219,8 +249,9 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
                 ready.wait()
                 end = start[0] + seconds
                 while (now := time.monotonic()) < end:
-                    cur.execute(statement, () if plain
-                                else (str(pick.randint(1, 100_000)), CEILING_PAYLOAD) if relay
+                    user = str(pick.randint(1, 100_000))
+                    cur.execute(statement, (user,) if plain and write else () if plain
+                                else (user, CEILING_PAYLOAD) if relay or write
                                 else (CEILING_PAYLOAD,))
                     after = time.monotonic()
                     if after <= end:
@@ -232,7 +263,7 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
             conn.close()
 
     reader = threading.Thread(target=listen)
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    threads = [threading.Thread(target=commit_loop, args=(i,)) for i in range(writers)]
     reader.start()
     for thread in threads:
         thread.start()
@@ -247,6 +278,8 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
         fsync = cur.fetchone()[0]
         cur.execute("SHOW synchronous_commit")
         synchronous_commit = cur.fetchone()[0]
+        if created:
+            cur.execute(f"DROP TABLE IF EXISTS {CEILING_TABLE}")
     listener.close()
     ordered = sorted(x for per in latencies for x in per)
     total = sum(commits)
@@ -255,7 +288,7 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else None
 
     return {"writers": writers, "seconds": seconds, "notify": not plain,
-            "publish": publish if not plain else None, "commits": total,
+            "publish": publish if not plain else None, "write": write, "commits": total,
             "commitsPerSecond": total / seconds, "received": received[0],
             "latencyMs": {"p50": at(0.5), "p99": at(0.99)}, "fsync": fsync,
             "synchronousCommit": synchronous_commit, "errors": errors}
@@ -289,13 +322,17 @@ def main() -> None:
     c.add_argument("--seconds", type=float, default=5.0)
     c.add_argument("--plain", action="store_true", help="commit without NOTIFY, for contrast")
     c.add_argument("--publish", choices=sorted(STATEMENTS), default="notify")
+    c.add_argument("--write", action="store_true",
+                   help="each transaction also INSERTs a row (as the app's write that fires "
+                        "its trigger): its COMMIT then waits for the WAL flush")
     args = parser.parse_args()
     if args.command == "steady":
         result = steady(args.dsn, args.rate, args.users, args.duration, args.warmup,
                         args.per_tx, args.threads, args.publish, args.spread, args.kind,
                         args.seed)
     elif args.command == "ceiling":
-        result = ceiling(args.dsn, args.writers, args.seconds, args.plain, args.publish)
+        result = ceiling(args.dsn, args.writers, args.seconds, args.plain, args.publish,
+                         args.write)
     else:
         result = burst(args.dsn, args.users, args.publish, args.among, args.seed)
     print(json.dumps(result), flush=True)
