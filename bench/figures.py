@@ -76,9 +76,18 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
     durable = notify.get("external") or notify.get("fsyncOn")
     if durable:
         where = "--notify-dsn" if "external" in notify else "the embedded PostgreSQL, fsync on"
-        put("notifyCommitsPerSecond", dig(durable, "notify", "commitsPerSecond"), "per second",
-            f"notify: {dig(durable, 'notify', 'writers')} writers, one NOTIFY per transaction, "
-            f"{where}")
+        written = dig(durable, "notifyWrite", "commitsPerSecond")
+        put("notifyCommitsPerSecond", written or dig(durable, "notify", "commitsPerSecond"),
+            "per second",
+            f"notify: {dig(durable, 'notify', 'writers')} writers, "
+            + ("each transaction writing a row and sending one NOTIFY (a NOTIFY alone: "
+               f"{dig(durable, 'notify', 'commitsPerSecond'):.0f}/s, its COMMIT waits for no "
+               "flush), " if written else "one NOTIFY per transaction, ") + where)
+
+    external = dig(notify, "external", "publishWrite", "commitsPerSecond")
+    put("publishCommitsPerSecond", external, "per second",
+        f"notify --notify-dsn: {dig(notify, 'external', 'publishWrite', 'writers')} writers, "
+        "each transaction writing a row and one relay_publish, that database as configured")
 
     outbox = dig(results, "database", "outbox") or {}
     if "error" not in outbox:
@@ -92,6 +101,32 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             f"outbox, fsync {outbox.get('fsync')}: WAL of a relay_publish transaction minus a "
             f"pg_notify one ({wal}), plus cleanup's DELETE per row ({cleanup_wal}); VACUUM and "
             "full-page images after checkpoints not counted")
+        cpu = outbox.get("backendCpu") or {}
+        used = cpu.get("usPerTransaction") or {}
+        added, further = cpu.get("addedUs"), cpu.get("addedUsPerFurtherMessage")
+        put("publishCpuSecondsPerCommit", added / 1e6 if added else None, "seconds",
+            f"outbox: backend CPU of a one-message relay_publish transaction minus a pg_notify "
+            f"one ({used.get('publish')} - {used.get('notify')} us; a server-side loop, the "
+            "least of its rounds)")
+        put("publishCpuSecondsPerFurtherMessage", further / 1e6 if further else None,
+            "seconds",
+            f"outbox: (five relay_publish in one transaction - one) / 4, less a pg_notify's "
+            f"own cost ({used.get('publish5')}, {used.get('publish')}, {used.get('notify')} - "
+            f"{used.get('base')} us)")
+        per_thousand = dig(outbox, "cleanup", "msPer1000Rows")
+        put("outboxCleanupCpuSecondsPerMessage",
+            per_thousand / 1e6 if per_thousand else None, "seconds",
+            f"outbox: relay.cleanup's time per expired row ({per_thousand} ms per 1,000, "
+            "batches of 2,000; wall time of the call on an otherwise idle server)")
+        ceiling = outbox.get("commitCeiling") or {}
+        put("publishCommitsPerSecond",
+            None if dig(notify, "external", "publishWrite") else
+            dig(ceiling, "publish", "commitsPerSecond"),
+            "per second",
+            f"outbox: {ceiling.get('writers')} writers, each transaction writing a row and "
+            f"one relay_publish, fsync "
+            f"{outbox.get('fsync')}, the worse of two runs (pg_notify alternated with it: "
+            f"{dig(ceiling, 'notify', 'commitsPerSecond')}/s)")
 
     old = _server(results, "per-client-listen")
     backends = dig(old, "db", "connections")

@@ -194,9 +194,16 @@ class DatabaseSide:
     compute_cu: float
     compute_month_usd: float  # the compute never suspends while relay runs
     commits_per_second: float  # notifying commits at peak
-    commit_ceiling: float
-    postgres_vcpu_at_peak: float
+    commit_ceiling: float  # measured for the way the app publishes (inputs.publishing)
+    commit_ceiling_measured: bool  # False: relay_publish's not measured, pg_notify's stands in
+    notify_vcpu_at_peak: float  # the NOTIFYs themselves, as pg_notify sends them
+    relay_sql_vcpu_at_peak: float | None  # relay_publish beyond that; None: not measured
+    relay_sql_month_usd: float  # its average, billed as autoscaled compute
     outbox: Outbox | None
+
+    @property
+    def postgres_vcpu_at_peak(self) -> float:
+        return self.notify_vcpu_at_peak + (self.relay_sql_vcpu_at_peak or 0.0)
 
 
 @dataclass(frozen=True)
@@ -276,7 +283,7 @@ def size(inputs: Inputs, figures: Figures, prices: Prices) -> Sizing:
     fly = fleet.machines * fleet.machine.month_usd
     egress = (connections * SECONDS_PER_MONTH / inputs.ping_interval * PING_WIRE_BYTES / GB
               * prices.fly_egress_gb)
-    total = fly + egress + database.compute_month_usd + (
+    total = fly + egress + database.compute_month_usd + database.relay_sql_month_usd + (
         database.outbox.month_usd if database.outbox else 0.0)
     sizing = Sizing(inputs=inputs, connections=connections, rate=rate,
                     deliveries_per_second=deliveries, fleet=fleet, database=database, old=old,
@@ -284,24 +291,49 @@ def size(inputs: Inputs, figures: Figures, prices: Prices) -> Sizing:
     return replace(sizing, notes=tuple(_notes(sizing, figures)))
 
 
+def relay_sql_seconds(rate: float, notifications_per_commit: float,
+                      figures: Figures) -> float | None:
+    """CPU-seconds per second that relay_publish and the outbox's cleanup take in the database
+    beyond what pg_notify would for the same messages, or None when not measured: a commit's
+    first message, each further one, and cleanup's delete of every message."""
+    first = figures.publish_cpu_seconds_per_commit
+    if first is None:
+        return None
+    commits = rate / notifications_per_commit
+    further = max(0.0, rate - commits)
+    return (commits * first
+            + further * (figures.publish_cpu_seconds_per_further_message or first)
+            + rate * (figures.outbox_cleanup_cpu_seconds_per_message or 0.0))
+
+
 def _database_side(fleet: Fleet, rate: float, figures: Figures, inputs: Inputs,
                    prices: Prices) -> DatabaseSide:
+    durable = inputs.publishing == "outbox"
     outbox = None
-    if figures.outbox_bytes_per_message is not None:
+    if durable and figures.outbox_bytes_per_message is not None:
         average_rate = rate * inputs.average_share
         table = average_rate * inputs.outbox_retention_hours * 3600 \
             * figures.outbox_bytes_per_message
         wal = average_rate * 86_400 * (figures.outbox_wal_bytes_per_message or 0.0)
         outbox = Outbox(table_bytes=table, wal_bytes_per_day=wal,
                         month_usd=table / GB * prices.neon_storage_gb_month)
+    relay_sql = (relay_sql_seconds(rate, inputs.notifications_per_commit, figures)
+                 if durable else 0.0)
+    ceiling = figures.publish_commits_per_second if durable else None
     return DatabaseSide(
         connections=fleet.machines, max_connections=neon_max_connections(inputs.neon_cu),
         backend_uss_bytes=fleet.machines * figures.listener_backend_uss_bytes,
         compute_cu=inputs.neon_cu,
         compute_month_usd=inputs.neon_cu * HOURS_PER_MONTH * prices.neon_cu_hour,
         commits_per_second=rate / inputs.notifications_per_commit,
-        commit_ceiling=figures.notify_commits_per_second,
-        postgres_vcpu_at_peak=rate * figures.postgres_cpu_seconds_per_notification,
+        commit_ceiling=ceiling or figures.notify_commits_per_second,
+        commit_ceiling_measured=ceiling is not None or not durable,
+        notify_vcpu_at_peak=rate * figures.postgres_cpu_seconds_per_notification,
+        relay_sql_vcpu_at_peak=relay_sql,
+        # Neon bills a compute by its size while active: relay's SQL on average (at the
+        # month's average share of the peak) is that much more compute, autoscaled.
+        relay_sql_month_usd=(relay_sql or 0.0) * inputs.average_share * HOURS_PER_MONTH
+        * prices.neon_cu_hour,
         outbox=outbox)
 
 
@@ -320,18 +352,38 @@ def _notes(s: Sizing, figures: Figures) -> list[str]:
             f"{machine.preset.cpu.initial_burst_s:g} s of CPU burst: a full machine's clients "
             f"would take {fleet.full_reconnect_fresh_s:.0f} s to reconnect to it (with several "
             "machines they reconnect to the others, which have their balance)")
-    if s.database.commits_per_second > s.database.commit_ceiling:
+    db = s.database
+    durable = s.inputs.publishing == "outbox"
+    if db.commits_per_second > db.commit_ceiling:
         notes.append(
-            f"{s.database.commits_per_second:,.0f} notifying commits/s exceed PostgreSQL's "
-            f"measured ceiling ({s.database.commit_ceiling:,.0f}/s): writers would queue on the "
-            "commit lock; batch notifications per transaction (--notifications-per-commit) or "
-            "put a log between the database and relay (docs/operations.md, Scale-out)")
+            f"{db.commits_per_second:,.0f} notifying commits/s exceed the measured ceiling "
+            f"({db.commit_ceiling:,.0f}/s"
+            + (", relay_publish" if durable and db.commit_ceiling_measured else "")
+            + "): writers would queue on "
+            + ("relay's commit lock" if durable else "PostgreSQL's NOTIFY queue lock")
+            + "; batch notifications per transaction (--notifications-per-commit) or put a log "
+            "between the database and relay (docs/operations.md, Scale-out)")
+    if db.postgres_vcpu_at_peak > db.compute_cu:
+        notes.append(
+            f"at peak the notifications take {db.postgres_vcpu_at_peak:.2g} vCPU of the "
+            f"database, more than the {db.compute_cu:g} CU compute relay keeps awake: the "
+            f"app's compute needs {db.postgres_vcpu_at_peak:.2g} CU to spare at peak (let it "
+            "autoscale that far)"
+            + (", or publish several notifications per transaction "
+               "(--notifications-per-commit)" if durable else ""))
+    if durable and db.relay_sql_vcpu_at_peak is None:
+        notes.append("relay_publish's CPU in the database is not measured in these figures: "
+                     "only the NOTIFYs are counted (make bench's outbox scenario measures it)")
+    if durable and not db.commit_ceiling_measured:
+        notes.append("relay_publish's commit ceiling is not measured in these figures: "
+                     "pg_notify's stands in, and relay_publish's is lower (make bench's outbox "
+                     "scenario measures it)")
     if s.database.connections > s.database.max_connections - NEON_RESERVED_CONNECTIONS:
         notes.append(f"{s.database.connections} LISTEN connections exceed a "
                      f"{s.database.compute_cu:g} CU compute's max_connections: choose a larger "
                      "--neon-cu")
     notes.extend(old_design_notes(s.old))
-    if figures.outbox_bytes_per_message is None:
+    if durable and figures.outbox_bytes_per_message is None:
         notes.append("the durable outbox (issue 13) is not measured in these figures: its rows "
                      "and WAL are not in this bill (make bench's outbox scenario measures them)")
     return notes

@@ -136,6 +136,13 @@ class Figures:
     old_postgres_cpu_seconds_per_notification_per_listener: float
     outbox_bytes_per_message: float | None = None  # issue 13: not measured yet
     outbox_wal_bytes_per_message: float | None = None
+    # relay_publish with the durable outbox (make bench's outbox scenario), beyond what the
+    # same messages cost sent with pg_notify: a one-message commit, each further message of a
+    # commit, cleanup's delete per message; and one-message commits/s, concurrent writers.
+    publish_cpu_seconds_per_commit: float | None = None
+    publish_cpu_seconds_per_further_message: float | None = None
+    outbox_cleanup_cpu_seconds_per_message: float | None = None
+    publish_commits_per_second: float | None = None
     runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -157,8 +164,14 @@ FIGURE_KEYS: dict[str, str] = {
         "old_postgres_cpu_seconds_per_notification_per_listener",
     "outboxBytesPerMessage": "outbox_bytes_per_message",
     "outboxWalBytesPerMessage": "outbox_wal_bytes_per_message",
+    "publishCpuSecondsPerCommit": "publish_cpu_seconds_per_commit",
+    "publishCpuSecondsPerFurtherMessage": "publish_cpu_seconds_per_further_message",
+    "outboxCleanupCpuSecondsPerMessage": "outbox_cleanup_cpu_seconds_per_message",
+    "publishCommitsPerSecond": "publish_commits_per_second",
 }
-_OPTIONAL_FIGURES = {"outboxBytesPerMessage", "outboxWalBytesPerMessage"}
+_OPTIONAL_FIGURES = {"outboxBytesPerMessage", "outboxWalBytesPerMessage",
+                     "publishCpuSecondsPerCommit", "publishCpuSecondsPerFurtherMessage",
+                     "outboxCleanupCpuSecondsPerMessage", "publishCommitsPerSecond"}
 
 
 @dataclass(frozen=True)

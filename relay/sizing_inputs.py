@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.sizing_data import MIB, PRESETS, SizingError, neon_compute_sizes
 
 _DEFAULT_SETTINGS = Settings(database_url="", jwt_secret=b"")
+PUBLISHING = ("outbox", "notify")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Inputs:
     connections_per_user: float = 1.5  # devices; the JS client shares one socket among tabs
     peak_rate: float | None = None  # notifications/s at peak; None: users / 60
     notifications_per_commit: float = 1.0  # one per transaction unless the app batches
+    # How the app publishes: "outbox", relay_publish with the durable history (after
+    # `python -m relay db install`), or "notify", its own triggers' pg_notify on each user's
+    # channel (RELAY_USER_CHANNELS=listen, no durable history).
+    publishing: str = "outbox"
     machine: str = "shared-cpu-2x"  # a Fly preset, or "auto" for the cheapest
     memory_mb: int | None = None  # None: the cheapest listed tier for this load
     reconnect_seconds: float = 30.0  # longest acceptable full reconnect of one machine
@@ -58,6 +63,8 @@ def validate(inputs: Inputs) -> None:
          f"--peak-rate: must be 0 or more notifications/s, got {inputs.peak_rate}"),
         (inputs.notifications_per_commit > 0,
          f"--notifications-per-commit: must be above 0, got {inputs.notifications_per_commit}"),
+        (inputs.publishing in PUBLISHING,
+         f"--publishing: must be one of {', '.join(PUBLISHING)}, got {inputs.publishing!r}"),
         (inputs.machine == "auto" or inputs.machine in PRESETS,
          f"--machine: unknown Fly preset {inputs.machine!r} (known: auto, "
          f"{', '.join(PRESETS)})"),

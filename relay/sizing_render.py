@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from relay.sizing import Sizing
+from relay.sizing import DatabaseSide, Sizing
 from relay.sizing_data import (
     MIB,
     NEON_LARGE_COMPUTE,
@@ -77,6 +77,7 @@ def _provenance(figures: Figures, prices: Prices) -> list[str]:
 
 def render(s: Sizing, figures: Figures, prices: Prices) -> str:
     i, fleet, m, db, old = s.inputs, s.fleet, s.fleet.machine, s.database, s.old
+    durable = i.publishing == "outbox"
     cpu = m.preset.cpu
     quota = (f"{m.preset.vcpus} × {cpu.baseline:.2%} of a vCPU" if cpu.baseline < 1
              else f"{m.preset.vcpus} vCPUs")
@@ -116,14 +117,20 @@ def render(s: Sizing, figures: Figures, prices: Prices) -> str:
                         f"{mem(db.backend_uss_bytes)} USS; old design: {old.sessions:,}"),
         ("compute", f"{db.compute_cu:g} CU never suspends while relay runs (its health query "
                     f"is activity): {usd(s.database.compute_month_usd)}/month"),
+        ("publishing", "relay_publish, the durable outbox (--publishing outbox)" if durable
+         else "the app's own pg_notify per user, no durable history (--publishing notify)"),
         ("notifying commits", f"{rate(db.commits_per_second)}/s at peak, "
                               f"{db.commits_per_second / db.commit_ceiling:.1%} of the measured "
-                              f"ceiling ({db.commit_ceiling:,.0f}/s)"),
-        ("PostgreSQL CPU at peak", f"{db.postgres_vcpu_at_peak:.2g} vCPU for the NOTIFYs"),
-        ("outbox (issue 13)", "not measured, not in this bill" if db.outbox is None else
-         f"{mem(db.outbox.table_bytes)} retained ({i.outbox_retention_hours:g} h), "
-         f"{mem(db.outbox.wal_bytes_per_day)} of WAL a day: {usd(db.outbox.month_usd)}/month"),
+                              f"ceiling ({db.commit_ceiling:,.0f}/s"
+                              + (", relay_publish" if durable and db.commit_ceiling_measured
+                                 else ", pg_notify's") + ")"),
+        ("PostgreSQL CPU at peak", _database_cpu(db)),
     ]
+    if durable:
+        out.append(("outbox (issue 13)", "not measured, not in this bill" if db.outbox is None
+                    else f"{mem(db.outbox.table_bytes)} retained ({i.outbox_retention_hours:g} "
+                         f"h), {mem(db.outbox.wal_bytes_per_day)} of WAL a day: "
+                         f"{usd(db.outbox.month_usd)}/month"))
     out.append("The old design (one function and one PostgreSQL connection per session)")
     neon = (f"{_compute(old.neon_cu)}: {usd(old.neon_month_usd)}/month" if old.neon_cu
             else f"none: Neon allows at most {NEON_LARGE_COMPUTE[2] - NEON_RESERVED_CONNECTIONS:,}"
@@ -145,6 +152,8 @@ def render(s: Sizing, figures: Figures, prices: Prices) -> str:
     out += [
         ("relay", f"{usd(s.month_usd)} = Fly {usd(s.fly_month_usd)} + heartbeat egress "
                   f"{usd(s.egress_month_usd)} + Neon {usd(db.compute_month_usd)}"
+                  + (f" + relay_publish's compute {usd(db.relay_sql_month_usd)}"
+                     if db.relay_sql_month_usd else "")
                   + (f" + outbox {usd(db.outbox.month_usd)}" if db.outbox else "")),
         ("old design", "cannot run (see above)" if old.month_usd is None else
          f"{usd(old.month_usd)} = Vercel {usd(old.vercel_month_usd)} + Neon "
@@ -158,6 +167,17 @@ def render(s: Sizing, figures: Figures, prices: Prices) -> str:
     width = max(len(item[0]) for item in out if isinstance(item, tuple))
     return "\n".join(f"  {item[0]:<{width}}  {item[1]}" if isinstance(item, tuple) else item
                      for item in out)
+
+
+def _database_cpu(db: DatabaseSide) -> str:
+    notify = f"{db.notify_vcpu_at_peak:.2g} vCPU for the NOTIFYs"
+    if db.relay_sql_vcpu_at_peak is None:
+        return f"{notify}; relay_publish's numbering not measured"
+    if not db.relay_sql_vcpu_at_peak:
+        return notify
+    return (f"{db.postgres_vcpu_at_peak:.2g} vCPU: relay_publish's numbering, outbox and "
+            f"cleanup {db.relay_sql_vcpu_at_peak:.2g}, {notify}; autoscaled compute for its "
+            f"average: {usd(db.relay_sql_month_usd)}/month")
 
 
 def render_table(sizings: list[Sizing], figures: Figures, prices: Prices) -> str:
@@ -195,10 +215,17 @@ def render_table(sizings: list[Sizing], figures: Figures, prices: Prices) -> str
         row("PostgreSQL connections", lambda s: f"{s.database.connections:,}"),
         row("notifying commits at peak, of the ceiling",
             lambda s: f"{s.database.commits_per_second / s.database.commit_ceiling:.1%}"),
+        row("database CPU at peak: NOTIFYs + relay_publish (vCPU)",
+            lambda s: f"{s.database.notify_vcpu_at_peak:.2g} + "
+                      f"{s.database.relay_sql_vcpu_at_peak or 0:.2g}"),
         row("Fly machines $/month", lambda s: usd(s.fly_month_usd)),
         row("heartbeat egress $/month", lambda s: usd(s.egress_month_usd)),
         row(f"Neon compute, never suspends ({first.neon_cu:g} CU) $/month",
             lambda s: usd(s.database.compute_month_usd)),
+        row("Neon compute for relay_publish (its average, autoscaled) $/month",
+            lambda s: usd(s.database.relay_sql_month_usd)),
+        row("outbox storage $/month",
+            lambda s: usd(s.database.outbox.month_usd) if s.database.outbox else "—"),
         row("**relay $/month**", lambda s: f"**{usd(s.month_usd)}**"),
         row("**old design**: PostgreSQL connections", lambda s: f"{s.old.sessions:,}"),
         row("their backends' memory (USS)", lambda s: mem(s.old.backend_uss_bytes)),

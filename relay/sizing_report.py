@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per connected user per minute)")
     p.add_argument("--notifications-per-commit", metavar="N",
                    help=f"notifications per transaction ({d['notifications_per_commit']:g})")
+    p.add_argument("--publishing", default=d["publishing"],
+                   help="how the app publishes: outbox (relay_publish and the durable history, "
+                        "after python -m relay db install) or notify (its own triggers' "
+                        f"pg_notify per user, RELAY_USER_CHANNELS=listen) ({d['publishing']})")
     p.add_argument("--machine", default=d["machine"],
                    help=f"Fly preset ({', '.join(PRESETS)}) or auto for the cheapest "
                         f"({d['machine']})")
@@ -156,6 +160,7 @@ def inputs_from(args: argparse.Namespace, users: int | None = None) -> Inputs:
         "peak_rate": _parse(args.peak_rate, "--peak-rate", float),
         "notifications_per_commit": _parse(args.notifications_per_commit,
                                            "--notifications-per-commit", float),
+        "publishing": args.publishing,
         "machine": args.machine,
         "memory_mb": _memory_mb(args.memory),
         "reconnect_seconds": _parse(args.reconnect_seconds, "--reconnect-seconds", float),

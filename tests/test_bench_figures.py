@@ -34,7 +34,9 @@ RESULTS: dict[str, Any] = {
         "fsyncOff": {"notify": {"commitsPerSecond": 9000.0, "writers": 8},
                      "plain": {"commitsPerSecond": 20000.0, "writers": 8}},
         "fsyncOn": {"notify": {"commitsPerSecond": 4000.0, "writers": 8},
-                    "plain": {"commitsPerSecond": 15000.0, "writers": 8}}}},
+                    "plain": {"commitsPerSecond": 15000.0, "writers": 8},
+                    "notifyWrite": {"commitsPerSecond": 2000.0, "writers": 8},
+                    "plainWrite": {"commitsPerSecond": 5000.0, "writers": 8}}}},
     "servers": {
         "relay": {
             "baselineByRole": {"master": [30e6], "supervisor": [20e6], "listener": [40e6],
@@ -64,15 +66,19 @@ def test_the_written_file_is_what_the_calculator_reads(tmp_path: Path) -> None:
     assert figures.handshakes_per_second_per_worker == 1000  # 4,000/s over 4 workers
     assert figures.postgres_cpu_seconds_per_notification == pytest.approx(0.2 / 10_000)
     assert figures.listener_backend_uss_bytes == 3e6
-    assert figures.notify_commits_per_second == 4000  # the durable (fsync on) figure
+    # fsync on, each transaction writing a row: it waits for its flush holding the NOTIFY lock
+    assert figures.notify_commits_per_second == 2000
     assert figures.old_backend_uss_bytes == 1.2e6
     assert figures.old_backend_rss_bytes == 12e6
     assert figures.old_function_cpu_seconds_per_delivery == pytest.approx(0.9 / 10_000)
     assert figures.old_postgres_cpu_seconds_per_notification_per_listener == pytest.approx(
         30 / 10_000 / 1000)
     assert figures.outbox_bytes_per_message is None
-    assert set(data["figures"]) == set(FIGURE_KEYS) - {"outboxBytesPerMessage",
-                                                        "outboxWalBytesPerMessage"}
+    assert figures.publish_cpu_seconds_per_commit is None
+    assert set(data["figures"]) == set(FIGURE_KEYS) - {
+        "outboxBytesPerMessage", "outboxWalBytesPerMessage", "publishCpuSecondsPerCommit",
+        "publishCpuSecondsPerFurtherMessage", "outboxCleanupCpuSecondsPerMessage",
+        "publishCommitsPerSecond"}
     (run_id, run), = data["runs"].items()
     assert all(entry["run"] == run_id for entry in data["figures"].values())
     assert run["commit"] == "abc1234" and run["quick"] is False
@@ -97,6 +103,14 @@ def test_what_a_run_did_not_measure_is_left_to_the_shipped_figures(tmp_path: Pat
     assert both.old_backend_uss_bytes == shipped.old_backend_uss_bytes
 
 
+def test_results_from_before_the_written_row_give_the_bare_notify_figure() -> None:
+    older = copy.deepcopy(RESULTS)
+    for key in ("notifyWrite", "plainWrite"):
+        del older["database"]["notify"]["fsyncOn"][key]
+    entry = sizing_figures(older)["figures"]["notifyCommitsPerSecond"]
+    assert entry["value"] == 4000 and "writing a row" not in entry["how"]
+
+
 def test_the_notify_figure_from_another_database_wins(tmp_path: Path) -> None:
     external = copy.deepcopy(RESULTS)
     external["database"]["notify"]["external"] = {
@@ -104,3 +118,43 @@ def test_the_notify_figure_from_another_database_wins(tmp_path: Path) -> None:
         "plain": {"commitsPerSecond": 3000.0, "writers": 8}}
     entry = sizing_figures(external)["figures"]["notifyCommitsPerSecond"]
     assert entry["value"] == 350 and "--notify-dsn" in entry["how"]
+    # relay's SQL installed there: its relay_publish ceiling wins over the embedded one
+    external["database"]["notify"]["external"]["publishWrite"] = {
+        "commitsPerSecond": 120.0, "writers": 8}
+    external["database"]["outbox"] = {"commitCeiling": {
+        "writers": 8, "publish": {"commitsPerSecond": 900.0},
+        "notify": {"commitsPerSecond": 2000.0}}}
+    entry = sizing_figures(external)["figures"]["publishCommitsPerSecond"]
+    assert entry["value"] == 120 and "--notify-dsn" in entry["how"]
+    del external["database"]["notify"]["external"]["publishWrite"]
+    assert sizing_figures(external)["figures"]["publishCommitsPerSecond"]["value"] == 900
+
+
+def test_the_outbox_scenario_gives_relay_publishs_database_figures(tmp_path: Path) -> None:
+    with_outbox = copy.deepcopy(RESULTS)
+    with_outbox["database"]["outbox"] = {
+        "fsync": "on", "payloadBytes": 240, "outboxBytesPerRow": 430, "walBytesPerMessage": 540,
+        "backendCpu": {"usPerTransaction": {"base": 20.0, "notify": 33.0, "publish": 233.0,
+                                            "publish5": 613.0},
+                       "addedUs": 200.0, "addedUsPerFurtherMessage": 82.0},
+        "commitCeiling": {"writers": 8, "publish": {"commitsPerSecond": 1800.0},
+                          "notify": {"commitsPerSecond": 5000.0}},
+        "cleanup": {"walBytesPerRow": 70, "msPer1000Rows": 8.5}}
+    figures = load_figures([write_sizing_figures(with_outbox, tmp_path / "sizing.json")])
+    assert figures.publish_cpu_seconds_per_commit == pytest.approx(200e-6)
+    assert figures.publish_cpu_seconds_per_further_message == pytest.approx(82e-6)
+    assert figures.outbox_cleanup_cpu_seconds_per_message == pytest.approx(8.5e-6)
+    assert figures.publish_commits_per_second == 1800
+    assert figures.outbox_wal_bytes_per_message == 610  # the message's and cleanup's
+    # the calculator counts them: 1,000 one-message commits/s
+    sizing = size(Inputs(users=60_000, peak_rate=1000), figures, load_prices([SHIPPED_PRICES]))
+    assert sizing.database.relay_sql_vcpu_at_peak == pytest.approx(1000 * (200e-6 + 8.5e-6))
+    assert sizing.database.commit_ceiling == 1800
+
+
+def test_a_failed_outbox_scenario_gives_no_figures() -> None:
+    failed = copy.deepcopy(RESULTS)
+    failed["database"]["outbox"] = {"error": "psycopg2.OperationalError: boom",
+                                    "backendCpu": {"addedUs": 200.0}}
+    assert not {"publishCpuSecondsPerCommit", "publishCommitsPerSecond"} & set(
+        sizing_figures(failed)["figures"])

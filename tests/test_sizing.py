@@ -165,17 +165,78 @@ def test_a_rate_above_one_machines_delivery_ceiling_adds_machines_for_cpu() -> N
 
 
 def test_the_database_side_one_connection_per_machine_and_the_notify_ceiling() -> None:
-    sizing = size(replace(INPUTS, users=40_000, peak_rate=6_000, notifications_per_commit=1,
-                          machine="shared-cpu-2x", memory_mb=1024), FIGURES, PRICES)
+    notify = replace(INPUTS, users=40_000, peak_rate=6_000, notifications_per_commit=1,
+                     machine="shared-cpu-2x", memory_mb=1024, publishing="notify")
+    sizing = size(notify, FIGURES, PRICES)
     db = sizing.database
     assert db.connections == sizing.fleet.machines
     assert db.compute_month_usd == pytest.approx(0.25 * 730 * 0.1)
     assert (db.commits_per_second, db.commit_ceiling) == (6000, 5000)
-    assert any("exceed PostgreSQL's measured ceiling" in note for note in sizing.notes)
-    batched = size(replace(INPUTS, users=40_000, peak_rate=6_000, notifications_per_commit=5,
-                           machine="shared-cpu-2x", memory_mb=1024), FIGURES, PRICES)
+    assert any("exceed the measured ceiling (5,000/s): writers would queue on PostgreSQL's "
+               "NOTIFY queue lock" in note for note in sizing.notes)
+    batched = size(replace(notify, notifications_per_commit=5), FIGURES, PRICES)
     assert batched.database.commits_per_second == 1200
     assert not any("measured ceiling" in note for note in batched.notes)
+
+
+# relay_publish with the durable outbox, as make bench's outbox scenario measures it.
+PUBLISH = replace(FIGURES, publish_cpu_seconds_per_commit=200e-6,
+                  publish_cpu_seconds_per_further_message=80e-6,
+                  outbox_cleanup_cpu_seconds_per_message=10e-6, publish_commits_per_second=2000)
+
+
+def test_relay_publish_costs_the_database_per_commit_and_per_further_message() -> None:
+    one = size(replace(INPUTS, peak_rate=1000), PUBLISH, PRICES).database
+    # 1,000 commits: 200 us each, and cleanup's 10 us per message
+    assert one.relay_sql_vcpu_at_peak == pytest.approx(0.21)
+    assert one.notify_vcpu_at_peak == pytest.approx(1000 * 1e-5)
+    assert one.postgres_vcpu_at_peak == pytest.approx(0.22)
+    # its average (half the peak, INPUTS' default share) as autoscaled compute
+    assert one.relay_sql_month_usd == pytest.approx(0.21 * 0.5 * 730 * 0.1)
+    five = size(replace(INPUTS, peak_rate=1000, notifications_per_commit=5), PUBLISH,
+                PRICES).database
+    # 200 commits at 200 us, 800 further messages at 80 us, cleanup 10 us each
+    assert five.relay_sql_vcpu_at_peak == pytest.approx(0.04 + 0.064 + 0.01)
+    sizing = size(replace(INPUTS, peak_rate=1000), PUBLISH, PRICES)
+    without = size(replace(INPUTS, peak_rate=1000, publishing="notify"), PUBLISH, PRICES)
+    assert sizing.month_usd == pytest.approx(without.month_usd + one.relay_sql_month_usd)
+    # the app's own pg_notify: no relay_publish, no outbox
+    assert without.database.relay_sql_vcpu_at_peak == 0
+    assert without.database.relay_sql_month_usd == 0
+    assert without.database.outbox is None
+    assert without.database.postgres_vcpu_at_peak == pytest.approx(0.01)
+
+
+def test_relay_publish_has_its_own_commit_ceiling() -> None:
+    busy = replace(INPUTS, users=40_000, peak_rate=3000, machine="shared-cpu-2x",
+                   memory_mb=1024)
+    sizing = size(busy, PUBLISH, PRICES)
+    assert (sizing.database.commit_ceiling, sizing.database.commit_ceiling_measured) == (
+        2000, True)
+    assert any("(2,000/s, relay_publish): writers would queue on relay's commit lock" in note
+               for note in sizing.notes)
+    # the same rate with the app's own pg_notify stays under pg_notify's ceiling (5,000/s)
+    assert not any("measured ceiling" in note
+                   for note in size(replace(busy, publishing="notify"), PUBLISH, PRICES).notes)
+
+
+def test_unmeasured_relay_publish_figures_are_said_not_guessed() -> None:
+    sizing = size(replace(INPUTS, peak_rate=1000), FIGURES, PRICES)
+    db = sizing.database
+    assert db.relay_sql_vcpu_at_peak is None and db.relay_sql_month_usd == 0
+    assert (db.commit_ceiling, db.commit_ceiling_measured) == (5000, False)
+    assert any("relay_publish's CPU in the database is not measured" in n for n in sizing.notes)
+    assert any("relay_publish's commit ceiling is not measured" in n for n in sizing.notes)
+    notify = size(replace(INPUTS, peak_rate=1000, publishing="notify"), FIGURES, PRICES)
+    assert not any("relay_publish" in note for note in notify.notes)
+
+
+def test_database_cpu_beyond_the_compute_relay_keeps_awake_is_pointed_out() -> None:
+    sizing = size(replace(INPUTS, peak_rate=1000), PUBLISH, PRICES)  # 0.22 vCPU of 0.25 CU
+    assert not any("more than the 0.25 CU compute" in note for note in sizing.notes)
+    busier = size(replace(INPUTS, peak_rate=2000), PUBLISH, PRICES)  # 0.44
+    assert any("take 0.44 vCPU of the database, more than the 0.25 CU compute" in note
+               and "--notifications-per-commit" in note for note in busier.notes)
 
 
 def test_the_outbox_line_waits_for_its_measurement() -> None:
@@ -290,6 +351,8 @@ def test_every_shipped_price_and_figure_says_where_it_comes_from() -> None:
     (["--users", "10", "--connections-per-user", "0"],
      "--connections-per-user: must be at least 1"),
     (["--users", "10", "--neon-cu", "0.3"], "--neon-cu: must be a Neon compute size"),
+    (["--users", "10", "--publishing", "kafka"],
+     "--publishing: must be one of outbox, notify, got 'kafka'"),
     (["--users", "10", "--price", "neonCuHour=-1"], "neonCuHour must be at least 0, got -1"),
     (["--users", "10", "--price", "gold=1"], "--price: unknown price 'gold'"),
     (["--users", "10", "--table"], "--table: sizes 1,000, 10,000 and 100,000 users"),
@@ -349,6 +412,7 @@ def test_the_report_names_every_answer(capsys: pytest.CaptureFixture[str]) -> No
     for words in ("1 × shared-cpu-2x, 1 GB", "WEB_CONCURRENCY           2",
                   "RELAY_WORKER_CONNECTIONS  10000", "soft_limit = 16000, hard_limit = 19000",
                   "headroom", "full reconnect", "one LISTEN per machine", "never suspends",
-                  "of the measured ceiling", "smallest Neon compute", "Vercel functions",
+                  "of the measured ceiling", "publishing", "relay_publish's numbering",
+                  "relay_publish's compute", "smallest Neon compute", "Vercel functions",
                   "reduction", "figures: ", "prices: "):
         assert words in out, words
