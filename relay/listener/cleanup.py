@@ -3,7 +3,7 @@
 Every ``CLEANUP_SECONDS`` while the outbox is on, the listener process calls
 ``relay.cleanup(CLEANUP_BATCH)`` on a short-lived connection of its own
 (``application_name = relay-cleanup``), never on its LISTEN connection: a batch of 2,000 rows
-costs the database about 15 ms, which would be 15 ms of delivery delay there. The function
+costs the database 15-35 ms, which would be as much delivery delay there. The function
 takes an advisory lock without waiting, so one instance at a time deletes and the others get
 -1 at once; it never takes a lock a writer needs. It also records a sign of life: while no
 relay runs, writers stop keeping messages after ``dormant_after`` (relay's SQL, §6 of the
