@@ -158,3 +158,21 @@ def test_a_failed_outbox_scenario_gives_no_figures() -> None:
                                     "backendCpu": {"addedUs": 200.0}}
     assert not {"publishCpuSecondsPerCommit", "publishCommitsPerSecond"} & set(
         sizing_figures(failed)["figures"])
+
+
+def test_postgres_cpu_per_notification_leaves_out_the_writers_own_statement() -> None:
+    """The steady scenario's PostgreSQL CPU counts the writer's backends, which also run the
+    bench's own statement (the app's cost in either design): the figure takes PostgreSQL's
+    other processes per message, plus what a NOTIFY adds to a transaction when the outbox
+    scenario measured it."""
+    split = copy.deepcopy(RESULTS)
+    split["servers"]["relay"]["steady"].update({
+        "committed": 200_000, "postgresCpuPer10k": 0.8,
+        "cpuSplit": {"postgres": 4.0, "writerBackends": 12.0, "listener": 6.0}})
+    entry = sizing_figures(split)["figures"]["postgresCpuSecondsPerNotification"]
+    assert entry["value"] == pytest.approx(20e-6)  # 4.0 CPU-s / 200,000, writers left out
+    split["database"]["outbox"] = {"backendCpu": {"usPerTransaction": {
+        "base": 19.0, "notify": 35.0, "publish": 230.0, "publish5": 600.0}}}
+    entry = sizing_figures(split)["figures"]["postgresCpuSecondsPerNotification"]
+    assert entry["value"] == pytest.approx(36e-6)  # + the NOTIFY's own 16 us
+    assert "outbox scenario" in entry["how"]
