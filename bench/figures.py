@@ -70,9 +70,12 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
     # plus what a NOTIFY adds to the writer's transaction (the outbox scenario's server-side
     # loop). The writer's backends as a whole also run the bench's own statement, which is
     # the app's cost in either design, not the notification's.
+    outbox = dig(results, "database", "outbox") or {}
+    if "error" in outbox:
+        outbox = {}  # a failed scenario's partial figures are not trusted
     others = dig(relay, "steady", "cpuSplit", "postgres")
     committed = dig(relay, "steady", "committed")
-    used = dig(results, "database", "outbox", "backendCpu", "usPerTransaction") or {}
+    used = dig(outbox, "backendCpu", "usPerTransaction") or {}
     notify_us = (used["notify"] - used["base"]
                  if isinstance(used.get("notify"), (int, float))
                  and isinstance(used.get("base"), (int, float)) else None)
@@ -105,13 +108,7 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
                f"{dig(durable, 'notify', 'commitsPerSecond'):.0f}/s, its COMMIT waits for no "
                "flush), " if written else "one NOTIFY per transaction, ") + where)
 
-    external = dig(notify, "external", "publishWrite", "commitsPerSecond")
-    put("publishCommitsPerSecond", external, "per second",
-        f"notify --notify-dsn: {dig(notify, 'external', 'publishWrite', 'writers')} writers, "
-        "each transaction writing a row and one relay_publish, that database as configured")
-
-    outbox = dig(results, "database", "outbox") or {}
-    if "error" not in outbox:
+    if outbox:
         put("outboxBytesPerMessage", outbox.get("outboxBytesPerRow"), "bytes",
             f"outbox: relay.outbox's growth (heap, TOAST, indexes) per message of "
             f"{outbox.get('payloadBytes')} payload bytes")
@@ -123,7 +120,6 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             f"pg_notify one ({wal}), plus cleanup's DELETE per row ({cleanup_wal}); VACUUM and "
             "full-page images after checkpoints not counted")
         cpu = outbox.get("backendCpu") or {}
-        used = cpu.get("usPerTransaction") or {}
         added, further = cpu.get("addedUs"), cpu.get("addedUsPerFurtherMessage")
         put("publishCpuSecondsPerCommit", added / 1e6 if added else None, "seconds",
             f"outbox: backend CPU of a one-message relay_publish transaction minus a pg_notify "
@@ -139,15 +135,21 @@ def sizing_figures(results: dict[str, Any], results_file: str = "") -> dict[str,
             per_thousand / 1e6 if per_thousand else None, "seconds",
             f"outbox: relay.cleanup's time per expired row ({per_thousand} ms per 1,000, "
             "batches of 2,000; wall time of the call on an otherwise idle server)")
-        ceiling = outbox.get("commitCeiling") or {}
-        put("publishCommitsPerSecond",
-            None if dig(notify, "external", "publishWrite") else
-            dig(ceiling, "publish", "commitsPerSecond"),
+
+    # relay_publish's ceiling: measured on the app's own database (--notify-dsn, where relay's
+    # SQL is installed) when there is one, else on the embedded one by the outbox scenario.
+    external = dig(notify, "external", "publishWrite")
+    ceiling = outbox.get("commitCeiling") or {}
+    if external:
+        put("publishCommitsPerSecond", external.get("commitsPerSecond"), "per second",
+            f"notify --notify-dsn: {external.get('writers')} writers, each transaction writing "
+            "a row and one relay_publish, that database as configured")
+    else:
+        put("publishCommitsPerSecond", dig(ceiling, "publish", "commitsPerSecond"),
             "per second",
             f"outbox: {ceiling.get('writers')} writers, each transaction writing a row and "
-            f"one relay_publish, fsync "
-            f"{outbox.get('fsync')}, the worse of two runs (pg_notify alternated with it: "
-            f"{dig(ceiling, 'notify', 'commitsPerSecond')}/s)")
+            f"one relay_publish, fsync {outbox.get('fsync')}, the worse of two runs (pg_notify "
+            f"alternated with it: {dig(ceiling, 'notify', 'commitsPerSecond')}/s)")
 
     old = _server(results, "per-client-listen")
     backends = dig(old, "db", "connections")

@@ -183,21 +183,15 @@ CEILING_TABLE = "relay_bench_ceiling_rows"
 
 
 def _ceiling_statement(plain: bool, relay: bool, write: bool) -> str:
-    """One transaction's statement; its parameters: (user,) with a write, then the payload
-    unless ``plain``; without a write (user, payload) for relay_publish, (payload,) for
-    pg_notify, () plain."""
-    if not write:
-        if plain:
-            return "SELECT txid_current()"
-        if relay:
-            return "SELECT relay_publish('user_Subscription_' || %s, %s::json)"
-        return f"SELECT pg_notify('{CEILING_CHANNEL}', %s)"
-    row = f"INSERT INTO {CEILING_TABLE} (user_id) VALUES (%s)"
+    """One transaction's statement, with ``%(u)s`` for the user and ``%(p)s`` for the payload
+    where it takes them."""
+    row = f"INSERT INTO {CEILING_TABLE} (user_id) VALUES (%(u)s)"
     if plain:
-        return row
-    notify = ("relay_publish('user_Subscription_' || w.u, %s::json)" if relay
-              else f"pg_notify('{CEILING_CHANNEL}', %s)")
-    return f"WITH w AS ({row} RETURNING user_id AS u) SELECT {notify} FROM w"
+        return row if write else "SELECT txid_current()"
+    notify = (f"relay_publish('user_Subscription_' || {'w.u' if write else '%(u)s'}, "
+              "%(p)s::json)" if relay else f"pg_notify('{CEILING_CHANNEL}', %(p)s)")
+    return (f"WITH w AS ({row} RETURNING user_id AS u) SELECT {notify} FROM w" if write
+            else f"SELECT {notify}")
 
 
 def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
@@ -249,10 +243,9 @@ def ceiling(dsn: str, writers: int, seconds: float, plain: bool,
                 ready.wait()
                 end = start[0] + seconds
                 while (now := time.monotonic()) < end:
-                    user = str(pick.randint(1, 100_000))
-                    cur.execute(statement, (user,) if plain and write else () if plain
-                                else (user, CEILING_PAYLOAD) if relay or write
-                                else (CEILING_PAYLOAD,))
+                    # psycopg2 ignores the names a statement does not use
+                    cur.execute(statement, {"u": str(pick.randint(1, 100_000)),
+                                            "p": CEILING_PAYLOAD})
                     after = time.monotonic()
                     if after <= end:
                         commits[index] += 1
